@@ -1,0 +1,223 @@
+"""Typed configuration: one home for every default of a training run.
+
+A run's configuration is the `Config` dataclass below. It is built from these defaults,
+then a YAML file (`--config`), then `section.field=value` command-line overrides, merged
+and type-checked by OmegaConf; each dataclass validates itself in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+SYNTHETIC_SHAPES = ("tiny", "small", "baby", "sports", "electronics")
+SETTINGS = ("clean", "noisy", "as_is")
+ABLATIONS = ("none", "no_bg", "no_bd", "no_sr")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """A prepared dataset directory (see `jobs/prepare.py`). Empty: use `synthetic`."""
+    synthetic: str = "small"
+    """Built-in synthetic shape prepared on first use when `path` is empty: one of
+    tiny, small, baby, sports, electronics."""
+    setting: str = "clean"
+    """Protocol for the synthetic source: clean, noisy or as_is (SPEC §1)."""
+    root: str = "data"
+    """Where built-in synthetic datasets are prepared (relative paths resolve against
+    the current directory of the driver)."""
+    seed: int = 2024
+    """Seed of the synthetic generator and of the protocol's noise."""
+
+    def __post_init__(self) -> None:
+        _check(self.synthetic in SYNTHETIC_SHAPES,
+               f"data.synthetic={self.synthetic!r}: choose one of {SYNTHETIC_SHAPES}")
+        _check(self.setting in SETTINGS,
+               f"data.setting={self.setting!r}: choose one of {SETTINGS}")
+
+
+@dataclass
+class DiffusionConfig:
+    steps: int = 5
+    """T, the number of diffusion steps (the paper gives none; T = 1 works)."""
+    noise_scale: float = 0.01
+    """s in Eq. 3 (paper optimum, §4.4.2)."""
+    alpha_min: float = 0.05
+    """α_min in Eq. 3 (paper optimum, §4.4.2)."""
+    sr_prob: float = 0.01
+    """p of soft reconstruction (Eq. 12): chance that an entry is smoothed."""
+    sr_gamma: float = 0.01
+    """γ of soft reconstruction: clicked entries become 1 − γ, non-clicked γ."""
+    importance_sampling: bool = True
+    """Sample t ∝ √E[L²] (Eq. 13) once every step has `history` losses; else uniform."""
+    history: int = 10
+    """H, losses kept per step for importance sampling."""
+    uniform_floor: float = 1e-3
+    """Share of uniform probability mixed into p_t so that no step starves."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"diffusion.steps={self.steps}: must be ≥ 1")
+        _check(0 < self.noise_scale < 1, f"diffusion.noise_scale={self.noise_scale}: must be in (0, 1)")
+        _check(0 < self.alpha_min <= 1, f"diffusion.alpha_min={self.alpha_min}: must be in (0, 1]")
+        _check(0 <= self.sr_prob <= 1, f"diffusion.sr_prob={self.sr_prob}: must be in [0, 1]")
+        _check(0 <= self.sr_gamma < 0.5, f"diffusion.sr_gamma={self.sr_gamma}: must be in [0, 0.5)")
+        _check(self.history >= 1, f"diffusion.history={self.history}: must be ≥ 1")
+        _check(0 <= self.uniform_floor < 1, f"diffusion.uniform_floor={self.uniform_floor}: must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    hidden: int = 256
+    """d, the hidden width of C-Net (even: the sinusoidal time code needs pairs)."""
+    svd_rank: int = 64
+    """d_svd, rank of the randomized SVD collaborative encoder."""
+    modalities: Optional[list[str]] = None
+    """Modalities used by the BG-Block, in order. None: text then image, then any other
+    modality of the dataset in its manifest order. [] uses none."""
+    per_user_time: bool = True
+    """z_in: one learnable vector per user (paper's t_in,u); False shares one vector."""
+    ablation: str = "none"
+    """none, no_bg (second BD-Block instead of BG), no_bd (DiffRec-like MLP), no_sr."""
+    dropout: float = 0.0
+    """Dropout on the input x_t (DiffRec uses 0.5 on its input; the paper gives none)."""
+    negative_slope: float = 0.2
+    """LeakyReLU slope between BG stages."""
+
+    def __post_init__(self) -> None:
+        _check(self.hidden >= 2 and self.hidden % 2 == 0, f"model.hidden={self.hidden}: must be an even number ≥ 2")
+        _check(self.svd_rank >= 1, f"model.svd_rank={self.svd_rank}: must be ≥ 1")
+        _check(self.ablation in ABLATIONS, f"model.ablation={self.ablation!r}: choose one of {ABLATIONS}")
+        _check(0 <= self.dropout < 1, f"model.dropout={self.dropout}: must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000
+    """Most epochs; early stopping usually ends the run first."""
+    batch_size: int = 256
+    """Users per minibatch per worker."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 2024
+    eval_every: int = 1
+    """Evaluate (and checkpoint) every this many epochs."""
+    patience: int = 20
+    """Stop after this many evaluations without a better valid Recall@20."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value; 0 disables."""
+    fail_at_step: int = -1
+    """Fault injection for tests: worker rank 1 (or 0 alone) dies once at this global step."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs={self.epochs}: must be ≥ 1")
+        _check(self.batch_size >= 1, f"train.batch_size={self.batch_size}: must be ≥ 1")
+        _check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        _check(self.eval_every >= 1, f"train.eval_every={self.eval_every}: must be ≥ 1")
+        _check(self.patience >= 1, f"train.patience={self.patience}: must be ≥ 1")
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    """Cut-offs K for Recall@K and NDCG@K."""
+    select_metric: str = "recall@20"
+    """Valid metric that drives early stopping and the best checkpoint."""
+    mask_valid_at_test: bool = False
+    """Also mask valid items when ranking for test (DiffRec's convention)."""
+    batch_size: int = 1024
+    """Users scored at once per worker."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), f"eval.ks={self.ks}: need positive cut-offs")
+        name, _, k = self.select_metric.partition("@")
+        _check(name in ("recall", "ndcg") and k.isdigit() and int(k) in self.ks,
+               f"eval.select_metric={self.select_metric!r}: use recall@K or ndcg@K with K in eval.ks")
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    """Ray Train workers (DDP ranks). 0 runs the loop in the driver without Ray workers."""
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    """Fractional by default so Ray Data's read tasks keep a CPU (RAY_NOTES: deadlock)."""
+    bf16: bool = True
+    """bf16 autocast for C-Net on CUDA; ignored on CPU."""
+    max_failures: int = 2
+    """Worker-group restarts from the latest checkpoint before the run fails."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 0, f"scaling.num_workers={self.num_workers}: must be ≥ 0")
+        _check(self.cpus_per_worker > 0, f"scaling.cpus_per_worker={self.cpus_per_worker}: must be > 0")
+
+
+@dataclass
+class RunConfig:
+    name: str = ""
+    """Run name; empty: <dataset>-<ablation>-<timestamp>."""
+    storage: str = "runs"
+    """Parent of run directories (local path, s3:// or gs://)."""
+    resume: str = ""
+    """A run directory to resume from its latest checkpoint."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Defaults, then the YAML file at `path`, then `section.field=value` overrides."""
+    layers = [OmegaConf.structured(Config)]
+    try:
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file {p} does not exist")
+            layers.append(OmegaConf.load(p))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r}: write section.field=value, e.g. train.lr=0.001")
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {err}".split("\n    full_key")[0]) from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))  # type: ignore[return-value]
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write a YAML file that `load_config` (and `jobs/train.py --config`) read back unchanged."""
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
