@@ -1,0 +1,51 @@
+"""Results a person can look at: training-curve PNGs and plain-text tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A fixed-width text table; floats with 4 decimals."""
+    cells = [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+def plot_training_curves(history: list[dict[str, Any]], out_png: str | Path, title: str = "") -> Path:
+    """Loss and valid/test Recall@K, NDCG@K per epoch, best epoch marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_png = Path(out_png)
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, [r["loss"] for r in history], marker=".", color="tab:red")
+    ax_loss.set(xlabel="epoch", ylabel="weighted L_rec", title="training loss")
+    metric_keys = sorted(k for k in (history[0] if history else {}) if k.startswith(("valid/", "test/")))
+    for key in metric_keys:
+        style = "-" if key.startswith("valid/") else "--"
+        ax_metric.plot(epochs, [r[key] for r in history], style, marker=".", label=key)
+    if history and history[-1].get("best_epoch", -1) > 0:
+        ax_metric.axvline(history[-1]["best_epoch"], color="grey", lw=0.8, ls=":", label="best valid")
+    ax_metric.set(xlabel="epoch", ylabel="metric", title="all-ranking metrics")
+    ax_metric.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

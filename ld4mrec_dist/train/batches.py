@@ -1,0 +1,93 @@
+"""User rows: from Arrow shards to CSR row stores to dense/sparse minibatches.
+
+Shapes: B users in a batch, I items, N non-zeros. A row store holds a set of users'
+train rows in CSR form (memory O(N)); a minibatch is a torch CSR tensor [B, I] that
+the model densifies itself. Nothing here ever builds a |U| × I dense matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+import torch
+
+
+@dataclass
+class RowStore:
+    """A set of users' rows: `users[r]` owns `csr[r]` (float32 binary, I columns)."""
+
+    users: np.ndarray  # int64 [R]
+    csr: sp.csr_matrix  # [R, I]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def rows_from_arrow(table: pa.Table, n_items: int) -> RowStore:
+    """A row store from an Arrow table with `user: int32` and `items: list<int32>`."""
+    items = table.column("items").combine_chunks()
+    indices = pc.list_flatten(items).to_numpy(zero_copy_only=False).astype(np.int32)
+    lengths = pc.list_value_length(items).to_numpy(zero_copy_only=False).astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    users = table.column("user").to_numpy().astype(np.int64)
+    csr = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(users), n_items))
+    order = np.argsort(users, kind="stable")  # rank-local order independent of arrival order
+    return RowStore(users[order], csr[order])
+
+
+def concat_row_stores(stores: list[RowStore], n_items: int) -> RowStore:
+    if not stores:
+        return RowStore(np.zeros(0, np.int64), sp.csr_matrix((0, n_items), dtype=np.float32))
+    users = np.concatenate([s.users for s in stores])
+    csr = sp.vstack([s.csr for s in stores], format="csr")
+    order = np.argsort(users, kind="stable")
+    return RowStore(users[order], csr[order])
+
+
+def rows_of_users(csr: sp.csr_matrix, users: np.ndarray) -> RowStore:
+    """The rows of `users` taken from a full-matrix CSR."""
+    users = np.asarray(users, dtype=np.int64)
+    return RowStore(users, csr[users])
+
+
+def to_torch_csr(csr: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A torch sparse CSR tensor with the same rows (float32)."""
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(csr.indptr.astype(np.int64)),
+        torch.from_numpy(csr.indices.astype(np.int64)),
+        torch.from_numpy(csr.data.astype(np.float32)),
+        size=csr.shape,
+    ).to(device)
+
+
+def to_dense(csr: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[B, I] dense float32 of a batch's rows (scatter, no per-row Python)."""
+    out = torch.zeros(csr.shape, dtype=torch.float32, device=device)
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    out[torch.from_numpy(rows).to(device), torch.from_numpy(csr.indices.astype(np.int64)).to(device)] = 1.0
+    return out
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int) -> np.ndarray:
+    """A permutation of a rank's rows for an epoch: deterministic in (seed, epoch, rank)."""
+    return np.random.default_rng([seed, epoch, rank]).permutation(n)
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    return -(-n_rows // batch_size)
+
+
+def minibatches(store: RowStore, order: np.ndarray, batch_size: int, n_rows: int):
+    """Yield (users_B, csr_B) over the first `n_rows` rows of `order`.
+
+    Every rank passes the same `n_rows` (the smallest shard's size), so every rank runs
+    the same number of steps with the same batch sizes: DDP hangs on unequal counts.
+    Rows beyond it on a larger shard sit out this epoch; the next permutation differs.
+    """
+    for start in range(0, n_rows, batch_size):
+        idx = np.sort(order[start:min(start + batch_size, n_rows)])
+        yield store.users[idx], store.csr[idx]

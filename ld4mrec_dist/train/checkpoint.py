@@ -1,0 +1,88 @@
+"""Checkpoints: one safe file plus a small JSON that vouches for it.
+
+A checkpoint directory holds `state.pt` (tensors and plain Python only, so it loads with
+`torch.load(weights_only=True)`) and `meta.json` with the file's sha256, the format
+version, the epoch and the dataset manifest hash. `meta.json` is written last: a partial
+checkpoint has none, a corrupt one fails its checksum, and neither is ever loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+# Config sections that fix the parameter shapes and the meaning of the weights: resuming
+# under a different value would load nonsense, so it is refused.
+INCOMPATIBLE_ON_CHANGE = ("model", "diffusion")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names the file and what to do."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save(state, d / STATE_FILE)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "sha256": _sha256(d / STATE_FILE),
+        "epoch": int(state.get("epoch", -1)),
+        "manifest_sha256": state.get("manifest_sha256", ""),
+    }
+    (d / META_FILE).write_text(json.dumps(meta, indent=2))
+    return d
+
+
+def load_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """The verified state of a checkpoint directory, loaded with weights_only=True."""
+    d = Path(directory)
+    meta_path, state_path = d / META_FILE, d / STATE_FILE
+    if not meta_path.is_file() or not state_path.is_file():
+        raise CheckpointError(f"checkpoint {d} is partial (no {META_FILE} or {STATE_FILE}): "
+                              "it was interrupted while being written; resume from an earlier one")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint {meta_path} is unreadable JSON ({err})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {d} has format version {meta.get('format_version')}, "
+                              f"this trainer reads {FORMAT_VERSION}")
+    if _sha256(state_path) != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint {state_path} is corrupt (sha256 differs from {META_FILE}); "
+                              "delete it and resume from an earlier checkpoint")
+    try:
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
+        raise CheckpointError(f"checkpoint {state_path} cannot be loaded safely: {err}") from None
+
+
+def check_compatible(state: dict[str, Any], config: dict[str, Any], manifest_sha256: str) -> None:
+    """Refuse to resume against another dataset or a config that changes the model."""
+    if state.get("manifest_sha256") != manifest_sha256:
+        raise CheckpointError(
+            "the checkpoint was trained on another dataset (manifest sha256 "
+            f"{str(state.get('manifest_sha256'))[:12]}… ≠ {manifest_sha256[:12]}…): resume with "
+            "the same data.path/data.synthetic, or start a new run")
+    saved = state.get("config", {})
+    for section in INCOMPATIBLE_ON_CHANGE:
+        if saved.get(section) != config.get(section):
+            diff = {k: (saved.get(section, {}).get(k), v) for k, v in config.get(section, {}).items()
+                    if saved.get(section, {}).get(k) != v}
+            raise CheckpointError(f"cannot resume: config section '{section}' differs from the "
+                                  f"checkpoint's (saved, now): {diff}; start a new run instead")

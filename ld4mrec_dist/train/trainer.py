@@ -1,0 +1,176 @@
+"""The driver side of a training run: dataset, run directory, Ray Train, final outputs.
+
+`run_training(cfg)` resolves the dataset (preparing the built-in synthetic one when no
+path is given), fits the randomized-SVD collaborative encoder once, launches
+`train_loop_per_worker` on `cfg.scaling.num_workers` Ray Train workers (PyTorch DDP:
+gloo on CPU, NCCL on GPU) and writes final_metrics.json, curves.png and a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from data_pipeline.dataset import PreparedDataset, open_dataset
+from ld4mrec_dist.config import Config, config_to_dict, save_config
+from ld4mrec_dist.encoders import svd_item_factors
+from ld4mrec_dist.report import format_table, plot_training_curves, read_metrics
+from ld4mrec_dist.train.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from ld4mrec_dist.train.loop import METRICS_FILE, train_loop_per_worker
+
+# Ray Train's per-fit() start-up is 20-30 s on 2 cores (RAY_NOTES); these cut it to ~20 s.
+RAY_TRAIN_FAST_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+
+
+@dataclass
+class TrainingResult:
+    run_dir: Path
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    epochs_run: int
+    wall_time_s: float
+
+
+def resolve_dataset(cfg: Config) -> Path:
+    """The prepared dataset directory: `data.path`, or the synthetic one (prepared once)."""
+    if cfg.data.path:
+        return Path(cfg.data.path).expanduser().resolve()
+    from data_pipeline.prepare import prepare_synthetic
+
+    root = Path(cfg.data.root).expanduser().resolve()
+    return Path(prepare_synthetic(cfg.data.synthetic, cfg.data.setting, root, seed=cfg.data.seed))
+
+
+def resolve_run_dir(cfg: Config, ds: PreparedDataset) -> Path:
+    if cfg.run.resume:
+        run_dir = Path(cfg.run.resume).expanduser().resolve()
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"--resume {run_dir}: no such run directory")
+        return run_dir
+    name = cfg.run.name or f"{ds.path.name}-{cfg.model.ablation}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.run.storage).expanduser().resolve() / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} exists: choose another run.name, "
+                              f"or resume it with --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def latest_checkpoint_dir(run_dir: Path) -> Optional[Path]:
+    """The run's newest complete-looking Ray Train checkpoint (by the epoch it records)."""
+    candidates = []
+    for meta in run_dir.glob("checkpoint_*/meta.json"):
+        try:
+            candidates.append((json.loads(meta.read_text()).get("epoch", -1), meta.parent))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return max(candidates)[1] if candidates else None
+
+
+def check_resumable(run_dir: Path, cfg: Config, ds: PreparedDataset) -> None:
+    """Fail in the driver, with a clear message, before workers would fail on the same."""
+    latest = latest_checkpoint_dir(run_dir)
+    if latest is None:
+        raise CheckpointError(f"--resume {run_dir}: no complete checkpoint in it "
+                              "(the run stopped before its first evaluation); start a new run")
+    check_compatible(load_checkpoint(latest), config_to_dict(cfg), ds.manifest_sha256)
+
+
+def item_factors_for_run(ds: PreparedDataset, cfg: Config, run_dir: Path) -> Path:
+    """V_k of the train matrix, fitted once per run in the driver and shared by file."""
+    path = run_dir / "item_factors.npy"
+    if not path.exists():
+        t0 = time.perf_counter()
+        v_IK = svd_item_factors(ds.split_csr("train"), cfg.model.svd_rank, cfg.train.seed)
+        np.save(path, np.ascontiguousarray(v_IK, dtype=np.float32))
+        print(f"[ld4mrec] randomized SVD (k={v_IK.shape[1]}) of the train matrix "
+              f"{ds.n_users}×{ds.n_items}: {time.perf_counter() - t0:.1f}s", flush=True)
+    return path
+
+
+def loop_config(cfg: Config, ds: PreparedDataset, run_dir: Path) -> dict[str, Any]:
+    return {"cfg": config_to_dict(cfg), "dataset": str(ds.path), "run_dir": str(run_dir)}
+
+
+def run_training(cfg: Config) -> TrainingResult:
+    t0 = time.perf_counter()
+    ds = open_dataset(resolve_dataset(cfg))
+    run_dir = resolve_run_dir(cfg, ds)
+    if cfg.run.resume:
+        check_resumable(run_dir, cfg, ds)
+    save_config(cfg, run_dir / "config.yaml")
+    item_factors_for_run(ds, cfg, run_dir)
+    print(f"[ld4mrec] dataset {ds.path} ({ds.n_users} users × {ds.n_items} items, "
+          f"modalities {ds.modalities}); run directory {run_dir}", flush=True)
+
+    if cfg.scaling.num_workers == 0:
+        out = train_loop_per_worker(loop_config(cfg, ds, run_dir))
+    else:
+        out = _fit_with_ray_train(cfg, ds, run_dir)
+    return _finish(cfg, run_dir, out, time.perf_counter() - t0)
+
+
+def _fit_with_ray_train(cfg: Config, ds: PreparedDataset, run_dir: Path) -> dict[str, Any]:
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    for key, value in RAY_TRAIN_FAST_ENV.items():
+        os.environ.setdefault(key, value)
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": RAY_TRAIN_FAST_ENV}, log_to_driver=True)
+    train_rows = ray.data.read_parquet(ds.split_files("train")).materialize()
+    select = f"valid/{cfg.eval.select_metric}"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(cfg, ds, run_dir),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
+                                                           **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
+        run_config=RunConfig(
+            name=run_dir.name, storage_path=str(run_dir.parent),
+            # The latest checkpoint is always kept too (resume); num_to_keep keeps the best.
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select,
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+        ),
+        datasets={"train": train_rows},
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result.return_value or {}
+
+
+def _finish(cfg: Config, run_dir: Path, out: dict[str, Any], wall: float) -> TrainingResult:
+    history = read_metrics(run_dir / METRICS_FILE)
+    best = out.get("best") or {}
+    valid = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("valid/")}
+    test = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("test/")}
+    final = {"best_epoch": out.get("best_epoch", -1), "epochs_run": out.get("epochs_run", 0),
+             "select_metric": cfg.eval.select_metric,
+             "test_masking": "train+valid" if cfg.eval.mask_valid_at_test else "train",
+             "valid": valid, "test": test, "wall_time_s": wall}
+    (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    if history:
+        plot_training_curves(history, run_dir / "curves.png", title=run_dir.name)
+    names = [f"{m}@{k}" for k in cfg.eval.ks for m in ("recall", "ndcg")]
+    print(f"\n[ld4mrec] best epoch {final['best_epoch']} of {final['epochs_run']} "
+          f"(selected on valid {cfg.eval.select_metric}); {wall:.0f}s")
+    print(format_table(["split", *names], [[s, *[d.get(n, float('nan')) for n in names]]
+                                           for s, d in (("valid", valid), ("test", test))]))
+    print(f"[ld4mrec] outputs in {run_dir}: config.yaml, metrics.jsonl, final_metrics.json, "
+          "curves.png, best_model.pt", flush=True)
+    return TrainingResult(run_dir, final["best_epoch"], valid, test, final["epochs_run"], wall)
