@@ -61,6 +61,7 @@ def to_torch_csr(csr: sp.csr_matrix, device: torch.device | str = "cpu") -> torc
         torch.from_numpy(csr.indices.astype(np.int64)),
         torch.from_numpy(csr.data.astype(np.float32)),
         size=csr.shape,
+        check_invariants=False,  # built from a valid scipy CSR
     ).to(device)
 
 

@@ -68,7 +68,8 @@ def synced_sparse_grad(weight: torch.nn.Parameter, capacity: int) -> None:
     rows_ND = all_gather_padded(rows_RD.detach(), capacity, fill=0.0)
     keep = idx_N >= 0
     weight.grad = torch.sparse_coo_tensor(
-        idx_N[keep].unsqueeze(0), rows_ND[keep] / world_size(), weight.shape
+        idx_N[keep].unsqueeze(0), rows_ND[keep] / world_size(), weight.shape,
+        check_invariants=False,
     ).coalesce()
 
 
