@@ -54,7 +54,7 @@ def build_model(cfg: Config, ds: PreparedDataset, item_factors_IK: np.ndarray,
                 device: torch.device) -> LD4MRec:
     """LD4MRec on `device`, its random init identical on every rank (same seed)."""
     torch.manual_seed(cfg.train.seed)
-    features = {m: torch.from_numpy(np.ascontiguousarray(ds.feature(m), dtype=np.float32))
+    features = {m: torch.from_numpy(np.array(ds.feature(m), dtype=np.float32))  # a writable copy of the mmap
                 for m in ds.modalities}
     model = LD4MRec(cfg.model, cfg.diffusion, ds.n_users, ds.n_items,
                     item_factors=torch.from_numpy(item_factors_IK),
@@ -75,7 +75,7 @@ def wrap_ddp(model: LD4MRec, device: torch.device) -> torch.nn.Module:
     ignored = ["z_in.weight"] + [name for name, _ in model.named_buffers()]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def build_optimizers(model: LD4MRec, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
@@ -128,22 +128,28 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def reseed(cfg: Config, epoch: int) -> torch.Generator:
+def reseed(cfg: Config, epoch: int, device: torch.device) -> torch.Generator:
     """Seed every random stream of an epoch from (seed, epoch, rank): a resume at an epoch
     boundary replays exactly the stream the interrupted run would have drawn."""
     seed = int(np.random.default_rng([cfg.train.seed, epoch, sync.rank()]).integers(2**62))
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 # ---------------------------------------------------------------- checkpoint state
+
+
+def item_factors_of(model: LD4MRec) -> torch.Tensor:
+    """V_k as scoring needs it again (the no_bd ablation has none: an empty tensor)."""
+    factors = getattr(model, "item_factors", None)
+    return torch.zeros(0, 0) if factors is None else factors.detach().cpu()
 
 
 def checkpoint_state(model: LD4MRec, opts, table, counts, state: LoopState, cfg: Config,
                      manifest_sha256: str) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
-        "item_factors": model.item_factors.detach().cpu(),
+        "item_factors": item_factors_of(model),
         "optimizer": opts[0].state_dict(),
         "zin_optimizer": opts[1].state_dict(),
         "sampler_table": table, "sampler_counts": counts,
@@ -216,7 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     for epoch in range(state.epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         model.train()
-        generator = reseed(cfg, epoch)
+        generator = reseed(cfg, epoch, device)
         loss_sum = torch.zeros(2, dtype=torch.float64)
         order = epoch_order(len(store), cfg.train.seed, epoch, sync.rank())
         for users_B, rows in minibatches(store, order, batch, n_rows):
@@ -306,7 +312,7 @@ def _report(row, state, model, opts, table, counts, cfg, manifest_sha256, run_di
 def _write_best_model(model: LD4MRec, cfg: Config, manifest_sha256: str, run_dir: Path, row) -> None:
     """The best weights, with what scoring needs, beside the Ray checkpoints (atomic)."""
     tmp = run_dir / (BEST_MODEL_FILE + ".tmp")
-    torch.save({"model": model.state_dict(), "item_factors": model.item_factors.detach().cpu(),
+    torch.save({"model": model.state_dict(), "item_factors": item_factors_of(model),
                 "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,
                 "epoch": row["epoch"], "metrics": row}, tmp)
     os.replace(tmp, run_dir / BEST_MODEL_FILE)
