@@ -8,6 +8,7 @@ gradient step, history update) and an evaluation that reports and checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -134,6 +135,18 @@ def reseed(cfg: Config, epoch: int, device: torch.device) -> torch.Generator:
     seed = int(np.random.default_rng([cfg.train.seed, epoch, sync.rank()]).integers(2**62))
     torch.manual_seed(seed)
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def replica_fingerprint(model: LD4MRec, table: torch.Tensor, counts: torch.Tensor) -> dict[str, str]:
+    """sha256 of each replicated state: equal on every rank when the collectives work."""
+    def digest(tensors) -> str:
+        h = hashlib.sha256()
+        for x in tensors:
+            h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    return {"sampler": digest([table, counts]), "z_in": digest([model.z_in.weight]),
+            "cnet": digest([p for n, p in model.named_parameters() if n != "z_in.weight"])}
 
 
 # ---------------------------------------------------------------- checkpoint state
@@ -283,7 +296,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             break
 
     best = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
-    return {"best_epoch": state.best_epoch, "best": best, "epochs_run": state.epoch}
+    return {"best_epoch": state.best_epoch, "best": best, "epochs_run": state.epoch,
+            "replica_fingerprints": sync.all_gather_objects(replica_fingerprint(model, table, counts))}
 
 
 def _report(row, state, model, opts, table, counts, cfg, manifest_sha256, run_dir, improved, is_rank0):

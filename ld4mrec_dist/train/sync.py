@@ -79,6 +79,15 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, …] on every rank (small picklable objects only)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_min_int(value: int, device: torch.device) -> int:
     """The smallest `value` over ranks: every rank then runs the same number of steps."""
     x = torch.tensor([value], dtype=torch.int64, device=device)

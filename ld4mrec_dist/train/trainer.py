@@ -40,6 +40,8 @@ class TrainingResult:
     test: dict[str, float]
     epochs_run: int
     wall_time_s: float
+    replica_fingerprints: list[dict[str, str]]
+    """Per rank, sha256 of the sampler history, z_in and C-Net: all equal when in sync."""
 
 
 def resolve_dataset(cfg: Config) -> Path:
@@ -162,7 +164,8 @@ def _finish(cfg: Config, run_dir: Path, out: dict[str, Any], wall: float) -> Tra
     final = {"best_epoch": out.get("best_epoch", -1), "epochs_run": out.get("epochs_run", 0),
              "select_metric": cfg.eval.select_metric,
              "test_masking": "train+valid" if cfg.eval.mask_valid_at_test else "train",
-             "valid": valid, "test": test, "wall_time_s": wall}
+             "valid": valid, "test": test, "wall_time_s": wall,
+             "replicas_in_sync": len({json.dumps(f, sort_keys=True) for f in out.get("replica_fingerprints", [])}) <= 1}
     (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
     if history:
         plot_training_curves(history, run_dir / "curves.png", title=run_dir.name)
@@ -173,4 +176,5 @@ def _finish(cfg: Config, run_dir: Path, out: dict[str, Any], wall: float) -> Tra
                                            for s, d in (("valid", valid), ("test", test))]))
     print(f"[ld4mrec] outputs in {run_dir}: config.yaml, metrics.jsonl, final_metrics.json, "
           "curves.png, best_model.pt", flush=True)
-    return TrainingResult(run_dir, final["best_epoch"], valid, test, final["epochs_run"], wall)
+    return TrainingResult(run_dir, final["best_epoch"], valid, test, final["epochs_run"], wall,
+                          out.get("replica_fingerprints", []))

@@ -1,0 +1,108 @@
+"""Gaussian diffusion of LD4MRec as SPEC §2 reads it: schedule, forward, posterior, loss.
+
+Shape legend
+    B   users in the batch
+    I   items
+    T   diffusion steps; a step t is an integer in 1..T and indexes buffers at t − 1
+
+Equations (SPEC §2, which overrides the paper where they differ)
+    1 − ᾱ_t = s · [α_min + (t−1)/(T−1) · (1 − α_min)]          (Eq. 3; the fraction is 0 when T = 1)
+    ᾱ_0 = 1,  α_t = ᾱ_t / ᾱ_{t−1},  β_t = 1 − α_t
+    x_t = √ᾱ_t · x + √(1 − ᾱ_t) · ε                             (Eq. 2)
+    μ̃(x_t, x_0, t) = c0_t · x_0 + ct_t · x_t                    (Eq. 6, x_0 form)
+        c0_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t),  ct_t = √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)
+        (the paper's Eq. 7/9 print √ᾱ_t for ct_t: a typo, the standard DDPM √α_t is used)
+    μ_θ = c0_t · x̂_θ + ct_t · x_t                               (Eq. 9)
+    L_rec(u, t) = mean_i (μ̃ − μ_θ)² = c0_t² · mean_i (f_s(x_in) − x̂_θ)²   (Eq. 11)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ld4mrec_dist.config import DiffusionConfig
+
+
+def schedule_values(steps: int, noise_scale: float, alpha_min: float) -> dict[str, Tensor]:
+    """The noise schedule in float64, every entry a tensor of shape [T] indexed by t − 1.
+
+    Keys: alpha_bar (ᾱ_t), alpha_bar_prev (ᾱ_{t−1}), alpha (α_t), beta (β_t),
+    c0 and ct (the posterior-mean coefficients), posterior_var (σ²(t), Eq. 6).
+    """
+    if steps < 1:
+        raise ValueError(f"steps={steps}: must be ≥ 1")
+    t_T = torch.arange(1, steps + 1, dtype=torch.float64)
+    frac_T = (t_T - 1) / (steps - 1) if steps > 1 else torch.zeros_like(t_T)
+    one_minus_ab_T = noise_scale * (alpha_min + frac_T * (1.0 - alpha_min))
+    ab_T = 1.0 - one_minus_ab_T
+    ab_prev_T = torch.cat([torch.ones(1, dtype=torch.float64), ab_T[:-1]])
+    one_minus_ab_prev_T = 1.0 - ab_prev_T
+    # β_t = 1 − ᾱ_t/ᾱ_{t−1}, written as a difference of the (1 − ᾱ) terms: exact at t = 1
+    # (β_1 = 1 − ᾱ_1, so c0_1 = 1) and free of cancellation for small noise scales.
+    beta_T = (one_minus_ab_T - one_minus_ab_prev_T) / ab_prev_T
+    alpha_T = 1.0 - beta_T
+    return {
+        "alpha_bar": ab_T,
+        "alpha_bar_prev": ab_prev_T,
+        "alpha": alpha_T,
+        "beta": beta_T,
+        "c0": ab_prev_T.sqrt() * beta_T / one_minus_ab_T,
+        "ct": alpha_T.sqrt() * one_minus_ab_prev_T / one_minus_ab_T,
+        "posterior_var": beta_T * one_minus_ab_prev_T / one_minus_ab_T,
+    }
+
+
+def _at(buf_T: Tensor, t_B: Tensor) -> Tensor:
+    """buf[t − 1] as a [B, 1] column that broadcasts over items."""
+    return buf_T[t_B - 1].unsqueeze(1)
+
+
+class NoiseSchedule(nn.Module):
+    """The schedule as float32 buffers (they move with `.to()` and live in `state_dict`).
+
+    All methods compute in float32 whatever the input dtype (callers run them outside
+    autocast); `t_B` is int64 in 1..T on the same device as the buffers.
+    """
+
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__()
+        self.steps = cfg.steps
+        v = schedule_values(cfg.steps, cfg.noise_scale, cfg.alpha_min)
+        for name in ("alpha_bar", "c0", "ct"):
+            self.register_buffer(name, v[name].float())
+        self.register_buffer("sqrt_alpha_bar", v["alpha_bar"].sqrt().float())
+        self.register_buffer("sqrt_one_minus_alpha_bar", (1.0 - v["alpha_bar"]).sqrt().float())
+
+    def q_mean(self, x_BI: Tensor, t_B: Tensor) -> Tensor:
+        """E[x_t | x] = √ᾱ_t · x (the noiseless forward process)."""
+        return _at(self.sqrt_alpha_bar, t_B) * x_BI.float()
+
+    def q_sample(self, x_BI: Tensor, t_B: Tensor, noise_BI: Tensor) -> Tensor:
+        """x_t = √ᾱ_t · x + √(1 − ᾱ_t) · ε (Eq. 2)."""
+        return self.q_mean(x_BI, t_B) + _at(self.sqrt_one_minus_alpha_bar, t_B) * noise_BI.float()
+
+    def posterior_mean(self, xt_BI: Tensor, x0_BI: Tensor, t_B: Tensor) -> Tensor:
+        """μ̃(x_t, x_0, t) = c0_t · x_0 + ct_t · x_t; with x_0 := x̂_θ this is μ_θ (Eq. 9)."""
+        return _at(self.c0, t_B) * x0_BI.float() + _at(self.ct, t_B) * xt_BI.float()
+
+    def rec_loss(self, target_BI: Tensor, xhat_BI: Tensor, t_B: Tensor) -> Tensor:
+        """L_rec per user [B] = c0_t² · mean_i (target − x̂_θ)², in float32."""
+        err_B = (target_BI.float() - xhat_BI.float()).square().mean(dim=1)
+        return self.c0[t_B - 1].square() * err_B
+
+
+def soft_reconstruct(x_BI: Tensor, prob: float, gamma: float,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+    """f_s(x) (Eq. 12): each entry is chosen independently with probability `prob`;
+    a chosen clicked entry (x > 0.5) becomes 1 − γ, a chosen non-clicked one γ; the rest
+    keep their value. One uniform draw per entry serves both sets (they are disjoint).
+    `prob = 0` or `gamma = 0` returns `x_BI` itself (no random numbers are drawn).
+    """
+    if prob <= 0 or gamma <= 0:
+        return x_BI
+    chosen_BI = torch.rand(x_BI.shape, generator=generator, device=x_BI.device) < prob
+    smoothed_BI = torch.where(x_BI > 0.5, 1.0 - gamma, gamma).to(x_BI.dtype)
+    return torch.where(chosen_BI, smoothed_BI, x_BI)

@@ -1,0 +1,219 @@
+"""LD4MRec: a batch of users' sparse rows -> its loss (Alg. 1); rows -> scores (Alg. 2).
+
+Shape legend
+    B   users in the batch      I   items       T   diffusion steps
+    D   hidden width d          K   SVD rank (width of the item factors)
+    D_m width of modality m's raw item feature
+
+Plain PyTorch; knows nothing of Ray or DDP. Device-agnostic: every tensor the model owns
+is a parameter or a buffer, so `.to(device)` moves it all.
+
+State: `state_dict` holds C-Net's parameters, `z_in.weight` and the small schedule buffers
+(`schedule.*`). The data-derived buffers `item_factors` [I, K], `item_degree` [I] and
+`item_feature_<j>` [I, D_m] are non-persistent: rebuild the model from the dataset (and
+the SVD) before `load_state_dict`.
+
+Precision: the encoders, the forward process, the time code and the loss always run in
+float32 with autocast disabled; only C-Net runs under the caller's autocast (e.g. bf16 on
+CUDA), and its output is cast back to float32 before the loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Mapping, NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ld4mrec_dist.cnet import CNet, timestep_embedding
+from ld4mrec_dist.config import DiffusionConfig, ModelConfig
+from ld4mrec_dist.diffusion import NoiseSchedule, soft_reconstruct
+from ld4mrec_dist.encoders import as_csr, collaborative_signal, normalized_rows
+from ld4mrec_dist.sampler import importance_weights, sample_steps
+
+DEFAULT_MODALITY_ORDER = ("text", "image")
+
+
+class BatchLoss(NamedTuple):
+    loss: Tensor
+    """Scalar: mean over the batch of w_B · L_rec_B (differentiable)."""
+    t: Tensor
+    """int64 [B], the sampled steps in 1..T."""
+    rec_loss: Tensor
+    """float32 [B], L_rec per user, detached: what the importance-sampling history records."""
+
+
+def select_modalities(requested: Optional[Sequence[str]], available: Sequence[str]) -> list[str]:
+    """The BG-Block's modalities in order. None: text, image, then the others in the given
+    order (those present); a list is taken as is and every name must be available."""
+    if requested is None:
+        first = [m for m in DEFAULT_MODALITY_ORDER if m in available]
+        return first + [m for m in available if m not in DEFAULT_MODALITY_ORDER]
+    missing = [m for m in requested if m not in available]
+    if missing:
+        raise ValueError(f"model.modalities asks for {missing} but the item features are {list(available)}")
+    return list(requested)
+
+
+def _no_autocast(device: torch.device):
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class LD4MRec(nn.Module):
+    """The light diffusion recommender (paper §2–3 as SPEC §2–3 reads it).
+
+    `item_factors` (V_k of the train matrix) is required unless `ablation == "no_bd"`;
+    its width, not `model_cfg.svd_rank`, sets C-Net's collaborative input (the SVD may
+    clamp the rank). `item_features` maps modality name -> [I, D_m]; `item_degree` [I]
+    (train degrees) is required when a modality is used. The `no_bg` ablation uses no
+    modality (its features are not even stored).
+
+    z_in is an `nn.Embedding(n_users or 1, D, sparse=True)`, initialised to the sinusoidal
+    code of t = 0 (the paper reads t_in as approximately t_0); its gradient is sparse (the
+    batch's rows only), so optimise it with e.g. `torch.optim.SparseAdam`.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, n_users: int, n_items: int,
+                 item_factors: Optional[Tensor] = None, item_features: Optional[Mapping[str, Tensor]] = None,
+                 item_degree: Optional[Tensor] = None):
+        super().__init__()
+        self.model_cfg, self.diffusion_cfg = model_cfg, diffusion_cfg
+        self.n_users, self.n_items, self.hidden = n_users, n_items, model_cfg.hidden
+        self.schedule = NoiseSchedule(diffusion_cfg)
+        ablation = model_cfg.ablation
+
+        svd_rank = model_cfg.svd_rank
+        if ablation != "no_bd":
+            if item_factors is None:
+                raise ValueError(f"ablation={ablation!r} needs item_factors (V_k, [I, K])")
+            if item_factors.shape[0] != n_items:
+                raise ValueError(f"item_factors has {item_factors.shape[0]} rows, expected {n_items}")
+            svd_rank = item_factors.shape[1]
+            self.register_buffer("item_factors", torch.as_tensor(item_factors, dtype=torch.float32),
+                                 persistent=False)
+
+        features = dict(item_features or {})
+        names = [] if ablation == "no_bg" else select_modalities(model_cfg.modalities, list(features))
+        self.modalities: tuple[str, ...] = tuple(names)
+        if names:
+            if item_degree is None:
+                raise ValueError("item_degree (train degree per item, [I]) is needed with modalities")
+            self.register_buffer("item_degree", torch.as_tensor(item_degree, dtype=torch.float32).reshape(-1),
+                                 persistent=False)
+        for j, name in enumerate(names):
+            feat = torch.as_tensor(features[name], dtype=torch.float32)
+            if feat.dim() != 2 or feat.shape[0] != n_items:
+                raise ValueError(f"item feature {name!r} has shape {tuple(feat.shape)}, expected [{n_items}, D_m]")
+            self.register_buffer(f"item_feature_{j}", feat, persistent=False)
+
+        self.z_in = nn.Embedding(n_users if model_cfg.per_user_time else 1, model_cfg.hidden, sparse=True)
+        with torch.no_grad():
+            self.z_in.weight.copy_(timestep_embedding(torch.zeros(1), model_cfg.hidden).expand_as(self.z_in.weight))
+
+        with warnings.catch_warnings():
+            if ablation == "no_bg":
+                warnings.simplefilter("ignore")
+            self.cnet = CNet(n_items, model_cfg.hidden, svd_rank, [self._feature(j).shape[1] for j in range(len(names))],
+                             ablation=ablation, negative_slope=model_cfg.negative_slope,
+                             dropout=model_cfg.dropout)
+
+    # ----------------------------------------------------------------- pieces
+    @property
+    def device(self) -> torch.device:
+        return self.schedule.c0.device
+
+    def _feature(self, j: int) -> Tensor:
+        return getattr(self, f"item_feature_{j}")
+
+    def z_in_rows(self, users_B: Tensor) -> Tensor:
+        """z_in of the batch's users, [B, D] (row 0 for every user when shared)."""
+        users_B = users_B.to(self.device, torch.int64)
+        if not self.model_cfg.per_user_time:
+            users_B = torch.zeros_like(users_B)
+        return self.z_in(users_B)
+
+    def conditions(self, rows_BI: Tensor) -> tuple[Optional[Tensor], list[Tensor]]:
+        """(c_u [B, K] or None for no_bd, [e_{u,m} [B, D_m] per modality in order])."""
+        c_BK = collaborative_signal(rows_BI, self.item_factors) if self.cnet.uses_collaborative else None
+        prefs: list[Tensor] = []
+        if self.modalities:
+            norm_BI = normalized_rows(rows_BI, self.item_degree)
+            prefs = [torch.sparse.mm(norm_BI, self._feature(j)) for j in range(len(self.modalities))]
+        return c_BK, prefs
+
+    def reconstruction_target(self, x_BI: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """f_s(x_in) (Eq. 12), or x_in itself for `no_sr` (and when p = 0 or γ = 0)."""
+        if self.model_cfg.ablation == "no_sr":
+            return x_BI
+        return soft_reconstruct(x_BI, self.diffusion_cfg.sr_prob, self.diffusion_cfg.sr_gamma, generator)
+
+    def _inputs(self, rows_BI: Tensor) -> tuple[Tensor, Tensor]:
+        csr_BI = as_csr(rows_BI).to(self.device)
+        return csr_BI, csr_BI.to_dense()
+
+    # ----------------------------------------------------------------- training
+    def forward(self, rows_BI: Tensor, users_B: Tensor, step_probs: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> BatchLoss:
+        """One batch's loss (Alg. 1, lines 3–10).
+
+        `rows_BI`: float32 sparse CSR [B, I] (dense is accepted). `users_B`: global user
+        indices. `step_probs`: p_T (None = uniform). `generator` (None = global RNG) draws
+        t, the soft-reconstruction mask and ε, in this order; it must live on the model's
+        device (the step probabilities are moved to it).
+        """
+        device = self.device
+        with _no_autocast(device):
+            csr_BI, x_BI = self._inputs(rows_BI)
+            steps = self.schedule.steps
+            p_T = step_probs if step_probs is not None else torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+            p_T = p_T.to(generator.device if generator is not None else device)
+            t_B = sample_steps(p_T, x_BI.shape[0], generator).to(device)
+            w_B = importance_weights(p_T, t_B)
+            target_BI = self.reconstruction_target(x_BI, generator)
+            noise_BI = torch.randn(x_BI.shape, generator=generator, device=device)
+            xt_BI = self.schedule.q_sample(target_BI, t_B, noise_BI)
+            c_BK, prefs = self.conditions(csr_BI)
+            tf_BD = timestep_embedding(t_B, self.hidden) + self.z_in_rows(users_B)
+        xhat_BI = self.cnet(xt_BI, tf_BD, c_BK, prefs)
+        with _no_autocast(device):
+            rec_B = self.schedule.rec_loss(target_BI, xhat_BI.float(), t_B)
+            loss = (w_B * rec_B).mean()
+        return BatchLoss(loss=loss, t=t_B, rec_loss=rec_B.detach())
+
+    # ----------------------------------------------------------------- inference
+    @torch.no_grad()
+    def score(self, rows_BI: Tensor, users_B: Tensor) -> Tensor:
+        """Alg. 2: x̂_θ(x_in, t_f = z_in, m), float32 [B, I]; deterministic (no noise, no dropout)."""
+        with _no_autocast(self.device):
+            csr_BI, x_BI = self._inputs(rows_BI)
+            c_BK, prefs = self.conditions(csr_BI)
+            tf_BD = self.z_in_rows(users_B)
+        return self.cnet(x_BI, tf_BD, c_BK, prefs, dropout=False).float()
+
+    @torch.no_grad()
+    def multi_step_scores(self, rows_BI: Tensor, users_B: Tensor, steps: Optional[int] = None) -> Tensor:
+        """The classic reverse process, for comparison with one-step inference: from
+        x_n = √ᾱ_n · x_in (the forward mean, no noise), x_{t−1} = μ_θ(x_t, t) for
+        t = n..1 with t_f = z_t + z_in; returns x_0 (= x̂_θ at t = 1, as c0_1 = 1, ct_1 = 0).
+        `steps` = n, default T. Float32 [B, I], deterministic.
+        """
+        n = self.schedule.steps if steps is None else int(steps)
+        if not 1 <= n <= self.schedule.steps:
+            raise ValueError(f"steps={steps}: must be in 1..{self.schedule.steps}")
+        with _no_autocast(self.device):
+            csr_BI, x_BI = self._inputs(rows_BI)
+            c_BK, prefs = self.conditions(csr_BI)
+            zin_BD = self.z_in_rows(users_B)
+            t_B = torch.full((x_BI.shape[0],), n, dtype=torch.int64, device=self.device)
+            x_BI = self.schedule.q_mean(x_BI, t_B)
+        for t in range(n, 0, -1):
+            t_B = torch.full_like(t_B, t)
+            tf_BD = timestep_embedding(t_B, self.hidden) + zin_BD
+            xhat_BI = self.cnet(x_BI, tf_BD, c_BK, prefs, dropout=False).float()
+            with _no_autocast(self.device):
+                x_BI = self.schedule.posterior_mean(x_BI, xhat_BI, t_B)
+        return x_BI
