@@ -105,8 +105,8 @@ def loop_config(cfg: Config, ds: PreparedDataset, run_dir: Path) -> dict[str, An
     return {"cfg": config_to_dict(cfg), "dataset": str(ds.path), "run_dir": str(run_dir)}
 
 
-def run_training(cfg: Config) -> TrainingResult:
-    t0 = time.perf_counter()
+def prepare_run(cfg: Config) -> tuple[PreparedDataset, Path]:
+    """Dataset and run directory ready for workers: config.yaml and V_k written."""
     ds = open_dataset(resolve_dataset(cfg))
     run_dir = resolve_run_dir(cfg, ds)
     if cfg.run.resume:
@@ -115,15 +115,22 @@ def run_training(cfg: Config) -> TrainingResult:
     item_factors_for_run(ds, cfg, run_dir)
     print(f"[ld4mrec] dataset {ds.path} ({ds.n_users} users × {ds.n_items} items, "
           f"modalities {ds.modalities}); run directory {run_dir}", flush=True)
+    return ds, run_dir
 
+
+def run_training(cfg: Config) -> TrainingResult:
+    """Prepare, train on Ray Train (or in-process with 0 workers), write the outputs."""
+    t0 = time.perf_counter()
+    ds, run_dir = prepare_run(cfg)
     if cfg.scaling.num_workers == 0:
         out = train_loop_per_worker(loop_config(cfg, ds, run_dir))
     else:
-        out = _fit_with_ray_train(cfg, ds, run_dir)
-    return _finish(cfg, run_dir, out, time.perf_counter() - t0)
+        out = fit(make_torch_trainer(cfg, ds, run_dir))
+    return finish_run(cfg, run_dir, out, time.perf_counter() - t0)
 
 
-def _fit_with_ray_train(cfg: Config, ds: PreparedDataset, run_dir: Path) -> dict[str, Any]:
+def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: Path, callbacks: Optional[list] = None):
+    """The TorchTrainer of a run: its workers, checkpoints, failure policy and train shards."""
     import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -135,14 +142,14 @@ def _fit_with_ray_train(cfg: Config, ds: PreparedDataset, run_dir: Path) -> dict
         ray.init(runtime_env={"env_vars": RAY_TRAIN_FAST_ENV}, log_to_driver=True)
     train_rows = ray.data.read_parquet(ds.split_files("train")).materialize()
     select = f"valid/{cfg.eval.select_metric}"
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(cfg, ds, run_dir),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+        scaling_config=ScalingConfig(num_workers=max(cfg.scaling.num_workers, 1), use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
                                                            **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
         run_config=RunConfig(
-            name=run_dir.name, storage_path=str(run_dir.parent),
+            name=run_dir.name, storage_path=str(run_dir.parent), callbacks=callbacks,
             # The latest checkpoint is always kept too (resume); num_to_keep keeps the best.
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select,
                                                checkpoint_score_order="max"),
@@ -150,13 +157,17 @@ def _fit_with_ray_train(cfg: Config, ds: PreparedDataset, run_dir: Path) -> dict
         ),
         datasets={"train": train_rows},
     )
+
+
+def fit(trainer) -> dict[str, Any]:
+    """Rank 0's return value of a finished fit; the run's error if it failed."""
     result = trainer.fit()
     if result.error is not None:
         raise result.error
     return result.return_value or {}
 
 
-def _finish(cfg: Config, run_dir: Path, out: dict[str, Any], wall: float) -> TrainingResult:
+def finish_run(cfg: Config, run_dir: Path, out: dict[str, Any], wall: float) -> TrainingResult:
     history = read_metrics(run_dir / METRICS_FILE)
     best = out.get("best") or {}
     valid = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("valid/")}
