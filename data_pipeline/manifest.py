@@ -1,0 +1,61 @@
+"""manifest.json: what a prepared dataset holds and how every input row was accounted for.
+
+No timestamps or absolute paths, keys in a fixed order: the same input and config give
+byte-identical manifests, and `sha256(manifest.json)` fingerprints the whole dataset
+(it lists every data file with its sha256).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data_pipeline.errors import DataError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def check_accounting(counts: dict) -> None:
+    """Input = kept + filtered + merged + dropped, and split rows = kept + injected; RuntimeError if not."""
+    accounted = (counts["kept"] + counts["filtered_by_rating"] + counts["duplicates_merged"]
+                 + sum(counts["dropped"].values()))
+    if accounted != counts["input_rows"]:
+        raise RuntimeError(f"row accounting is off: {counts['input_rows']} input rows but {accounted} "
+                           f"accounted for ({counts})")
+    injected = counts["injected_noise"]["natural"] + counts["injected_noise"]["random"]
+    if sum(counts["rows_per_split"].values()) != counts["kept"] + injected:
+        raise RuntimeError(f"split rows {counts['rows_per_split']} != kept {counts['kept']} + injected {injected}")
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """`folder/manifest.json`, after checking the accounting identity."""
+    check_accounting(manifest["counts"])
+    text = json.dumps(manifest, indent=2, ensure_ascii=True) + "\n"
+    (folder / MANIFEST).write_text(text, encoding="ascii")
+
+
+def read_manifest(folder: Path) -> tuple[dict, bytes]:
+    """(parsed manifest, its bytes); DataError when missing, unreadable or of another version."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{folder}: no {MANIFEST}; not a prepared dataset (or an interrupted one): "
+                        "prepare it with jobs/prepare.py")
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err}); prepare the dataset again with --overwrite") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise DataError(f"{path}: format version {version!r}, this code reads {FORMAT_VERSION}; "
+                        "prepare the dataset again with --overwrite")
+    return manifest, raw
+
+
+def listed_files(manifest: dict) -> list[str]:
+    """Every data file the manifest lists, relative to the dataset folder."""
+    files = [entry["file"] for split in manifest["files"]["splits"].values() for entry in split]
+    files += [m["file"] for m in manifest["modalities"]]
+    files += [entry["file"] for entry in manifest["files"]["other"]]
+    return files

@@ -1,0 +1,163 @@
+"""Prepare a dataset directory from a `Source` (any reader) or the synthetic generator.
+
+Layout: manifest.json, train|valid|test/part-*.parquet, features/<modality>.npy,
+item_degree.npy, id_maps/users.parquet, id_maps/items.parquet. Everything is written into
+a hidden temp dir beside the target and renamed at the end, manifest last, so an
+interrupted run never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from data_pipeline.errors import DataError
+from data_pipeline.features import write_features
+from data_pipeline.manifest import FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
+from data_pipeline.protocol import ProtocolConfig, ProtocolResult, apply_protocol
+from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD, file_sha256, user_rows, write_shards
+from data_pipeline.source import SPLIT_NAMES, Source, index_ids
+
+
+def prepare_dataset(source: Source, setting: str, out: str | Path, *, seed: int = 2024, overwrite: bool = False,
+                    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, protocol: ProtocolConfig = ProtocolConfig(),
+                    progress: bool = True, extra_config: Optional[dict] = None) -> Path:
+    """Apply the protocol to `source` and write the dataset directory `out`; returns its path."""
+    out = Path(out).resolve()
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it, or choose --out")
+    if rows_per_shard < 1:
+        raise DataError(f"rows per shard {rows_per_shard}: must be ≥ 1")
+    config = run_config(source, setting, seed, rows_per_shard, protocol, extra_config)
+    user_codes, user_uniques = index_ids(source.user_raw)
+    result = apply_protocol(user_codes, source.item_N, source.n_items, source.rating, source.timestamp,
+                            source.split, setting, protocol, seed)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        write_dataset(tmp, source, result, user_uniques, config, rows_per_shard, progress)
+        commit(tmp, out, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def run_config(source: Source, setting: str, seed: int, rows_per_shard: int, protocol: ProtocolConfig,
+               extra: Optional[dict]) -> dict:
+    """The config recorded in the manifest (and compared when reusing a synthetic dataset)."""
+    config = {"source_format": source.format, "source_name": source.name, "setting": setting, "seed": seed,
+              "protocol": protocol.as_dict(), "rows_per_shard": rows_per_shard}
+    return json.loads(json.dumps({**config, **(extra or {})}))
+
+
+def write_dataset(folder: Path, source: Source, result: ProtocolResult, user_uniques: np.ndarray, config: dict,
+                  rows_per_shard: int, progress: bool) -> dict:
+    """Write shards, features, degrees, id maps and (last) the manifest into `folder`."""
+    index_of = np.full(int(user_uniques.size), -1, np.int64)
+    index_of[result.users] = np.arange(result.users.size)
+    n_users, n_items = int(result.users.size), source.n_items
+    split_files, eval_sets = {}, {}
+    for name in SPLIT_NAMES:
+        users, items = result.splits[name]
+        split_files[name] = write_shards(user_rows(index_of[users], items), folder / name, rows_per_shard)
+        eval_sets[name] = np.unique(index_of[users])
+    degree = np.bincount(result.splits["train"][1], minlength=n_items).astype(np.int64)
+    np.save(folder / "item_degree.npy", degree)
+    (folder / "id_maps").mkdir()
+    other = [{"file": "item_degree.npy", "sha256": file_sha256(folder / "item_degree.npy")}]
+    for kind, ids in (("users", user_uniques[result.users]), ("items", source.item_ids)):
+        path = folder / "id_maps" / f"{kind}.parquet"
+        pq.write_table(pa.table({"index": pa.array(np.arange(ids.size, dtype=np.int32)),
+                                 "id": pa.array(ids.astype(str), pa.string())}), path, compression="zstd")
+        other.append({"file": f"id_maps/{kind}.parquet", "sha256": file_sha256(path)})
+    modalities = write_modalities(folder, source, progress)
+    train_rows = result.counts["rows_per_split"]["train"]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": source.name,
+        "config": config,
+        "source": {"format": source.format, "split": result.split_source, "chronology": result.chronology,
+                   "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in source.files]},
+        "n_users": n_users,
+        "n_items": n_items,
+        "modalities": modalities,
+        "counts": result.counts,
+        "eval_users": {s: int(np.intersect1d(eval_sets[s], eval_sets["train"]).size) for s in ("valid", "test")},
+        "train_density": train_rows / max(1, n_users * n_items),
+        "files": {"splits": split_files, "other": other},
+    }
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def write_modalities(folder: Path, source: Source, progress: bool) -> list[dict]:
+    """features/<modality>.npy for each modality, in source order; [{name, dim, file, sha256}]."""
+    (folder / "features").mkdir()
+    entries = []
+    for name, feat in source.features.items():
+        with tqdm(total=feat.n_rows, desc=f"features/{name}", unit="item", disable=not progress, leave=False) as bar:
+            sha = write_features(feat, folder / "features" / f"{name}.npy", bar)
+        entries.append({"name": name, "dim": feat.width, "file": f"features/{name}.npy", "sha256": sha})
+    return entries
+
+
+def commit(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename `tmp` to `out` (replacing it when `overwrite`)."""
+    old = None
+    if out.exists():
+        if not overwrite:
+            raise DataError(f"{out}: appeared while preparing; pass --overwrite to replace it")
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_synthetic(shape: str, setting: str, root: str | Path, seed: int = 2024, overwrite: bool = False,
+                      progress: bool = True) -> Path:
+    """Generate (once) the synthetic MMRec source and prepare `root/<shape>-<setting>-seed<seed>`.
+
+    A complete dataset already there with the same config is returned as is."""
+    from data_pipeline.readers.mmrec import read_mmrec
+    from data_pipeline.synthetic import GENERATOR_VERSION, generate_mmrec
+
+    root = Path(root).resolve()
+    raw = generate_mmrec(shape, root / f"synthetic-{shape}-seed{seed}" / "raw", seed=seed, progress=progress)
+    out = root / f"{shape}-{setting}-seed{seed}"
+    extra = {"synthetic": {"shape": shape, "seed": seed, "version": GENERATOR_VERSION}}
+    expect = {**extra, "setting": setting, "seed": seed}
+    if not overwrite and reusable(out, expect):
+        return out
+    source = read_mmrec(raw)
+    try:
+        return prepare_dataset(source, setting, out, seed=seed, overwrite=overwrite, progress=progress,
+                               extra_config=extra)
+    except (DataError, OSError):
+        if reusable(out, expect):   # another process prepared it meanwhile
+            return out
+        raise
+
+
+def reusable(out: Path, extra: dict) -> bool:
+    """True when `out` holds a complete dataset whose config includes `extra` with the default protocol."""
+    if not (out / MANIFEST).is_file():
+        return False
+    try:
+        manifest, _ = read_manifest(out)
+    except DataError:
+        return False
+    config = manifest.get("config", {})
+    expected = json.loads(json.dumps(extra))
+    return all(config.get(k) == v for k, v in expected.items()) \
+        and config.get("protocol") == ProtocolConfig().as_dict() \
+        and config.get("rows_per_shard") == DEFAULT_ROWS_PER_SHARD
