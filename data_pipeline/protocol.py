@@ -34,6 +34,11 @@ from data_pipeline.source import SPLIT_NAMES
 SETTINGS = ("clean", "noisy", "as_is")
 
 
+# Bumped whenever the same input and config would give other splits: datasets prepared
+# by an older protocol are then not reused (see prepare.reusable).
+PROTOCOL_VERSION = 2
+
+
 @dataclass(frozen=True)
 class ProtocolConfig:
     min_rating: float = 4.0
@@ -56,7 +61,7 @@ class ProtocolConfig:
             raise DataError(f"natural noise share {self.natural_share}: must be in [0, 1]")
 
     def as_dict(self) -> dict:
-        return {"min_rating": self.min_rating, "split_ratios": list(self.split_ratios),
+        return {"version": PROTOCOL_VERSION, "min_rating": self.min_rating, "split_ratios": list(self.split_ratios),
                 "noise_ratio": self.noise_ratio, "natural_share": self.natural_share}
 
 
@@ -126,14 +131,20 @@ def first_per_pair(rows: np.ndarray, user_N: np.ndarray, item_N: np.ndarray, n_i
 
 
 def chronological_labels(user_K: np.ndarray, cfg: ProtocolConfig) -> np.ndarray:
-    """[K] int8 0/1/2 for rows sorted by (user, time): each user's first share train, latest test."""
+    """[K] int8 0/1/2 for rows sorted by (user, time): each user's first share train, latest test.
+
+    Shares are rounded per user with one row each for test (from 2 rows on) and valid
+    (from 3 rows on) when their ratio is positive: a 5-row user gets 3/1/1, a 10-row user
+    8/1/1, a 20-row user 16/2/2. Plain rounding of 8:1:1 would leave every user with fewer
+    than 8 rows without a valid row, and valid half the size of test.
+    """
     _, start, n_u = np.unique(user_K, return_index=True, return_counts=True)
     n = np.repeat(n_u, n_u)
     rank = np.arange(user_K.size) - np.repeat(start, n_u)
-    r_train, r_valid, r_test = cfg.split_ratios
-    n_train = np.clip(np.floor(r_train * n + 0.5), 1, n)
-    rest = n - n_train
-    n_valid = np.floor(rest * (r_valid / (r_valid + r_test))) if r_valid + r_test > 0 else 0 * rest
+    _, r_valid, r_test = cfg.split_ratios
+    n_test = np.where((n >= 2) & (r_test > 0), np.maximum(1, np.floor(r_test * n + 0.5)), 0)
+    n_valid = np.where((n >= 3) & (r_valid > 0), np.maximum(1, np.floor(r_valid * n + 0.5)), 0)
+    n_train = n - n_test - n_valid  # ≥ 1: the shares sum to 1 and train's is positive
     return np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2)).astype(np.int8)
 
 
@@ -143,8 +154,8 @@ def check_splits(label: np.ndarray, from_source: bool) -> None:
         if not (label == code).any():
             why = ("the source split (x_label / split column) has no rows labelled "
                    f"{code}; fix the labels or drop the split column" if from_source else
-                   "users have too few interactions for an 8:1:1 split (a user needs ≥ 3 to reach test, "
-                   "≥ 8 to reach valid); use a denser source or other --split-ratios")
+                   "users have too few interactions for the split (a user needs ≥ 2 rows to reach test, "
+                   "≥ 3 to reach valid); use a denser source or other --split-ratios")
             raise DataError(f"the {name} split is empty after the protocol: {why}")
 
 
