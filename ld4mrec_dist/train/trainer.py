@@ -137,9 +137,9 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: Path, callback
     from ray.train.torch import TorchTrainer
 
     for key, value in RAY_TRAIN_FAST_ENV.items():
-        os.environ.setdefault(key, value)
+        os.environ.setdefault(key, value)  # a local Ray started below inherits them
     if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": RAY_TRAIN_FAST_ENV}, log_to_driver=True)
+        ray.init()  # attaches to RAY_ADDRESS (ray job submit) or starts a local instance
     train_rows = ray.data.read_parquet(ds.split_files("train")).materialize()
     select = f"valid/{cfg.eval.select_metric}"
     return TorchTrainer(
