@@ -149,6 +149,10 @@ def plain(value: Any) -> Any:
 
 def base_config(spec: SweepSpec, cli_overrides: Optional[list[str]] = None) -> Config:
     """The config every trial starts from: file < sweep overrides < command line < workers."""
+    fixed = [o for o in cli_overrides or [] if o.startswith(FORBIDDEN_PREFIXES)]
+    if fixed:
+        raise ConfigError(f"override {fixed[0]!r} is set by the sweep itself (run.* per trial, under "
+                          "the sweep directory; use workers_per_trial for scaling.num_workers)")
     cfg = apply_overrides(load_config(spec.base_config or None), spec.overrides)
     cfg = load_config_over(cfg, cli_overrides or [])
     return apply_overrides(cfg, {"scaling.num_workers": spec.workers_per_trial})

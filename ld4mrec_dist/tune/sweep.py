@@ -135,8 +135,11 @@ def tuner_for(spec: SweepSpec, cfg: Config, sweep_dir: Path, max_concurrent: int
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    # Rungs in epochs; a trial that survives every rung ends itself at train.epochs (or
+    # by patience) and writes its final outputs: ASHA does not stop it at max_t.
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=spec.asha.grace_period,
-                               reduction_factor=spec.asha.reduction_factor, brackets=spec.asha.brackets)
+                               reduction_factor=spec.asha.reduction_factor, brackets=spec.asha.brackets,
+                               stop_last_trials=False)
                  if spec.asha.enabled else FIFOScheduler())
     return tune.Tuner(
         make_trainable(sweep_dir),
