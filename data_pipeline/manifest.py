@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from data_pipeline import storage
 from data_pipeline.errors import DataError
+from data_pipeline.storage import Location
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -35,13 +37,17 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(text, encoding="ascii")
 
 
-def read_manifest(folder: Path) -> tuple[dict, bytes]:
-    """(parsed manifest, its bytes); DataError when missing, unreadable or of another version."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
+def read_manifest(folder: Location) -> tuple[dict, bytes]:
+    """(parsed manifest, its bytes); DataError when missing, unreadable or of another version.
+    `folder` is a local path or a URI (s3://, gs://, file://)."""
+    path = storage.join(folder, MANIFEST)
+    try:
+        raw = storage.read_bytes(path)
+    except FileNotFoundError:
         raise DataError(f"{folder}: no {MANIFEST}; not a prepared dataset (or an interrupted one): "
-                        "prepare it with jobs/prepare.py")
-    raw = path.read_bytes()
+                        "prepare it with jobs/prepare.py") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err}); check the location and its credentials") from None
     try:
         manifest = json.loads(raw)
     except json.JSONDecodeError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from data_pipeline import storage
 from data_pipeline.errors import DataError
 from data_pipeline.features import write_features
 from data_pipeline.manifest import FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
@@ -31,7 +33,14 @@ from data_pipeline.source import SPLIT_NAMES, Source, index_ids
 def prepare_dataset(source: Source, setting: str, out: str | Path, *, seed: int = 2024, overwrite: bool = False,
                     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, protocol: ProtocolConfig = ProtocolConfig(),
                     progress: bool = True, extra_config: Optional[dict] = None) -> Path:
-    """Apply the protocol to `source` and write the dataset directory `out`; returns its path."""
+    """Apply the protocol to `source` and write the dataset directory `out`; returns its path.
+
+    `out` may be an object-store URI (s3://, gs://): the dataset is then built in a local
+    temporary directory and uploaded, manifest last, so it never looks complete early."""
+    if storage.is_uri(out):
+        return prepare_to_uri(source, setting, storage.normalize(out), seed=seed, overwrite=overwrite,
+                              rows_per_shard=rows_per_shard, protocol=protocol, progress=progress,
+                              extra_config=extra_config)
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         raise DataError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it, or choose --out")
@@ -48,6 +57,18 @@ def prepare_dataset(source: Source, setting: str, out: str | Path, *, seed: int 
         commit(tmp, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def prepare_to_uri(source: Source, setting: str, out: str, *, overwrite: bool, **kwargs):
+    if storage.exists(out) and storage.list_dir(out) and not overwrite:
+        raise DataError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it, or choose --out")
+    with tempfile.TemporaryDirectory(prefix="ld4mrec-prepare-") as tmp:
+        local = prepare_dataset(source, setting, Path(tmp) / "dataset", **kwargs)
+        if overwrite and storage.exists(out):
+            fs, path = storage.filesystem(out)
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+        storage.upload_tree(local, out, last=MANIFEST)
     return out
 
 

@@ -16,6 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from data_pipeline import storage
+
 SCHEMA = pa.schema([("user", pa.int32()), ("items", pa.list_(pa.int32()))])
 DEFAULT_ROWS_PER_SHARD = 8192
 
@@ -44,7 +46,8 @@ def read_pairs(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(user [n] int64, item [n] int64) of every (user, item) in the shards."""
     if not files:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    table = pq.read_table(files, schema=SCHEMA)
+    fs, _ = storage.filesystem(files[0])  # one dataset: every shard on the same filesystem
+    table = pq.read_table([storage.filesystem(f)[1] for f in files], schema=SCHEMA, filesystem=fs)
     lists = table.column("items").combine_chunks()
     parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
     users = table.column("user").to_numpy().astype(np.int64)[parent]

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional
 
+from data_pipeline import storage
 from ld4mrec_dist.config import ConfigError, load_config
 
 
 def config_for(config_path: Optional[str], resume: Optional[str], overrides: list[str]):
     """The run's config: a resumed run's saved config.yaml is the base, unless --config."""
     if resume and not config_path:
-        saved = Path(resume).expanduser() / "config.yaml"
-        if not saved.is_file():
+        saved = storage.join(resume, "config.yaml")
+        if not storage.is_file(saved):
             raise ConfigError(f"--resume {resume}: {saved} not found; is this a run directory?")
-        config_path = str(saved)
+        config_path = saved
     cfg = load_config(config_path, overrides)
     if resume:
-        cfg.run.resume = str(Path(resume).expanduser().resolve())
+        cfg.run.resume = storage.normalize(resume)
     return cfg
 
 

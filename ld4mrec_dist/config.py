@@ -15,6 +15,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from data_pipeline import storage
+
 SYNTHETIC_SHAPES = ("tiny", "small", "baby", "sports", "electronics")
 SETTINGS = ("clean", "noisy", "as_is")
 ABLATIONS = ("none", "no_bg", "no_bd", "no_sr")
@@ -188,14 +190,13 @@ class Config:
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Defaults, then the YAML file at `path`, then `section.field=value` overrides."""
+    """Defaults, then the YAML file at `path` (local or URI), then `section.field=value` overrides."""
     layers = [OmegaConf.structured(Config)]
     try:
         if path:
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError(f"config file {p} does not exist")
-            layers.append(OmegaConf.load(p))
+            if not storage.is_file(path):
+                raise ConfigError(f"config file {path} does not exist")
+            layers.append(OmegaConf.create(storage.read_text(path)))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
@@ -218,6 +219,10 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))  # type: ignore[return-value]
 
 
+def config_to_yaml(cfg: Config) -> str:
+    """YAML that `load_config` (and `jobs/train.py --config`) read back unchanged."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write a YAML file that `load_config` (and `jobs/train.py --config`) read back unchanged."""
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    Path(path).write_text(config_to_yaml(cfg))

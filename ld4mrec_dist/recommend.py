@@ -14,11 +14,12 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
 from ld4mrec_dist.config import Config, config_from_dict
 from ld4mrec_dist.eval.metrics import mask_items
 from ld4mrec_dist.train.batches import to_dense, to_torch_csr
-from ld4mrec_dist.train.checkpoint import CheckpointError
+from ld4mrec_dist.train.checkpoint import CheckpointError, load_state_bytes
 from ld4mrec_dist.train.loop import BEST_MODEL_FILE, build_model
 
 
@@ -27,17 +28,14 @@ def load_best_model(run_dir: str | Path, dataset: Optional[str] = None,
     """The run's best model (safe load), its config and its dataset (hash-checked)."""
     from ld4mrec_dist.train.trainer import resolve_dataset
 
-    path = Path(run_dir) / BEST_MODEL_FILE
-    if not path.is_file():
+    path = storage.join(run_dir, BEST_MODEL_FILE)
+    if not storage.is_file(path):
         raise CheckpointError(f"{path} not found: the run has not finished an evaluation yet")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing
-        raise CheckpointError(f"{path} cannot be loaded safely ({err}); it may be truncated") from None
+    saved = load_state_bytes(storage.read_bytes(path), path)
     cfg = config_from_dict(saved["config"])
     ds = open_dataset(dataset or resolve_dataset(cfg))
     if ds.manifest_sha256 != saved["manifest_sha256"]:
-        raise CheckpointError(f"{path} was trained on another dataset than {ds.path} "
+        raise CheckpointError(f"{path} was trained on another dataset than {ds.location} "
                               "(manifest sha256 differs): pass --dataset with the training data")
     model = build_model(cfg, ds, saved["item_factors"].numpy(), torch.device(device))
     model.load_state_dict(saved["model"])
@@ -74,10 +72,11 @@ def top_k_table(model, ds: PreparedDataset, k: int, batch_size: int = 1024,
 
 
 def write_recommendations(run_dir: str | Path, out: str | Path, k: int = 20,
-                          dataset: Optional[str] = None, device: str = "cpu") -> Path:
+                          dataset: Optional[str] = None, device: str = "cpu") -> str:
+    """Write the top-K table to `out` (local path or URI); returns where it went."""
     model, _, ds = load_best_model(run_dir, dataset, device)
     table = top_k_table(model, ds, k, device=device)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out)
-    return out
+    storage.make_dirs(storage.parent_of(out))
+    fs, path = storage.filesystem(out)
+    pq.write_table(table, path, filesystem=fs)
+    return storage.normalize(out)

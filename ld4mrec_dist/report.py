@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
-from pathlib import Path
 from typing import Any, Sequence
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    p = Path(path)
-    if not p.is_file():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+def read_metrics(text: str) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file's text."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -24,14 +22,13 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line, sep, *body])
 
 
-def plot_training_curves(history: list[dict[str, Any]], out_png: str | Path, title: str = "") -> Path:
-    """Loss and valid/test Recall@K, NDCG@K per epoch, best epoch marked."""
+def plot_training_curves(history: list[dict[str, Any]], title: str = "") -> bytes:
+    """PNG bytes: loss and valid/test Recall@K, NDCG@K per epoch, best epoch marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_png = Path(out_png)
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [r["loss"] for r in history], marker=".", color="tab:red")
@@ -46,6 +43,7 @@ def plot_training_curves(history: list[dict[str, Any]], out_png: str | Path, tit
     ax_metric.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return out_png
+    return buf.getvalue()

@@ -9,11 +9,15 @@ checkpoint has none, a corrupt one fails its checksum, and neither is ever loade
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from data_pipeline import storage
+from data_pipeline.storage import Location
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -49,27 +53,38 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     return d
 
 
-def load_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """The verified state of a checkpoint directory, loaded with weights_only=True."""
-    d = Path(directory)
-    meta_path, state_path = d / META_FILE, d / STATE_FILE
-    if not meta_path.is_file() or not state_path.is_file():
-        raise CheckpointError(f"checkpoint {d} is partial (no {META_FILE} or {STATE_FILE}): "
+def load_checkpoint(directory: Location) -> dict[str, Any]:
+    """The verified state of a checkpoint directory (local or URI), loaded with weights_only=True."""
+    meta_path, state_path = storage.join(directory, META_FILE), storage.join(directory, STATE_FILE)
+    if not storage.is_file(meta_path) or not storage.is_file(state_path):
+        raise CheckpointError(f"checkpoint {directory} is partial (no {META_FILE} or {STATE_FILE}): "
                               "it was interrupted while being written; resume from an earlier one")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(storage.read_bytes(meta_path))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"checkpoint {meta_path} is unreadable JSON ({err})") from None
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {d} has format version {meta.get('format_version')}, "
+        raise CheckpointError(f"checkpoint {directory} has format version {meta.get('format_version')}, "
                               f"this trainer reads {FORMAT_VERSION}")
-    if _sha256(state_path) != meta.get("sha256"):
+    data = storage.read_bytes(state_path)
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise CheckpointError(f"checkpoint {state_path} is corrupt (sha256 differs from {META_FILE}); "
                               "delete it and resume from an earlier checkpoint")
+    return load_state_bytes(data, state_path)
+
+
+def load_state_bytes(data: bytes, where: Location) -> dict[str, Any]:
+    """torch.load(weights_only=True) of a file's bytes; CheckpointError if unsafe or broken."""
     try:
-        return torch.load(state_path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise CheckpointError(f"checkpoint {state_path} cannot be loaded safely: {err}") from None
+        raise CheckpointError(f"checkpoint {where} cannot be loaded safely: {err}") from None
+
+
+def state_bytes(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
 
 
 def check_compatible(state: dict[str, Any], config: dict[str, Any], manifest_sha256: str) -> None:

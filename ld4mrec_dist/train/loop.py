@@ -9,18 +9,19 @@ gradient step, history update) and an evaluation that reports and checkpoints.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
 from ld4mrec_dist.config import Config, config_from_dict, config_to_dict
 from ld4mrec_dist.eval.evaluator import EvalData, evaluate
@@ -28,12 +29,13 @@ from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.sampler import init_history, step_probabilities, update_history
 from ld4mrec_dist.train import sync
 from ld4mrec_dist.train.batches import (RowStore, concat_row_stores, epoch_order, minibatches,
-                                        rows_from_arrow, rows_of_users, steps_per_epoch, to_torch_csr)
-from ld4mrec_dist.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+                                        rows_from_arrow, rows_of_users, to_torch_csr)
+from ld4mrec_dist.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint, state_bytes
 
 FAULT_MARKER = ".fault_injected"
 BEST_MODEL_FILE = "best_model.pt"
 METRICS_FILE = "metrics.jsonl"
+ITEM_FACTORS_FILE = "item_factors.npy"
 
 
 @dataclass
@@ -199,14 +201,14 @@ def latest_checkpoint_state() -> Optional[dict[str, Any]]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     cfg: Config = config_from_dict(config["cfg"])
-    run_dir = Path(config["run_dir"])
+    run_dir = config["run_dir"]  # a local path or an object-store URI
     device = _device()
     is_rank0 = sync.rank() == 0
     autocast = device.type == "cuda" and cfg.scaling.bf16
 
     # --- build: data, model, optimizers, sampler history
     ds = open_dataset(config["dataset"])
-    item_factors_IK = np.load(run_dir / "item_factors.npy")
+    item_factors_IK = np.load(io.BytesIO(storage.read_bytes(storage.join(run_dir, ITEM_FACTORS_FILE))))
     model = build_model(cfg, ds, item_factors_IK, device)
     ddp_model = wrap_ddp(model, device)
     opts = build_optimizers(model, cfg)
@@ -305,8 +307,7 @@ def _report(row, state, model, opts, table, counts, cfg, manifest_sha256, run_di
     metrics = {k: v for k, v in row.items()}
     if is_rank0:
         print(_progress_line(row, cfg), flush=True)
-        with open(run_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        _rewrite_metrics(run_dir, state.history)  # whole-file writes: object stores cannot append
     if not _in_ray_train():
         if is_rank0 and improved:
             _write_best_model(model, cfg, manifest_sha256, run_dir, row)
@@ -323,20 +324,17 @@ def _report(row, state, model, opts, table, counts, cfg, manifest_sha256, run_di
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _write_best_model(model: LD4MRec, cfg: Config, manifest_sha256: str, run_dir: Path, row) -> None:
+def _write_best_model(model: LD4MRec, cfg: Config, manifest_sha256: str, run_dir: str, row) -> None:
     """The best weights, with what scoring needs, beside the Ray checkpoints (atomic)."""
-    tmp = run_dir / (BEST_MODEL_FILE + ".tmp")
-    torch.save({"model": model.state_dict(), "item_factors": item_factors_of(model),
-                "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,
-                "epoch": row["epoch"], "metrics": row}, tmp)
-    os.replace(tmp, run_dir / BEST_MODEL_FILE)
+    state = {"model": model.state_dict(), "item_factors": item_factors_of(model),
+             "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,
+             "epoch": row["epoch"], "metrics": row}
+    storage.write_bytes(storage.join(run_dir, BEST_MODEL_FILE), state_bytes(state))
 
 
-def _rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """metrics.jsonl = the checkpoint's history: rows of epochs lost to a failure vanish."""
-    with open(run_dir / METRICS_FILE, "w") as f:
-        for row in history:
-            f.write(json.dumps(row) + "\n")
+def _rewrite_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl = the loop's history: rows of epochs lost to a failure vanish."""
+    storage.write_text(storage.join(run_dir, METRICS_FILE), "".join(json.dumps(r) + "\n" for r in history))
 
 
 def _progress_line(row: dict[str, Any], cfg: Config) -> str:
@@ -347,13 +345,13 @@ def _progress_line(row: dict[str, Any], cfg: Config) -> str:
             f"train {row['train_time_s']:.1f}s eval {row['eval_time_s']:.1f}s")
 
 
-def _maybe_inject_fault(cfg: Config, global_step: int, run_dir: Path) -> None:
+def _maybe_inject_fault(cfg: Config, global_step: int, run_dir: str) -> None:
     """Fault injection for tests: the last rank dies once, hard, at the given step."""
     if cfg.train.fail_at_step != global_step or sync.rank() != sync.world_size() - 1:
         return
-    marker = run_dir / FAULT_MARKER
-    if marker.exists():
+    marker = storage.join(run_dir, FAULT_MARKER)
+    if storage.exists(marker):
         return
-    marker.write_text(f"killed at step {global_step}\n")
+    storage.write_text(marker, f"killed at step {global_step}\n")
     print(f"[ld4mrec] fault injection: rank {sync.rank()} exits at step {global_step}", flush=True)
     os._exit(1)

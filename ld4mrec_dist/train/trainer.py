@@ -13,16 +13,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
+from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
-from ld4mrec_dist.config import Config, config_to_dict, save_config
+from ld4mrec_dist.config import Config, config_to_dict, config_to_yaml
 from ld4mrec_dist.encoders import svd_item_factors
 from ld4mrec_dist.report import format_table, plot_training_curves, read_metrics
 from ld4mrec_dist.train.checkpoint import CheckpointError, check_compatible, load_checkpoint
-from ld4mrec_dist.train.loop import METRICS_FILE, train_loop_per_worker
+from ld4mrec_dist.train.checkpoint import META_FILE
+from ld4mrec_dist.train.loop import ITEM_FACTORS_FILE, METRICS_FILE, train_loop_per_worker
 
 # Ray Train's per-fit() start-up is 20-30 s on 2 cores (RAY_NOTES); these cut it to ~20 s.
 RAY_TRAIN_FAST_ENV = {
@@ -34,7 +36,7 @@ RAY_TRAIN_FAST_ENV = {
 
 @dataclass
 class TrainingResult:
-    run_dir: Path
+    run_dir: RunDir
     best_epoch: int
     valid: dict[str, float]
     test: dict[str, float]
@@ -44,43 +46,54 @@ class TrainingResult:
     """Per rank, sha256 of the sampler history, z_in and C-Net: all equal when in sync."""
 
 
-def resolve_dataset(cfg: Config) -> Path:
-    """The prepared dataset directory: `data.path`, or the synthetic one (prepared once)."""
+RunDir = Union[Path, str]  # a local directory, or an object-store URI string
+
+
+def run_location(location: str) -> RunDir:
+    """Path for a local location (so callers may use `/`), the URI string otherwise."""
+    return location if storage.is_uri(location) else Path(location)
+
+
+def resolve_dataset(cfg: Config) -> RunDir:
+    """The prepared dataset: `data.path` (local or URI), or the synthetic one (prepared once)."""
     if cfg.data.path:
-        return Path(cfg.data.path).expanduser().resolve()
+        return run_location(storage.normalize(cfg.data.path))
     from data_pipeline.prepare import prepare_synthetic
 
     root = Path(cfg.data.root).expanduser().resolve()
     return Path(prepare_synthetic(cfg.data.synthetic, cfg.data.setting, root, seed=cfg.data.seed))
 
 
-def resolve_run_dir(cfg: Config, ds: PreparedDataset) -> Path:
+def resolve_run_dir(cfg: Config, ds: PreparedDataset) -> RunDir:
     if cfg.run.resume:
-        run_dir = Path(cfg.run.resume).expanduser().resolve()
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"--resume {run_dir}: no such run directory")
-        return run_dir
-    name = cfg.run.name or f"{ds.path.name}-{cfg.model.ablation}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.storage).expanduser().resolve() / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+        run_dir = storage.normalize(cfg.run.resume)
+        if not storage.list_dir(run_dir):
+            raise FileNotFoundError(f"--resume {run_dir}: no such run directory (or it is empty)")
+        return run_location(run_dir)
+    name = cfg.run.name or f"{ds.name}-{cfg.model.ablation}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = storage.join(cfg.run.storage, name)
+    if storage.list_dir(run_dir):
         raise FileExistsError(f"run directory {run_dir} exists: choose another run.name, "
                               f"or resume it with --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    storage.make_dirs(run_dir)
+    return run_location(run_dir)
 
 
-def latest_checkpoint_dir(run_dir: Path) -> Optional[Path]:
+def latest_checkpoint_dir(run_dir: RunDir) -> Optional[RunDir]:
     """The run's newest complete-looking Ray Train checkpoint (by the epoch it records)."""
     candidates = []
-    for meta in run_dir.glob("checkpoint_*/meta.json"):
+    for name in storage.list_dir(run_dir):
+        meta = storage.join(run_dir, name, META_FILE)
+        if not name.startswith("checkpoint_") or not storage.is_file(meta):
+            continue
         try:
-            candidates.append((json.loads(meta.read_text()).get("epoch", -1), meta.parent))
+            candidates.append((json.loads(storage.read_bytes(meta)).get("epoch", -1), name))
         except (OSError, json.JSONDecodeError):
             continue
-    return max(candidates)[1] if candidates else None
+    return run_location(storage.join(run_dir, max(candidates)[1])) if candidates else None
 
 
-def check_resumable(run_dir: Path, cfg: Config, ds: PreparedDataset) -> None:
+def check_resumable(run_dir: RunDir, cfg: Config, ds: PreparedDataset) -> None:
     """Fail in the driver, with a clear message, before workers would fail on the same."""
     latest = latest_checkpoint_dir(run_dir)
     if latest is None:
@@ -89,31 +102,31 @@ def check_resumable(run_dir: Path, cfg: Config, ds: PreparedDataset) -> None:
     check_compatible(load_checkpoint(latest), config_to_dict(cfg), ds.manifest_sha256)
 
 
-def item_factors_for_run(ds: PreparedDataset, cfg: Config, run_dir: Path) -> Path:
+def item_factors_for_run(ds: PreparedDataset, cfg: Config, run_dir: RunDir) -> None:
     """V_k of the train matrix, fitted once per run in the driver and shared by file."""
-    path = run_dir / "item_factors.npy"
-    if not path.exists():
-        t0 = time.perf_counter()
-        v_IK = svd_item_factors(ds.split_csr("train"), cfg.model.svd_rank, cfg.train.seed)
-        np.save(path, np.ascontiguousarray(v_IK, dtype=np.float32))
-        print(f"[ld4mrec] randomized SVD (k={v_IK.shape[1]}) of the train matrix "
-              f"{ds.n_users}×{ds.n_items}: {time.perf_counter() - t0:.1f}s", flush=True)
-    return path
+    path = storage.join(run_dir, ITEM_FACTORS_FILE)
+    if storage.exists(path):
+        return
+    t0 = time.perf_counter()
+    v_IK = svd_item_factors(ds.split_csr("train"), cfg.model.svd_rank, cfg.train.seed)
+    storage.write_bytes(path, storage.bytes_of_npy(np.ascontiguousarray(v_IK, dtype=np.float32)))
+    print(f"[ld4mrec] randomized SVD (k={v_IK.shape[1]}) of the train matrix "
+          f"{ds.n_users}×{ds.n_items}: {time.perf_counter() - t0:.1f}s", flush=True)
 
 
-def loop_config(cfg: Config, ds: PreparedDataset, run_dir: Path) -> dict[str, Any]:
-    return {"cfg": config_to_dict(cfg), "dataset": str(ds.path), "run_dir": str(run_dir)}
+def loop_config(cfg: Config, ds: PreparedDataset, run_dir: RunDir) -> dict[str, Any]:
+    return {"cfg": config_to_dict(cfg), "dataset": ds.location, "run_dir": str(run_dir)}
 
 
-def prepare_run(cfg: Config) -> tuple[PreparedDataset, Path]:
+def prepare_run(cfg: Config) -> tuple[PreparedDataset, RunDir]:
     """Dataset and run directory ready for workers: config.yaml and V_k written."""
     ds = open_dataset(resolve_dataset(cfg))
     run_dir = resolve_run_dir(cfg, ds)
     if cfg.run.resume:
         check_resumable(run_dir, cfg, ds)
-    save_config(cfg, run_dir / "config.yaml")
+    storage.write_text(storage.join(run_dir, "config.yaml"), config_to_yaml(cfg))
     item_factors_for_run(ds, cfg, run_dir)
-    print(f"[ld4mrec] dataset {ds.path} ({ds.n_users} users × {ds.n_items} items, "
+    print(f"[ld4mrec] dataset {ds.location} ({ds.n_users} users × {ds.n_items} items, "
           f"modalities {ds.modalities}); run directory {run_dir}", flush=True)
     return ds, run_dir
 
@@ -129,7 +142,7 @@ def run_training(cfg: Config) -> TrainingResult:
     return finish_run(cfg, run_dir, out, time.perf_counter() - t0)
 
 
-def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: Path, callbacks: Optional[list] = None):
+def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callbacks: Optional[list] = None):
     """The TorchTrainer of a run: its workers, checkpoints, failure policy and train shards."""
     import ray
     import ray.data
@@ -149,7 +162,7 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: Path, callback
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
                                                            **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
         run_config=RunConfig(
-            name=run_dir.name, storage_path=str(run_dir.parent), callbacks=callbacks,
+            name=storage.name_of(run_dir), storage_path=storage.parent_of(run_dir), callbacks=callbacks,
             # The latest checkpoint is always kept too (resume); num_to_keep keeps the best.
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select,
                                                checkpoint_score_order="max"),
@@ -168,7 +181,8 @@ def fit(trainer) -> dict[str, Any]:
 
 
 def finish_run(cfg: Config, run_dir: Path, out: dict[str, Any], wall: float) -> TrainingResult:
-    history = read_metrics(run_dir / METRICS_FILE)
+    path = storage.join(run_dir, METRICS_FILE)
+    history = read_metrics(storage.read_text(path)) if storage.exists(path) else []
     best = out.get("best") or {}
     valid = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("valid/")}
     test = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("test/")}
@@ -177,9 +191,10 @@ def finish_run(cfg: Config, run_dir: Path, out: dict[str, Any], wall: float) -> 
              "test_masking": "train+valid" if cfg.eval.mask_valid_at_test else "train",
              "valid": valid, "test": test, "wall_time_s": wall,
              "replicas_in_sync": len({json.dumps(f, sort_keys=True) for f in out.get("replica_fingerprints", [])}) <= 1}
-    (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    storage.write_text(storage.join(run_dir, "final_metrics.json"), json.dumps(final, indent=2))
     if history:
-        plot_training_curves(history, run_dir / "curves.png", title=run_dir.name)
+        png = plot_training_curves(history, title=storage.name_of(run_dir))
+        storage.write_bytes(storage.join(run_dir, "curves.png"), png)
     names = [f"{m}@{k}" for k in cfg.eval.ks for m in ("recall", "ndcg")]
     print(f"\n[ld4mrec] best epoch {final['best_epoch']} of {final['epochs_run']} "
           f"(selected on valid {cfg.eval.select_metric}); {wall:.0f}s")

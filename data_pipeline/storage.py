@@ -1,0 +1,138 @@
+"""Locations that are local paths or object-store URIs (s3://, gs://, file://).
+
+Everything the trainer and the data pipeline read or write outside a worker's memory goes
+through these few functions, built on pyarrow's filesystems, so a dataset or a run
+directory on S3 or GCS is used in place: a cluster reads shards without copying them to
+every node. Local paths stay plain strings/Paths and keep their usual semantics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import uuid
+from pathlib import Path
+from typing import Union
+
+import pyarrow.fs as pafs
+
+Location = Union[str, Path]
+
+
+def is_uri(location: Location) -> bool:
+    return "://" in str(location)
+
+
+def filesystem(location: Location) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI."""
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(str(location))
+    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+def normalize(location: Location) -> str:
+    """A URI unchanged (without a trailing slash); a local path made absolute."""
+    if is_uri(location):
+        return str(location).rstrip("/")
+    return str(Path(location).expanduser().resolve())
+
+
+def join(base: Location, *parts: str) -> str:
+    base = normalize(base)
+    return "/".join([base, *parts]) if is_uri(base) else str(Path(base, *parts))
+
+
+def name_of(location: Location) -> str:
+    return normalize(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent_of(location: Location) -> str:
+    return normalize(location).rstrip("/").rsplit("/", 1)[0]
+
+
+def exists(location: Location) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(location: Location) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def list_dir(location: Location) -> list[str]:
+    """Names directly inside a directory ([] when it does not exist)."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))
+
+
+def make_dirs(location: Location) -> None:
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)
+
+
+def read_bytes(location: Location) -> bytes:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_bytes(location: Location, data: bytes) -> None:
+    """Write a whole file atomically: a local file via a temporary name and a rename; an
+    object via one upload (objects appear whole or not at all)."""
+    if not is_uri(location):
+        path = Path(normalize(location))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    fs, path = filesystem(location)
+    if isinstance(fs, pafs.LocalFileSystem):  # a file:// URI: local semantics
+        write_bytes(path, data)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def write_text(location: Location, text: str) -> None:
+    write_bytes(location, text.encode())
+
+
+def read_text(location: Location) -> str:
+    return read_bytes(location).decode()
+
+
+def local_copy(location: Location, cache_root: Location, key: str) -> Path:
+    """A local file with the content of `location`: the path itself when local, else a copy
+    downloaded once into `cache_root/key/` (e.g. to memory-map item features)."""
+    if not is_uri(location):
+        return Path(normalize(location))
+    target = Path(cache_root).expanduser() / key / name_of(location)
+    if not target.is_file():
+        write_bytes(target, read_bytes(location))
+    return target
+
+
+def upload_tree(local_dir: Location, target: Location, last: str) -> None:
+    """Copy a local directory tree to `target`, the file named `last` (e.g. the manifest)
+    written after every other file, so that a reader never sees it before the rest."""
+    local_dir = Path(local_dir)
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    for p in sorted(files, key=lambda p: p.relative_to(local_dir).as_posix() == last):
+        write_bytes(join(target, *p.relative_to(local_dir).parts), p.read_bytes())
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def bytes_of_npy(array) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
