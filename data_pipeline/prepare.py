@@ -26,8 +26,9 @@ from data_pipeline.errors import DataError
 from data_pipeline.features import write_features
 from data_pipeline.manifest import FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
 from data_pipeline.protocol import ProtocolConfig, ProtocolResult, apply_protocol
-from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD, file_sha256, user_rows, write_shards
+from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD, user_rows, write_shards
 from data_pipeline.source import SPLIT_NAMES, Source, index_ids
+from data_pipeline.storage import file_sha256
 
 
 def prepare_dataset(source: Source, setting: str, out: str | Path, *, seed: int = 2024, overwrite: bool = False,

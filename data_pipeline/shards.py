@@ -7,7 +7,6 @@ list_parent_indices.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from data_pipeline import storage
+from data_pipeline.storage import file_sha256
 
 SCHEMA = pa.schema([("user", pa.int32()), ("items", pa.list_(pa.int32()))])
 DEFAULT_ROWS_PER_SHARD = 8192
@@ -61,10 +61,3 @@ def pairs_to_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: in
     m.data[:] = 1.0
     return m
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for piece in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()

@@ -126,8 +126,13 @@ def upload_tree(local_dir: Location, target: Location, last: str) -> None:
         write_bytes(join(target, *p.relative_to(local_dir).parts), p.read_bytes())
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def file_sha256(path: Location) -> str:
+    """sha256 of a local file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for piece in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def bytes_of_npy(array) -> bytes:

@@ -31,21 +31,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message names the file and what to do."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     torch.save(state, d / STATE_FILE)
     meta = {
         "format_version": FORMAT_VERSION,
-        "sha256": _sha256(d / STATE_FILE),
+        "sha256": storage.file_sha256(d / STATE_FILE),
         "epoch": int(state.get("epoch", -1)),
         "manifest_sha256": state.get("manifest_sha256", ""),
     }
