@@ -1,0 +1,1 @@
+"""Benchmarks of ld4mrec-dist: `python benchmarks/run.py --quick`."""
