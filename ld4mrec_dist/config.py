@@ -143,6 +143,9 @@ class EvalConfig:
     """Also mask valid items when ranking for test (DiffRec's convention)."""
     batch_size: int = 1024
     """Users scored at once per worker."""
+    test_every_eval: bool = False
+    """Score test at every evaluation. By default test is scored only when valid improves:
+    only the best valid epoch's test is reported, and it halves the evaluation time."""
 
     def __post_init__(self) -> None:
         _check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), f"eval.ks={self.ks}: need positive cut-offs")

@@ -33,10 +33,11 @@ def plot_training_curves(history: list[dict[str, Any]], title: str = "") -> byte
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [r["loss"] for r in history], marker=".", color="tab:red")
     ax_loss.set(xlabel="epoch", ylabel="weighted L_rec", title="training loss")
-    metric_keys = sorted(k for k in (history[0] if history else {}) if k.startswith(("valid/", "test/")))
+    metric_keys = sorted({k for r in history for k in r if k.startswith(("valid/", "test/"))})
     for key in metric_keys:
-        style = "-" if key.startswith("valid/") else "--"
-        ax_metric.plot(epochs, [r[key] for r in history], style, marker=".", label=key)
+        style = "-" if key.startswith("valid/") else "--"  # test: only epochs where it was scored
+        points = [(r["epoch"], r[key]) for r in history if key in r]
+        ax_metric.plot([e for e, _ in points], [v for _, v in points], style, marker=".", label=key)
     if history and history[-1].get("best_epoch", -1) > 0:
         ax_metric.axvline(history[-1]["best_epoch"], color="grey", lw=0.8, ls=":", label="best valid")
     ax_metric.set(xlabel="epoch", ylabel="metric", title="all-ranking metrics")
