@@ -57,7 +57,7 @@ def table_rows(results: dict[str, list[dict]]) -> list[list[str]]:
     return rows
 
 
-HEADER = ["bench", "measurement", "figure", "ratio", "against (same run)", "target", ""]
+HEADER = ["bench", "measurement", "figure", "ratio", "against (same run)", "target", "status"]
 
 
 def profile_lines(results: dict[str, list[dict]]) -> list[str]:
