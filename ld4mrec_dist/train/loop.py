@@ -104,7 +104,8 @@ def train_rows_of_this_rank(ds: PreparedDataset, n_items: int) -> RowStore:
 
     shard = ray.train.get_dataset_shard("train") if _in_ray_train() else None
     if shard is None:
-        return rows_of_users(ds.split_csr("train"), np.unique(ds.split_csr("train").nonzero()[0]))
+        train = ds.split_csr("train")
+        return rows_of_users(train, np.flatnonzero(np.diff(train.indptr)))  # users with ≥ 1 train row
     stores = [rows_from_arrow(batch, n_items)
               for batch in shard.iter_batches(batch_size=8192, batch_format="pyarrow")]
     return concat_row_stores(stores, n_items)
