@@ -86,7 +86,8 @@ def own_head():
 def test_train_job_runs_under_ray_job_submit(own_head, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": own_head}
     env.pop("RAY_ADDRESS", None)
-    cmd = ["ray", "job", "submit", "--working-dir", str(REPO), "--",
+    # `python -m` rather than the `ray` script: on a fresh pyenv install its shim may not exist yet.
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--working-dir", str(REPO), "--",
            "python", "jobs/train.py", "--smoke-test", f"data.root={tmp_path / 'data'}",
            f"run.storage={tmp_path / 'runs'}", "run.name=job", "scaling.cpus_per_worker=0.25"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
