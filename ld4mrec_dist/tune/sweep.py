@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from data_pipeline import storage
 from ld4mrec_dist.config import Config, load_config, save_config
 from ld4mrec_dist.tune.search_space import (SweepSpec, apply_overrides, load_sweep, param_space,
                                             sweep_to_dict)
@@ -105,7 +106,7 @@ def trial_base(user_base: Config, sweep_dir: Path) -> Config:
     cfg = apply_overrides(user_base, {"run.name": "", "run.resume": "", "run.storage": str(sweep_dir / RUNS_DIR)})
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
     if cfg.data.path:
-        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+        cfg.data.path = storage.normalize(cfg.data.path)  # absolute if local; a URI unchanged
     return cfg
 
 
