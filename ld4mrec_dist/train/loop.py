@@ -180,7 +180,8 @@ def checkpoint_state(model: LD4MRec, opts, table, counts, state: LoopState, cfg:
         "epoch": state.epoch, "global_step": state.global_step,
         "best_metric": state.best_metric, "best_epoch": state.best_epoch,
         "bad_evals": state.bad_evals, "history": state.history,
-        "torch_rng": torch.get_rng_state(),
+        # No RNG state: every stream is reseeded from (seed, epoch, rank) at each epoch
+        # start (see `reseed`), so the seed in the config and the epoch restore them.
         "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,
     }
 

@@ -76,7 +76,7 @@ def own_head():
             except ProcessLookupError:
                 break
             try:
-                head.wait(timeout=20)
+                head.wait(timeout=10)
                 break
             except subprocess.TimeoutExpired:
                 continue
