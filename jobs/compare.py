@@ -20,19 +20,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ld4mrec_dist.config import ABLATIONS, ConfigError, load_config  # noqa: E402
 
 
+SMOKE_TEST = ["data.synthetic=tiny", "train.epochs=2", "train.batch_size=32", "model.hidden=32",
+              "model.svd_rank=8", "scaling.num_workers=0"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="base YAML config")
     parser.add_argument("--variants", nargs="+", default=list(ABLATIONS), choices=ABLATIONS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[2024])
     parser.add_argument("--out", help="write the table as Markdown here (and JSON beside it)")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="seconds: tiny data, 2 epochs, in-process, one seed")
     parser.add_argument("overrides", nargs="*", metavar="section.field=value")
     args = parser.parse_args(argv)
 
     from ld4mrec_dist.compare import compare, markdown_table
 
+    overrides = list(args.overrides)
+    if args.smoke_test:
+        overrides = SMOKE_TEST + overrides
     try:
-        base = load_config(args.config, args.overrides)
+        base = load_config(args.config, overrides)
         rows = compare(base, args.variants, args.seeds)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

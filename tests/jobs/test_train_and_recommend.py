@@ -74,3 +74,14 @@ def test_resume_of_an_in_process_run_is_refused_clearly(tiny_run, capsys):
     run_dir, _ = tiny_run
     assert _job("train").main(["--resume", str(run_dir)]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_compare_writes_a_table_with_the_baseline(tmp_path):
+    out = tmp_path / "cmp.md"
+    code = _job("compare").main(["--smoke-test", "--variants", "none", "no_bg", "--out", str(out),
+                                 f"data.root={tmp_path / 'data'}", f"run.storage={tmp_path / 'runs'}"])
+    assert code == 0
+    lines = out.read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["most-popular", "LD4MRec", "LD4MRec no_bg"]
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert all(0.0 <= r["test"]["recall@20"] <= 1.0 for r in rows)
