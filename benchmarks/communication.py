@@ -43,8 +43,9 @@ def build_model(n_users: int, n_items: int, d_text: int, d_image: int):
 def analytic(n_users: int, model) -> dict:
     """Bytes per step from the parameter count and sync's formulas (W, B, D fixed above)."""
     from ld4mrec_dist.train import sync
+    from ld4mrec_dist.train.loop import dense_parameters
 
-    grad = sum(p.numel() * 4 for n, p in model.named_parameters() if n != "z_in.weight")
+    grad = sum(p.numel() * 4 for p in dense_parameters(model))
     zin = sync.zin_bytes_per_step(WORLD, BATCH, HIDDEN)
     sampler = sync.sampler_bytes_per_step(WORLD, BATCH)
     return {"grad_bytes": grad, "ring_wire_bytes_per_rank": grad * 2 * (WORLD - 1) / WORLD,
@@ -60,12 +61,12 @@ def _rank(rank: int, world: int, shape: tuple, steps: int) -> dict:
     from ld4mrec_dist.sampler import init_history, update_history
     from ld4mrec_dist.train import sync
     from ld4mrec_dist.train.batches import to_torch_csr
-    from ld4mrec_dist.train.loop import wrap_ddp
+    from ld4mrec_dist.train.loop import dense_parameters, wrap_ddp
 
     n_users, n_items, d_text, d_image = shape
     model = build_model(*shape)
     ddp = wrap_ddp(model, torch.device("cpu"))
-    adam, sparse_adam = torch.optim.Adam([p for n, p in model.named_parameters() if n != "z_in.weight"]), \
+    adam, sparse_adam = torch.optim.Adam(dense_parameters(model)), \
         torch.optim.SparseAdam([model.z_in.weight])
     counts = {"allreduce": 0, "allgather": 0, "allreduce_s": 0.0, "allgather_s": 0.0}
 

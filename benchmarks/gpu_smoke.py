@@ -30,7 +30,6 @@ BENCH = "gpu_smoke"
 
 
 def main(argv=None) -> int:
-    import numpy as np
     import torch
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,14 +53,14 @@ def main(argv=None) -> int:
     from data_pipeline.dataset import open_dataset
     from ld4mrec_dist.config import config_from_dict, config_to_dict
     from ld4mrec_dist.eval.evaluator import EvalData
-    from ld4mrec_dist.train.batches import rows_of_users
+    from ld4mrec_dist.train.batches import rows_with_items
 
     path = dataset_path("baby")
     ds = open_dataset(path)
     v_IK = item_factors("baby")
     cfg = make_config(str(path), ["train.epochs=2", "train.eval_every=2", "scaling.max_failures=0"])
     train, test = ds.split_csr("train"), ds.split_csr("test")
-    store = rows_of_users(train, np.unique(train.nonzero()[0]))
+    store = rows_with_items(train)
     common = {"shape": "baby", "batch": cfg.train.batch_size, "hidden": cfg.model.hidden, "gpu": mach["gpu"]}
     rows = []
     for bf16 in (False, True):

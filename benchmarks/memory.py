@@ -42,7 +42,7 @@ def child(dataset: str, factors: str, steps: int, eval_users: int, hidden: int, 
     from benchmarks.harness import build, make_config, profiled_steps
     from data_pipeline.dataset import open_dataset
     from ld4mrec_dist.eval.evaluator import EvalData, evaluate
-    from ld4mrec_dist.train.batches import rows_of_users
+    from ld4mrec_dist.train.batches import rows_with_items
 
     marks = {"start": rss_mb()}
     cfg = make_config(dataset, [f"model.hidden={hidden}", f"train.batch_size={batch}"])
@@ -51,7 +51,7 @@ def child(dataset: str, factors: str, steps: int, eval_users: int, hidden: int, 
     model, opts = build(cfg, ds, v_IK)
     marks["model built (features in memory)"] = rss_mb()
     train = ds.split_csr("train")
-    store = rows_of_users(train, np.unique(train.nonzero()[0]))
+    store = rows_with_items(train)
     marks["train rows (CSR RowStore)"] = rss_mb()
     t0 = time.perf_counter()
     prof = profiled_steps(model, opts, store, cfg, steps, warmup=2)

@@ -11,15 +11,13 @@ import torch
 from data_pipeline.dataset import open_dataset
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.eval.baselines import most_popular
-from ld4mrec_dist.eval.evaluator import EvalData, evaluate
+from ld4mrec_dist.eval.evaluator import evaluate, split_eval_data
 from ld4mrec_dist.train.trainer import resolve_dataset, run_training
 
 
 def most_popular_metrics(cfg: Config) -> dict[str, float]:
     ds = open_dataset(resolve_dataset(cfg))
-    train = ds.split_csr("train")
-    test = EvalData(train, ds.split_csr("test"), ds.eval_users("test"),
-                    extra_mask=ds.split_csr("valid") if cfg.eval.mask_valid_at_test else None)
+    test = split_eval_data(ds, ds.split_csr("train"), cfg.eval.mask_valid_at_test)["test"]
     return evaluate(most_popular(ds.item_degree), test, cfg.eval.ks, cfg.eval.batch_size, torch.device("cpu"))
 
 

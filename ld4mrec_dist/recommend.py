@@ -18,7 +18,7 @@ from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
 from ld4mrec_dist.config import Config, config_from_dict
 from ld4mrec_dist.eval.metrics import mask_items
-from ld4mrec_dist.train.batches import to_dense, to_torch_csr
+from ld4mrec_dist.train.batches import to_dense, to_torch_csr, users_with_rows
 from ld4mrec_dist.train.checkpoint import CheckpointError, load_state_bytes
 from ld4mrec_dist.train.loop import BEST_MODEL_FILE, build_model
 
@@ -48,7 +48,7 @@ def top_k_table(model, ds: PreparedDataset, k: int, batch_size: int = 1024,
                 device: str = "cpu", progress: bool = True) -> pa.Table:
     """(user, rank, item, score) rows in original ids; train items are never recommended."""
     train = ds.split_csr("train")
-    users = np.flatnonzero(np.diff(train.indptr) > 0)
+    users = users_with_rows(train)
     k = min(k, ds.n_items)
     out_u, out_i, out_s = [], [], []
     for start in tqdm(range(0, len(users), batch_size), desc="scoring", disable=not progress, unit="batch"):

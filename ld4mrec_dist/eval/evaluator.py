@@ -33,6 +33,17 @@ class EvalData:
     extra_mask: Optional[sp.csr_matrix] = None  # e.g. valid items at test time
 
 
+def split_eval_data(ds, train: sp.csr_matrix, mask_valid_at_test: bool) -> dict[str, EvalData]:
+    """EvalData of a prepared dataset's valid and test splits; `train` is its train CSR,
+    read once by the caller (it is also the model input and the mask)."""
+    valid = ds.split_csr("valid")
+    return {
+        "valid": EvalData(train, valid, ds.eval_users("valid")),
+        "test": EvalData(train, ds.split_csr("test"), ds.eval_users("test"),
+                         extra_mask=valid if mask_valid_at_test else None),
+    }
+
+
 def users_of_rank(users: np.ndarray, rank_: int, world: int) -> np.ndarray:
     return users[rank_::world]
 

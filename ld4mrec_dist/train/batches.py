@@ -59,6 +59,16 @@ def rows_of_users(csr: sp.csr_matrix, users: np.ndarray) -> RowStore:
     return RowStore(users, csr[users])
 
 
+def users_with_rows(csr: sp.csr_matrix) -> np.ndarray:
+    """int64: the users (rows) of a full-matrix CSR with ≥ 1 item."""
+    return np.flatnonzero(np.diff(csr.indptr)).astype(np.int64)
+
+
+def rows_with_items(csr: sp.csr_matrix) -> RowStore:
+    """The row store of every user with ≥ 1 item in a full-matrix CSR."""
+    return rows_of_users(csr, users_with_rows(csr))
+
+
 def to_torch_csr(csr: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
     """A torch sparse CSR tensor with the same rows (float32)."""
     return torch.sparse_csr_tensor(

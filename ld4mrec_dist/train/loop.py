@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
 from ld4mrec_dist.config import Config, config_from_dict, config_to_dict
-from ld4mrec_dist.eval.evaluator import EvalData, evaluate
+from ld4mrec_dist.eval.evaluator import evaluate, split_eval_data
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.sampler import init_history, step_probabilities, update_history
 from ld4mrec_dist.train import sync
 from ld4mrec_dist.train.batches import (RowStore, concat_row_stores, epoch_order, minibatches,
-                                        rows_from_arrow, rows_of_users, to_torch_csr)
+                                        rows_from_arrow, rows_with_items, to_torch_csr)
 from ld4mrec_dist.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint, state_bytes
 
 FAULT_MARKER = ".fault_injected"
@@ -89,37 +90,29 @@ def wrap_ddp(model: LD4MRec, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def dense_parameters(model: LD4MRec) -> list[torch.nn.Parameter]:
+    """Every parameter but z_in: what DDP all-reduces and Adam updates."""
+    return [p for n, p in model.named_parameters() if n != "z_in.weight"]
+
+
 def build_optimizers(model: LD4MRec, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """Adam for C-Net; SparseAdam for z_in, whose gradient only has the batch's rows."""
-    dense = [p for n, p in model.named_parameters() if n != "z_in.weight"]
-    adam = torch.optim.Adam(dense, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    adam = torch.optim.Adam(dense_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sparse_adam = torch.optim.SparseAdam([model.z_in.weight], lr=cfg.train.lr)
     return adam, sparse_adam
 
 
-def train_rows_of_this_rank(ds: PreparedDataset, n_items: int) -> RowStore:
+def train_rows_of_this_rank(train: sp.csr_matrix, n_items: int) -> RowStore:
     """This rank's shard of the train split: Ray Data's split when running under Ray Train,
-    the whole split otherwise. Rows are kept in CSR (O(nnz)) and reshuffled per epoch."""
+    the whole split (`train`) otherwise. Rows are kept in CSR (O(nnz)), reshuffled per epoch."""
     import ray.train
 
     shard = ray.train.get_dataset_shard("train") if _in_ray_train() else None
     if shard is None:
-        train = ds.split_csr("train")
-        return rows_of_users(train, np.flatnonzero(np.diff(train.indptr)))  # users with ≥ 1 train row
+        return rows_with_items(train)
     stores = [rows_from_arrow(batch, n_items)
               for batch in shard.iter_batches(batch_size=8192, batch_format="pyarrow")]
     return concat_row_stores(stores, n_items)
-
-
-def eval_data(ds: PreparedDataset, cfg: Config) -> dict[str, EvalData]:
-    train = ds.split_csr("train")
-    valid = ds.split_csr("valid")
-    test = ds.split_csr("test")
-    return {
-        "valid": EvalData(train, valid, ds.eval_users("valid")),
-        "test": EvalData(train, test, ds.eval_users("test"),
-                         extra_mask=valid if cfg.eval.mask_valid_at_test else None),
-    }
 
 
 def _in_ray_train() -> bool:
@@ -157,7 +150,7 @@ def replica_fingerprint(model: LD4MRec, table: torch.Tensor, counts: torch.Tenso
         return h.hexdigest()
 
     return {"sampler": digest([table, counts]), "z_in": digest([model.z_in.weight]),
-            "cnet": digest([p for n, p in model.named_parameters() if n != "z_in.weight"])}
+            "cnet": digest(dense_parameters(model))}
 
 
 # ---------------------------------------------------------------- checkpoint state
@@ -234,13 +227,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if is_rank0:
         _rewrite_metrics(run_dir, state.history)
 
-    store = train_rows_of_this_rank(ds, ds.n_items)
+    train = ds.split_csr("train")  # full matrix: evaluation input and mask on every rank
+    store = train_rows_of_this_rank(train, ds.n_items)
     # Every rank runs the smallest shard's row count: equal steps, equal batch sizes.
     n_rows = sync.all_reduce_min_int(len(store), device)
     if n_rows == 0:
         raise RuntimeError(f"a worker received no train rows from {ds.path}: use fewer workers "
                            f"than users ({ds.n_users})")
-    evals = eval_data(ds, cfg)
+    evals = split_eval_data(ds, train, cfg.eval.mask_valid_at_test)
     batch = cfg.train.batch_size
     core = model  # the unwrapped module: optimizers, checkpoints, scoring
 
