@@ -31,8 +31,11 @@ def check_accounting(counts: dict) -> None:
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    """`folder/manifest.json`, after checking the accounting identity."""
+    """`folder/manifest.json`, after checking the accounting identity; every listed file's
+    entry gains its size (`bytes`), which workers check cheaply before reading."""
     check_accounting(manifest["counts"])
+    for entry in _file_entries(manifest):
+        entry["bytes"] = (folder / entry["file"]).stat().st_size
     text = json.dumps(manifest, indent=2, ensure_ascii=True) + "\n"
     (folder / MANIFEST).write_text(text, encoding="ascii")
 
@@ -61,7 +64,18 @@ def read_manifest(folder: Location) -> tuple[dict, bytes]:
 
 def listed_files(manifest: dict) -> list[str]:
     """Every data file the manifest lists, relative to the dataset folder."""
-    files = [entry["file"] for split in manifest["files"]["splits"].values() for entry in split]
-    files += [m["file"] for m in manifest["modalities"]]
-    files += [entry["file"] for entry in manifest["files"]["other"]]
-    return files
+    return [entry["file"] for entry in _file_entries(manifest)]
+
+
+def listed_entries(manifest: dict) -> dict[str, tuple[str, int | None]]:
+    """relative file -> (sha256, bytes) for every data file the manifest lists; bytes is None
+    in manifests written before sizes were recorded."""
+    return {e["file"]: (e["sha256"], e.get("bytes")) for e in _file_entries(manifest)}
+
+
+def _file_entries(manifest: dict) -> list[dict]:
+    """The manifest's file entries themselves (shards, then features, then the rest)."""
+    entries = [entry for split in manifest["files"]["splits"].values() for entry in split]
+    entries += list(manifest["modalities"])
+    entries += list(manifest["files"]["other"])
+    return entries

@@ -210,7 +210,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     autocast = device.type == "cuda" and cfg.scaling.bf16
 
     # --- build: data, model, optimizers, sampler history
-    ds = open_dataset(config["dataset"])
+    ds = open_dataset(config["dataset"], verify="sizes")  # the driver hashed it; here only a cheap listing
     item_factors_IK = np.load(io.BytesIO(storage.read_bytes(storage.join(run_dir, ITEM_FACTORS_FILE))))
     model = build_model(cfg, ds, item_factors_IK, device)
     ddp_model = wrap_ddp(model, device)

@@ -123,7 +123,7 @@ def loop_config(cfg: Config, ds: PreparedDataset, run_dir: RunDir) -> dict[str, 
 
 def prepare_run(cfg: Config) -> tuple[PreparedDataset, RunDir]:
     """Dataset and run directory ready for workers: config.yaml and V_k written."""
-    ds = open_dataset(resolve_dataset(cfg))
+    ds = open_dataset(resolve_dataset(cfg), verify="full")  # sizes, shapes, accounting, sha256 (cached)
     run_dir = resolve_run_dir(cfg, ds)
     if cfg.run.resume:
         check_resumable(run_dir, cfg, ds)

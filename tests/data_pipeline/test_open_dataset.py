@@ -60,7 +60,7 @@ def test_missing_incomplete_or_unknown_version(csv_dataset, tmp_path):
     with pytest.raises(DataError, match="no manifest.json"):
         open_dataset(tmp_path / "nowhere")
     (csv_dataset / "valid" / "part-00000.parquet").unlink()
-    with pytest.raises(DataError, match="incomplete dataset"):
+    with pytest.raises(DataError, match="dataset is damaged: valid/part-00000.parquet is missing"):
         open_dataset(csv_dataset)
     manifest = json.loads((csv_dataset / "manifest.json").read_text())
     manifest["format_version"] = 99
