@@ -2,7 +2,8 @@
 
     python jobs/train.py                                  # small synthetic data, 2 workers
     python jobs/train.py --config jobs/configs/baby.yaml train.lr=0.0005
-    python jobs/train.py --resume runs/<run-name>          # continue from the latest checkpoint
+    python jobs/train.py --resume runs/<run-name>          # continue from the newest intact checkpoint
+    python jobs/train.py --resume runs/<run-name> --from-checkpoint checkpoint_<…>   # from that one
     ray job submit --working-dir . -- python jobs/train.py data.path=/data/baby-clean
 
 Overrides are `section.field=value` (see ld4mrec_dist/config.py for every field).
@@ -26,7 +27,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with any subset of the config sections")
     parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="resume this run from its latest checkpoint (its config.yaml is the base)")
+                        help="resume this run from its newest intact checkpoint (its config.yaml is the base)")
+    parser.add_argument("--from-checkpoint", metavar="NAME",
+                        help="with --resume: resume from this checkpoint directory of the run instead")
     parser.add_argument("--smoke-test", action="store_true",
                         help="a seconds-long run on the tiny synthetic dataset")
     parser.add_argument("overrides", nargs="*", metavar="section.field=value")
@@ -36,7 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     overrides = (SMOKE_TEST if args.smoke_test else []) + list(args.overrides)
-    return run_cli(args.config, args.resume, overrides)
+    return run_cli(args.config, args.resume, overrides, args.from_checkpoint)
 
 
 if __name__ == "__main__":

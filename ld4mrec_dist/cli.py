@@ -1,16 +1,30 @@
-"""What the job scripts share: config loading with clear errors, and the exit codes."""
+"""What the job scripts share: config loading with clear errors, and the exit codes.
+
+Exit codes: 0 done, 2 a one-line error (bad input, resources, a failed run), 130 Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 from data_pipeline import storage
-from ld4mrec_dist.config import ConfigError, load_config
+from ld4mrec_dist.config import Config, ConfigError, load_config
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
-def config_for(config_path: Optional[str], resume: Optional[str], overrides: list[str]):
+def config_for(config_path: str | None, resume: str | None, overrides: list[str],
+               from_checkpoint: str | None = None) -> Config:
     """The run's config: a resumed run's saved config.yaml is the base, unless --config."""
+    from ld4mrec_dist.train.trainer import anchored_path
+
+    if from_checkpoint and not resume:
+        raise ConfigError("--from-checkpoint NAME needs --resume RUN_DIR")
+    if resume:
+        resume = anchored_path(resume)  # inside a Ray job: not Ray's temporary working-dir copy
+        if not storage.exists(resume):
+            raise ConfigError(f"--resume {resume}: no such run directory")
     if resume and not config_path:
         saved = storage.join(resume, "config.yaml")
         if not storage.is_file(saved):
@@ -19,18 +33,28 @@ def config_for(config_path: Optional[str], resume: Optional[str], overrides: lis
     cfg = load_config(config_path, overrides)
     if resume:
         cfg.run.resume = storage.normalize(resume)
+    if from_checkpoint:
+        cfg.run.from_checkpoint = from_checkpoint
     return cfg
 
 
-def run_cli(config_path: Optional[str], resume: Optional[str], overrides: list[str]) -> int:
+def run_cli(config_path: str | None, resume: str | None, overrides: list[str],
+            from_checkpoint: str | None = None) -> int:
     from data_pipeline.errors import DataError
     from ld4mrec_dist.train.checkpoint import CheckpointError
-    from ld4mrec_dist.train.trainer import run_training
+    from ld4mrec_dist.train.trainer import ResourceError, TrainingFailed, TrainingInterrupted, run_training
 
     try:
-        cfg = config_for(config_path, resume, overrides)
+        cfg = config_for(config_path, resume, overrides, from_checkpoint)
         run_training(cfg)
-    except (ConfigError, DataError, CheckpointError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, DataError, CheckpointError, ResourceError, TrainingFailed,
+            FileExistsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except TrainingInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("\ninterrupted before training started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

@@ -165,10 +165,16 @@ class ScalingConfig:
     """bf16 autocast for C-Net on CUDA; ignored on CPU."""
     max_failures: int = 2
     """Worker-group restarts from the latest checkpoint before the run fails."""
+    wait_for_resources_s: float = 0.0
+    """0: the cluster must hold the workers' CPUs/GPUs when the run starts (checked before
+    any worker starts). > 0: an autoscaling cluster may still add them; the worker group
+    waits up to this long for them (per start attempt) before the run fails."""
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 0, f"scaling.num_workers={self.num_workers}: must be ≥ 0")
         _check(self.cpus_per_worker > 0, f"scaling.cpus_per_worker={self.cpus_per_worker}: must be > 0")
+        _check(self.wait_for_resources_s >= 0,
+               f"scaling.wait_for_resources_s={self.wait_for_resources_s}: must be ≥ 0")
 
 
 @dataclass
@@ -179,6 +185,8 @@ class RunConfig:
     """Parent of run directories (local path, s3:// or gs://)."""
     resume: str = ""
     """A run directory to resume from its latest checkpoint."""
+    from_checkpoint: str = ""
+    """With `resume`: the checkpoint directory name to resume from (default: the newest intact one)."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from data_pipeline.storage import Location
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+# Ray Train V2 keeps its checkpoint list here, in the run directory, and on resume refuses
+# to start if it names a checkpoint that is gone (CheckpointManagerInitializationError).
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 # Config sections that fix the parameter shapes and the meaning of the weights: resuming
 # under a different value would load nonsense, so it is refused.
 INCOMPATIBLE_ON_CHANGE = ("model", "diffusion")
@@ -47,22 +51,138 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(directory: Location) -> dict[str, Any]:
     """The verified state of a checkpoint directory (local or URI), loaded with weights_only=True."""
+    data, _ = verified_state_bytes(directory)
+    return load_state_bytes(data, storage.join(directory, STATE_FILE))
+
+
+def verified_state_bytes(directory: Location) -> tuple[bytes, dict[str, Any]]:
+    """(state.pt bytes, meta.json) of a checkpoint whose meta vouches for its state file;
+    CheckpointError naming the problem otherwise."""
     meta_path, state_path = storage.join(directory, META_FILE), storage.join(directory, STATE_FILE)
     if not storage.is_file(meta_path) or not storage.is_file(state_path):
         raise CheckpointError(f"checkpoint {directory} is partial (no {META_FILE} or {STATE_FILE}): "
-                              "it was interrupted while being written; resume from an earlier one")
+                              "it was interrupted while being written")
     try:
         meta = json.loads(storage.read_bytes(meta_path))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"checkpoint {meta_path} is unreadable JSON ({err})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {directory} has format version {meta.get('format_version')}, "
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(f"checkpoint {directory} has format version {version}, "
                               f"this trainer reads {FORMAT_VERSION}")
     data = storage.read_bytes(state_path)
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise CheckpointError(f"checkpoint {state_path} is corrupt (sha256 differs from {META_FILE}); "
-                              "delete it and resume from an earlier checkpoint")
-    return load_state_bytes(data, state_path)
+        raise CheckpointError(f"checkpoint {state_path} is corrupt (sha256 differs from {META_FILE})")
+    return data, meta
+
+
+def checkpoint_problem(directory: Location) -> str | None:
+    """Why a checkpoint cannot be resumed from (partial, corrupt, unsafe), or None if it can."""
+    try:
+        data, _ = verified_state_bytes(directory)
+        load_state_bytes(data, storage.join(directory, STATE_FILE))
+    except CheckpointError as err:
+        return str(err)
+    return None
+
+
+def checkpoint_epoch(directory: Location) -> int:
+    """The epoch a checkpoint's meta.json records; -1 when it has no readable one."""
+    try:
+        return int(json.loads(storage.read_bytes(storage.join(directory, META_FILE))).get("epoch", -1))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return -1
+
+
+def checkpoint_names(run_dir: Location) -> list[str]:
+    """The Ray Train checkpoint directories of a run, newest first (by the epoch each records,
+    then by name, which is Ray's timestamp): partial ones (no meta.json) sort last."""
+    names = [n for n in storage.list_dir(run_dir) if n.startswith("checkpoint_")
+             and n != RAY_SNAPSHOT_FILE]
+    return sorted(names, key=lambda n: (checkpoint_epoch(storage.join(run_dir, n)), n), reverse=True)
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a resume starts from, and the newer ones it passed over (name, why)."""
+
+    name: str
+    path: str
+    epoch: int
+    skipped: list[tuple[str, str]]
+
+
+def choose_resume_checkpoint(run_dir: Location, name: str = "") -> ResumePoint:
+    """The newest intact checkpoint of `run_dir` (or the one called `name`), verified up
+    front: a partial or corrupt newer one is passed over, and said so, instead of failing
+    in every worker after each restart."""
+    names = checkpoint_names(run_dir)
+    if name:
+        name = name.rstrip("/").rsplit("/", 1)[-1]
+        if name not in names:
+            listed = ", ".join(names) or "none"
+            raise CheckpointError(f"--from-checkpoint {name}: no such checkpoint in {run_dir} "
+                                  f"(checkpoints: {listed})")
+        problem = checkpoint_problem(storage.join(run_dir, name))
+        if problem:
+            raise CheckpointError(f"--from-checkpoint {name}: {problem}; choose another one ({', '.join(names)})")
+        path = storage.join(run_dir, name)
+        # Newer checkpoints belong to the branch being abandoned: set aside, or a later
+        # --resume would pick them up again.
+        newer = [(n, f"newer than --from-checkpoint {name}") for n in names[:names.index(name)]]
+        return ResumePoint(name, path, checkpoint_epoch(path), newer)
+    skipped = []
+    for candidate in names:
+        path = storage.join(run_dir, candidate)
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return ResumePoint(candidate, path, checkpoint_epoch(path), skipped)
+        skipped.append((candidate, problem))
+    if skipped:
+        raise CheckpointError(f"--resume {run_dir}: no intact checkpoint left ("
+                              + "; ".join(why for _, why in skipped) + "): start a new run")
+    raise CheckpointError(f"--resume {run_dir}: no checkpoint in it (the run stopped before its first "
+                          "evaluation); start a new run")
+
+
+def point_ray_snapshot_at(run_dir: Location, keep: ResumePoint) -> bool:
+    """Make Ray Train's checkpoint-manager snapshot of the run list only checkpoints that
+    exist and are not newer than `keep`, with `keep` as the latest, so `fit()` hands it to
+    the workers (Ray refuses a snapshot that names a deleted checkpoint). Checkpoints
+    passed over are renamed `skipped_<name>`, kept for inspection. False when the snapshot
+    does not list `keep` (it is then moved aside and the workers are given `keep` directly)."""
+    for name, _ in keep.skipped:
+        src = storage.join(run_dir, name)
+        if storage.exists(src):
+            fs, path = storage.filesystem(src)
+            fs.move(path, storage.filesystem(storage.join(run_dir, f"skipped_{name}"))[1])
+    snapshot = storage.join(run_dir, RAY_SNAPSHOT_FILE)
+    if not storage.is_file(snapshot):
+        return False
+    try:
+        state = json.loads(storage.read_bytes(snapshot))
+        results = state["checkpoint_results"]
+        indices = state["checkpoint_report_indices"]
+        chosen = next(r for r in results if r["checkpoint_dir_name"] == keep.name)
+    except (KeyError, TypeError, ValueError, StopIteration):
+        storage.write_bytes(storage.join(run_dir, f"skipped_{RAY_SNAPSHOT_FILE}"), storage.read_bytes(snapshot))
+        fs, path = storage.filesystem(snapshot)
+        fs.delete_file(path)
+        return False
+    limit = indices[results.index(chosen)]
+    kept = [(r, i) for r, i in zip(results, indices, strict=True)
+            if i <= limit and storage.exists(storage.join(run_dir, r["checkpoint_dir_name"]))]
+    names = {r["checkpoint_dir_name"] for r, _ in kept}
+    state["checkpoint_results"] = [r for r, _ in kept]
+    state["checkpoint_report_indices"] = [i for _, i in kept]
+    state["latest_checkpoint_result"] = chosen
+    state["pending_training_results"] = []
+    state["pending_validation_specs"] = []
+    for key in ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
+                "failed_validation_checkpoint_dir_names"):
+        state[key] = [n for n in state.get(key, []) if n in names]
+    storage.write_text(snapshot, json.dumps(state))
+    return True
 
 
 def load_state_bytes(data: bytes, where: Location) -> dict[str, Any]:

@@ -218,7 +218,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     table, counts = init_history(cfg.diffusion.steps, cfg.diffusion.history)
     state = LoopState()
 
-    saved = latest_checkpoint_state()
+    # Ray's latest checkpoint; else the one a --resume verified in the driver (Ray's snapshot may not list it)
+    saved = latest_checkpoint_state() or (load_checkpoint(config['resume_from']) if config.get('resume_from') else None)
     if saved is not None:
         check_compatible(saved, config["cfg"], ds.manifest_sha256)
         table, counts, state = restore(model, opts, saved)

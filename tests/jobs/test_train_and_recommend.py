@@ -73,7 +73,7 @@ def test_resume_of_an_in_process_run_is_refused_clearly(tiny_run, capsys):
     # 0 workers run without Ray Train, hence without checkpoints to resume from.
     run_dir, _ = tiny_run
     assert _job("train").main(["--resume", str(run_dir)]) == 2
-    assert "no complete checkpoint" in capsys.readouterr().err
+    assert "in-process runs do not checkpoint" in capsys.readouterr().err
 
 
 def test_compare_writes_a_table_with_the_baseline(tmp_path):
