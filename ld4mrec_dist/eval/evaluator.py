@@ -8,13 +8,14 @@ all-reduce of the sums gives exactly the single-process result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from data_pipeline.dataset import PreparedDataset
 from ld4mrec_dist.eval.metrics import mask_items, metric_names, metric_sums, topk_hits
 from ld4mrec_dist.train.batches import to_dense, to_torch_csr
 from ld4mrec_dist.train.sync import all_reduce_sum, rank, world_size
@@ -30,10 +31,10 @@ class EvalData:
     inputs: sp.csr_matrix  # [U, I] train rows: the model input and the mask
     truth: sp.csr_matrix  # [U, I] the split's items
     users: np.ndarray  # int64, users with ≥1 train and ≥1 truth item
-    extra_mask: Optional[sp.csr_matrix] = None  # e.g. valid items at test time
+    extra_mask: sp.csr_matrix | None = None  # e.g. valid items at test time
 
 
-def split_eval_data(ds, train: sp.csr_matrix, mask_valid_at_test: bool) -> dict[str, EvalData]:
+def split_eval_data(ds: PreparedDataset, train: sp.csr_matrix, mask_valid_at_test: bool) -> dict[str, EvalData]:
     """EvalData of a prepared dataset's valid and test splits; `train` is its train CSR,
     read once by the caller (it is also the model input and the mask)."""
     valid = ds.split_csr("valid")

@@ -7,9 +7,9 @@ the model densifies itself. Nothing here ever builds a |U| × I dense matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -93,11 +93,8 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, rank]).permutation(n)
 
 
-def steps_per_epoch(n_rows: int, batch_size: int) -> int:
-    return -(-n_rows // batch_size)
-
-
-def minibatches(store: RowStore, order: np.ndarray, batch_size: int, n_rows: int):
+def minibatches(store: RowStore, order: np.ndarray, batch_size: int,
+                n_rows: int) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
     """Yield (users_B, csr_B) over the first `n_rows` rows of `order`.
 
     Every rank passes the same `n_rows` (the smallest shard's size), so every rank runs

@@ -13,8 +13,12 @@ Three things cross ranks besides DDP's gradient all-reduce:
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -79,11 +83,11 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def all_gather_objects(obj):
+def all_gather_objects(obj: T) -> list[T]:
     """[obj of rank 0, obj of rank 1, …] on every rank (small picklable objects only)."""
     if not is_distributed():
         return [obj]
-    out = [None] * world_size()
+    out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
 

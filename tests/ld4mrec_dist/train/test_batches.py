@@ -1,8 +1,7 @@
 import numpy as np
 import pyarrow as pa
 
-from ld4mrec_dist.train.batches import (concat_row_stores, epoch_order, minibatches, rows_from_arrow,
-                                        steps_per_epoch, to_dense)
+from ld4mrec_dist.train.batches import concat_row_stores, epoch_order, minibatches, rows_from_arrow, to_dense
 
 
 def _table(users, items):
@@ -25,7 +24,6 @@ def test_uneven_shards_give_equal_steps_and_sizes():
         order = epoch_order(len(store), seed=1, epoch=0, rank=rank)
         sizes.append([len(u) for u, _ in minibatches(store, order, batch_size=3, n_rows=n_rows)])
     assert sizes[0] == sizes[1] == [3, 3, 1]
-    assert steps_per_epoch(n_rows, 3) == 3
 
 
 def test_epoch_order_is_deterministic_and_reshuffles():
