@@ -16,11 +16,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
-RESULTS_DIR = BENCH_DIR / "results"
+# Where a run appends its rows by default: untracked (runs/ is git-ignored), so measuring
+# leaves the tree clean. benchmarks/results/ holds the rows the README quotes; a run writes
+# there only when asked (`run.py --results-dir benchmarks/results --update-readme`).
+RESULTS_DIR = ROOT / "runs" / "benchmarks"
+RECORDED_DIR = BENCH_DIR / "results"
 DATA_ROOT = BENCH_DIR / ".data"
 SEED = 2024
 
@@ -36,6 +40,7 @@ class Context:
     run_id: str
     data_root: Path = DATA_ROOT
     gpu: bool = False
+    results_dir: Path = RESULTS_DIR
     notes: dict[str, Any] = field(default_factory=dict)  # figures shared between modules
 
     @property
@@ -78,7 +83,7 @@ def machine() -> dict[str, Any]:
             "gpu": gpu, "loadavg_1m": round(os.getloadavg()[0], 2), "git": git_commit()}
 
 
-def git_commit() -> Optional[str]:
+def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10)
@@ -98,9 +103,8 @@ def gpu_available() -> bool:
 
 def dataset_path(shape: str, data_root: Path = DATA_ROOT) -> Path:
     """The prepared clean synthetic dataset of `shape`, generated once under `data_root`."""
-    from data_pipeline.prepare import prepare_synthetic
-
     from data_pipeline.errors import DataError
+    from data_pipeline.prepare import prepare_synthetic
 
     data_root.mkdir(parents=True, exist_ok=True)
     try:
@@ -136,7 +140,7 @@ class Timer:
 
     def __init__(self):
         self.total: dict[str, float] = {}
-        self._name: Optional[str] = None
+        self._name: str | None = None
 
     def __call__(self, name: str):
         self._name = name
@@ -156,7 +160,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_json_subprocess(args: list[str], timeout: float, env: Optional[dict] = None) -> tuple[dict, float]:
+def run_json_subprocess(args: list[str], timeout: float, env: dict | None = None) -> tuple[dict, float]:
     """Run `python -m benchmarks.<...>` style child; its last stdout line is JSON.
     Returns (that JSON, the child's peak RSS in MB from RUSAGE_CHILDREN)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -182,9 +186,9 @@ def row(bench: str, name: str, value: float, unit: str, **extra: Any) -> dict[st
 
 
 def append_results(ctx: Context, bench: str, rows: list[dict[str, Any]], mach: dict[str, Any]) -> Path:
-    """Append the rows to results/<bench>.jsonl, each stamped with run id, mode and machine."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{bench}.jsonl"
+    """Append the rows to <ctx.results_dir>/<bench>.jsonl, each stamped with run id, mode and machine."""
+    ctx.results_dir.mkdir(parents=True, exist_ok=True)
+    path = ctx.results_dir / f"{bench}.jsonl"
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     with open(path, "a") as f:
         for r in rows:
@@ -200,11 +204,11 @@ def _jsonable(x):
         return str(x)
 
 
-def latest_results(benches: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Per bench, the rows of its latest run id (the last line's)."""
+def latest_results(benches: list[str], results_dir: Path = RESULTS_DIR) -> dict[str, list[dict[str, Any]]]:
+    """Per bench, the rows of its latest run id (the last line's) in `results_dir`."""
     out: dict[str, list[dict[str, Any]]] = {}
     for bench in benches:
-        path = RESULTS_DIR / f"{bench}.jsonl"
+        path = results_dir / f"{bench}.jsonl"
         if not path.exists():
             continue
         rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
@@ -241,5 +245,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -95,7 +95,7 @@ def _rank(rank: int, world: int, shape: tuple, steps: int) -> dict:
     rng = np.random.default_rng(rank)
     table, hist_counts = init_history(5, 10)
     per_step, t_steps = [], []
-    for step in range(steps):
+    for _ in range(steps):
         before = dict(counts)
         t0 = time.perf_counter()
         users = np.sort(rng.choice(n_users, BATCH, replace=False))

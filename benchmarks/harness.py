@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +22,7 @@ import torch
 from benchmarks.common import Timer
 
 
-
-def make_config(dataset: str, overrides: Optional[list[str]] = None):
+def make_config(dataset: str, overrides: list[str] | None = None):
     from ld4mrec_dist.config import load_config
 
     return load_config(None, [f"data.path={dataset}", *(overrides or [])])
@@ -161,7 +160,8 @@ def gloo_spawn(fn, world: int, args: tuple, port: int) -> list[Any]:
         results[rank] = value
     for p in procs:
         p.join(timeout=120)
-    errors = [v for v in results.values() if isinstance(v, BaseException) or (isinstance(v, str) and v.startswith("ERROR"))]
+    errors = [v for v in results.values()
+              if isinstance(v, BaseException) or (isinstance(v, str) and v.startswith("ERROR"))]
     if errors:
         raise RuntimeError(str(errors[0]))
     return [results[r] for r in range(world)]

@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import Context, dataset_path, item_factors, row  # noqa: E402
+from benchmarks.common import Context, dataset_path, item_factors, row
 
 BENCH = "memory"
 SHAPE = "electronics"

@@ -1,9 +1,14 @@
-"""Run the benchmarks, append results/*.jsonl, print a table, regenerate README's Performance.
+"""Run the benchmarks, append their rows as JSON lines, print a table; on request, update README.
 
     python benchmarks/run.py --quick          # all six at reduced sizes (< 10 min on 2 cores)
     python benchmarks/run.py --full           # the sizes the README quotes for --full
     python benchmarks/run.py --quick --only throughput loader
-    python benchmarks/run.py --readme-only    # rewrite the README section from the results
+    python benchmarks/run.py --quick --results-dir benchmarks/results --update-readme   # record
+    python benchmarks/run.py --readme-only --results-dir benchmarks/results   # README from rows
+
+Rows go to runs/benchmarks/<bench>.jsonl (untracked) unless --results-dir says otherwise;
+README.md's Performance section is rewritten only with --update-readme / --readme-only,
+so a plain run leaves the working tree clean.
 
 Starts its own local Ray (`ray.init(address="local", num_cpus=2)`), never attaches to or
 stops another one. Each result row is a JSON line; timings are never asserted.
@@ -24,8 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import (Context, append_results, fmt, gpu_available, latest_results,  # noqa: E402
-                               machine, markdown_table, text_table)
+from benchmarks.common import (  # noqa: E402 - after the sys.path line above
+    RESULTS_DIR,
+    Context,
+    append_results,
+    fmt,
+    gpu_available,
+    latest_results,
+    machine,
+    markdown_table,
+    text_table,
+)
 
 BENCHES = ["throughput", "loader", "memory", "svd", "inference", "communication"]
 README = ROOT / "README.md"
@@ -52,8 +66,9 @@ def table_rows(results: dict[str, list[dict]]) -> list[list[str]]:
             target = r.get("target_text") or (f"≥ {r['target']}×" if r.get("target") is not None else "")
             met = "" if "met" not in r else ("met" if r["met"] else "MISSED")
             ratio = fmt(r.get("ratio")) + "×" if r.get("ratio") is not None else ""
-            rows.append([f"{bench} ({r.get('mode', '?')})", r["name"], fmt(r["value"], r.get("unit", "")), ratio, r.get("reference", "") if ratio else "",
-                         target, met])
+            reference = r.get("reference", "") if ratio else ""
+            rows.append([f"{bench} ({r.get('mode', '?')})", r["name"], fmt(r["value"], r.get("unit", "")), ratio,
+                         reference, target, met])
     return rows
 
 
@@ -79,10 +94,11 @@ def profile_summary(pieces: dict[str, float], step_s: float) -> str:
     """Share of the step per group of pieces (densify is inside forward, shown aside)."""
     share = {g: sum(v for k, v in pieces.items() if k.split()[0] in ids) / step_s for g, ids in GROUPS.items()}
     dens = sum(v for k, v in pieces.items() if k.startswith("3 ")) / step_s
-    return "= " + ", ".join(f"{g} {100 * v:.1f} %" for g, v in share.items()) + f" (densify {100 * dens:.1f} %, inside forward)"
+    groups = ", ".join(f"{g} {100 * v:.1f} %" for g, v in share.items())
+    return f"= {groups} (densify {100 * dens:.1f} %, inside forward)"
 
 
-def readme_section(results: dict[str, list[dict]]) -> str:
+def readme_section(results: dict[str, list[dict]], results_dir: Path) -> str:
     any_row = next((rs[0] for rs in results.values() if rs), None)
     if any_row is None:
         return "(no results yet: run `python benchmarks/run.py --quick`)"
@@ -94,7 +110,7 @@ def readme_section(results: dict[str, list[dict]]) -> str:
         f"{m['cpu']}, {m['cores']} cores, {m['mem_gb']} GB RAM, {m['gpu']}, torch {m['torch']}, ray {m['ray']} "
         f"(a shared machine: absolute figures are noisy, each ratio is taken side by side in one run). "
         "Reproduce with `python benchmarks/run.py --quick` (reduced sizes, < 10 min) or `--full`; raw rows "
-        "in `benchmarks/results/*.jsonl`, what each row measures in `benchmarks/README.md`.",
+        f"in `{display_path(results_dir)}/*.jsonl`, what each row measures in `benchmarks/README.md`.",
         "",
         markdown_table(HEADER, table_rows(results)),
     ]
@@ -102,6 +118,14 @@ def readme_section(results: dict[str, list[dict]]) -> str:
     if prof:
         parts += ["", "Where a training step goes (throughput harness, baby shape):", "", "```", *prof, "```"]
     return "\n".join(parts)
+
+
+def display_path(path: Path) -> str:
+    """`path` relative to the repository root where it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def write_readme(section: str) -> bool:
@@ -120,19 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="reduced sizes, under 10 minutes on 2 cores")
     mode.add_argument("--full", action="store_true", help="full sizes (tens of minutes)")
-    mode.add_argument("--readme-only", action="store_true", help="only regenerate the README section")
+    mode.add_argument("--readme-only", action="store_true",
+                      help="run nothing; regenerate README's Performance section from --results-dir")
     p.add_argument("--only", nargs="+", choices=BENCHES, help="run these measurements only")
-    p.add_argument("--no-readme", action="store_true", help="do not touch README.md")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                   help=f"where rows are appended and read (default {display_path(RESULTS_DIR)}, untracked)")
+    p.add_argument("--update-readme", action="store_true",
+                   help="rewrite README.md's Performance section from the latest rows")
     args = p.parse_args(argv)
 
+    failed: list[str] = []
     if not args.readme_only:
         ctx = Context(mode="full" if args.full else "quick", run_id=time.strftime("%Y%m%d-%H%M%S"),
-                      gpu=gpu_available())
+                      gpu=gpu_available(), results_dir=args.results_dir)
         mach = machine()
         print(json.dumps({"run_id": ctx.run_id, "mode": ctx.mode, "machine": mach}), flush=True)
         start_ray()
         t_all = time.perf_counter()
-        failed = []
         for bench in args.only or BENCHES:
             t0 = time.perf_counter()
             try:
@@ -148,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
             append_results(ctx, bench, rows, mach)
             print(f"[bench] {bench}: {time.perf_counter() - t0:.0f}s", flush=True)
         print(f"[bench] all: {time.perf_counter() - t_all:.0f}s (GPU: {mach['gpu']})", flush=True)
-    results = latest_results(BENCHES)
+    results = latest_results(BENCHES, args.results_dir)
     print("\n" + text_table(HEADER, table_rows(results)))
     prof = profile_lines(results)
     if prof:
         print("\n" + "\n".join(prof))
-    if not args.no_readme:
-        write_readme(readme_section(results))
-    return 1 if not args.readme_only and failed else 0
+    if args.update_readme or args.readme_only:
+        write_readme(readme_section(results, args.results_dir))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

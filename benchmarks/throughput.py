@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import Context, dataset_path, item_factors, row
-from benchmarks.harness import build, gloo_spawn, free_port, ideal_steps, make_config, profiled_steps
+from benchmarks.harness import build, free_port, gloo_spawn, ideal_steps, make_config, profiled_steps
 
 BENCH = "throughput"
 SHAPE = "baby"
@@ -146,7 +146,7 @@ def run(ctx: Context) -> list[dict]:
     ideal = Ideal(cfg, ds, v_IK, threads)
     ideal.block(2)  # warm-up
     prof, harness, ref = profile_vs_ideal(cfg, ds, v_IK, ideal, steps, rounds)
-    pair = [h / r for h, r in zip(harness, ref)]
+    pair = [h / r for h, r in zip(harness, ref, strict=True)]
     out.append(row(BENCH, f"ideal loop: in-memory dense tensor, plain loop ({threads} thread)", float(np.median(ref)),
                    "users/s", blocks=ref, **common))
     out.append(row(BENCH, f"loop-step harness, 1 process ({threads} thread)", float(np.median(harness)), "users/s",
