@@ -1,11 +1,11 @@
-"""Gaussian diffusion of LD4MRec as SPEC §2 reads it: schedule, forward, posterior, loss.
+"""Gaussian diffusion of LD4MRec as docs/design.md §2 reads it: schedule, forward, posterior, loss.
 
 Shape legend
     B   users in the batch
     I   items
     T   diffusion steps; a step t is an integer in 1..T and indexes buffers at t − 1
 
-Equations (SPEC §2, which overrides the paper where they differ)
+Equations (docs/design.md §2 says where and why they differ from the printed paper)
     1 − ᾱ_t = s · [α_min + (t−1)/(T−1) · (1 − α_min)]          (Eq. 3; the fraction is 0 when T = 1)
     ᾱ_0 = 1,  α_t = ᾱ_t / ᾱ_{t−1},  β_t = 1 − α_t
     x_t = √ᾱ_t · x + √(1 − ᾱ_t) · ε                             (Eq. 2)
@@ -17,8 +17,6 @@ Equations (SPEC §2, which overrides the paper where they differ)
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +65,13 @@ class NoiseSchedule(nn.Module):
     autocast); `t_B` is int64 in 1..T on the same device as the buffers.
     """
 
+    # Registered buffers, declared for the type checker (register_buffer is dynamic).
+    alpha_bar: Tensor
+    c0: Tensor
+    ct: Tensor
+    sqrt_alpha_bar: Tensor
+    sqrt_one_minus_alpha_bar: Tensor
+
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
         self.steps = cfg.steps
@@ -95,7 +100,7 @@ class NoiseSchedule(nn.Module):
 
 
 def soft_reconstruct(x_BI: Tensor, prob: float, gamma: float,
-                     generator: Optional[torch.Generator] = None) -> Tensor:
+                     generator: torch.Generator | None = None) -> Tensor:
     """f_s(x) (Eq. 12): each entry is chosen independently with probability `prob`;
     a chosen clicked entry (x > 0.5) becomes 1 − γ, a chosen non-clicked one γ; the rest
     keep their value. One uniform draw per entry serves both sets (they are disjoint).

@@ -6,7 +6,6 @@ Shapes: B users scored at once, I items, K recommendations per user.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -18,13 +17,14 @@ from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
 from ld4mrec_dist.config import Config, config_from_dict
 from ld4mrec_dist.eval.metrics import mask_items
+from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.train.batches import to_dense, to_torch_csr, users_with_rows
 from ld4mrec_dist.train.checkpoint import CheckpointError, load_state_bytes
 from ld4mrec_dist.train.loop import BEST_MODEL_FILE, build_model
 
 
-def load_best_model(run_dir: str | Path, dataset: Optional[str] = None,
-                    device: str = "cpu") -> tuple[torch.nn.Module, Config, PreparedDataset]:
+def load_best_model(run_dir: str | Path, dataset: str | None = None,
+                    device: str = "cpu") -> tuple[LD4MRec, Config, PreparedDataset]:
     """The run's best model (safe load), its config and its dataset (hash-checked)."""
     from ld4mrec_dist.train.trainer import resolve_dataset
 
@@ -44,7 +44,7 @@ def load_best_model(run_dir: str | Path, dataset: Optional[str] = None,
 
 
 @torch.no_grad()
-def top_k_table(model, ds: PreparedDataset, k: int, batch_size: int = 1024,
+def top_k_table(model: LD4MRec, ds: PreparedDataset, k: int, batch_size: int = 1024,
                 device: str = "cpu", progress: bool = True) -> pa.Table:
     """(user, rank, item, score) rows in original ids; train items are never recommended."""
     train = ds.split_csr("train")
@@ -72,7 +72,7 @@ def top_k_table(model, ds: PreparedDataset, k: int, batch_size: int = 1024,
 
 
 def write_recommendations(run_dir: str | Path, out: str | Path, k: int = 20,
-                          dataset: Optional[str] = None, device: str = "cpu") -> str:
+                          dataset: str | None = None, device: str = "cpu") -> str:
     """Write the top-K table to `out` (local path or URI); returns where it went."""
     model, _, ds = load_best_model(run_dir, dataset, device)
     table = top_k_table(model, ds, k, device=device)

@@ -20,8 +20,6 @@ equal inputs on every rank give bit-equal tables and probabilities.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -76,7 +74,7 @@ def step_probabilities(table_TH: Tensor, counts_T: Tensor, floor: float, enabled
     return (1.0 - floor) * rms_T / total + floor / steps
 
 
-def sample_steps(p_T: Tensor, batch: int, generator: Optional[torch.Generator] = None) -> Tensor:
+def sample_steps(p_T: Tensor, batch: int, generator: torch.Generator | None = None) -> Tensor:
     """B steps drawn i.i.d. from p_T, int64 in 1..T, on p_T's device (the generator's device
     must match it)."""
     return torch.multinomial(p_T, batch, replacement=True, generator=generator) + 1
