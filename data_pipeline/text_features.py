@@ -44,7 +44,8 @@ INSTALL_HINT = 'install the text extra: pip install -e ".[text]"'
 class TextEncoder(Protocol):
     """Texts [n] -> float32 rows [n, D]; `name` identifies the model and settings (part of the cache key)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
@@ -59,7 +60,7 @@ class SentenceEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")   # a local directory; never try the network
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         model = SentenceTransformer(str(self.model_dir), device="cpu")
         rows = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
@@ -79,8 +80,8 @@ class TfidfEncoder:
         return f"tfidf-ngram12-svd{self.dim}-seed{self.seed}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        from sklearn.decomposition import TruncatedSVD
-        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.decomposition import TruncatedSVD  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        from sklearn.feature_extraction.text import TfidfVectorizer  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         tfidf = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit_transform(texts)   # [n, V]
         k = min(self.dim, tfidf.shape[1] - 1, len(texts) - 1)
@@ -165,9 +166,9 @@ def embed_texts(texts: list[str], encoder: TextEncoder, cache_dir: str | Path | 
         raise DataError("no item texts to encode")
     path = Path(cache_dir) / "text" / f"{cache_key(encoder.name, texts)}.npy" if cache_dir is not None else None
     if path is not None and path.is_file():
-        rows = np.load(path)
-        if rows.ndim == 2 and rows.shape[0] == len(texts):
-            return rows
+        cached: np.ndarray = np.load(path)
+        if cached.ndim == 2 and cached.shape[0] == len(texts):
+            return cached
     rows = np.ascontiguousarray(encoder.encode(list(texts)), dtype=np.float32)
     if rows.ndim != 2 or rows.shape[0] != len(texts) or not np.isfinite(rows).all():
         raise DataError(f"text encoder {encoder.name}: returned shape {rows.shape} (or non-finite values) "

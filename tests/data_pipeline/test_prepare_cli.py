@@ -46,3 +46,22 @@ def test_runs_as_a_script_from_anywhere(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "prepare.py"), "--help"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--rows-per-shard" in done.stdout
+
+
+def test_noise_ratio_and_all_random_noise_are_recorded(tmp_path, capsys):
+    lines = ["u,i,r,t"] + [f"{u},{i},{1 + (i + u) % 5},{k}" for u in range(12) for k, i in enumerate(range(u, u + 20))]
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    base = ["--source", "csv", "--path", str(tmp_path / "r.csv"), "--col-user", "u", "--col-item", "i",
+            "--col-rating", "r", "--col-timestamp", "t", "--setting", "noisy", "--no-progress"]
+    assert cli.main(base + ["--noise-ratio", "0.3", "--natural-noise-share", "0", "--out", str(tmp_path / "a")]) == 0
+    assert cli.main(base + ["--noise-ratio", "0.3", "--out", str(tmp_path / "b")]) == 0
+    from data_pipeline.dataset import open_dataset
+
+    a, b = (open_dataset(tmp_path / name).manifest for name in "ab")
+    assert a["config"]["protocol"]["noise_ratio"] == 0.3 and a["config"]["protocol"]["natural_share"] == 0
+    assert a["counts"]["injected_noise"]["natural"] == 0 < a["counts"]["injected_noise"]["random"]
+    assert b["counts"]["injected_noise"]["natural"] > 0
+    for m in (a, b):
+        clean = m["counts"]["kept_per_split"]["train"]
+        assert m["counts"]["rows_per_split"]["train"] - clean == int(0.3 * clean + 0.5)
+    assert cli.parse_args(["--natural-share", "0.2"]).natural_share == 0.2   # the older spelling still works

@@ -20,7 +20,7 @@ def table(n_users=20, n_items=50, per_user=12, seed=0):
 
 def pairs(result, split):
     u, i = result.splits[split]
-    return set(zip(u.tolist(), i.tolist()))
+    return set(zip(u.tolist(), i.tolist(), strict=True))
 
 
 def test_clean_filters_merges_and_splits_chronologically():
@@ -38,8 +38,8 @@ def test_clean_filters_merges_and_splits_chronologically():
     check_accounting(c)
 
 
-@pytest.mark.parametrize("n, expected", [(1, (1, 0, 0)), (3, (1, 1, 1)), (5, (3, 1, 1)), (8, (6, 1, 1)), (10, (8, 1, 1)),
-                                         (20, (16, 2, 2))])
+@pytest.mark.parametrize("n, expected", [(1, (1, 0, 0)), (3, (1, 1, 1)), (5, (3, 1, 1)), (8, (6, 1, 1)),
+                                         (10, (8, 1, 1)), (20, (16, 2, 2))])
 def test_split_proportions_per_user(n, expected):
     users = np.concatenate([np.zeros(n, int), np.ones(10, int)])   # user 1 keeps splits non-empty
     items = np.concatenate([np.arange(n), np.arange(10)])
@@ -72,10 +72,10 @@ def test_noisy_keeps_test_and_injects_exact_counts():
     u, i, n_items, rating, ts = table()
     clean = apply_protocol(u, i, n_items, rating, ts, None, "clean")
     noisy = apply_protocol(u, i, n_items, rating, ts, None, "noisy", ProtocolConfig(noise_ratio=0.2), seed=3)
-    for a, b in zip(clean.splits["test"], noisy.splits["test"]):
+    for a, b in zip(clean.splits["test"], noisy.splits["test"], strict=True):
         np.testing.assert_array_equal(a, b)
-    low = set(zip(u[rating < 4].tolist(), i[rating < 4].tolist()))
-    touched = set(zip(u.tolist(), i.tolist()))
+    low = set(zip(u[rating < 4].tolist(), i[rating < 4].tolist(), strict=True))
+    touched = set(zip(u.tolist(), i.tolist(), strict=True))
     by_split = noisy.counts["injected_noise"]["by_split"]
     for split in ("train", "valid"):
         n_clean = clean.counts["rows_per_split"][split]
@@ -116,3 +116,38 @@ def test_config_validates():
         ProtocolConfig(split_ratios=(0.5, 0.1, 0.1))
     with pytest.raises(DataError, match="noise ratio"):
         ProtocolConfig(noise_ratio=2)
+
+
+@pytest.mark.parametrize("ratio, share", [(0.1, 0.5), (0.3, 0.5), (0.3, 0.0), (0.0, 0.5)])
+def test_noise_ratio_and_share_accounting(ratio, share):
+    u, i, n_items, rating, ts = table(n_users=30, n_items=80, per_user=20)
+    clean = apply_protocol(u, i, n_items, rating, ts, None, "clean")
+    noisy = apply_protocol(u, i, n_items, rating, ts, None, "noisy",
+                           ProtocolConfig(noise_ratio=ratio, natural_share=share))
+    by_split = noisy.counts["injected_noise"]["by_split"]
+    for split in ("train", "valid"):
+        n_clean = clean.counts["rows_per_split"][split]
+        n_noise = int(np.floor(ratio * n_clean + 0.5))
+        assert sum(by_split[split].values()) == n_noise == noisy.counts["rows_per_split"][split] - n_clean
+        assert by_split[split]["natural"] <= int(np.floor(share * n_noise + 0.5))
+    total = noisy.counts["injected_noise"]
+    assert total["natural"] + total["random"] == sum(sum(v.values()) for v in by_split.values())
+    if share == 0:
+        assert total["natural"] == 0 and total["random"] > 0       # the all-random variant
+    if ratio > 0 and share > 0:
+        assert total["natural"] > 0
+    check_accounting(noisy.counts)
+
+
+def test_all_random_noise_uses_only_untouched_items():
+    u, i, n_items, rating, ts = table(n_users=30, n_items=80, per_user=20)
+    noisy = apply_protocol(u, i, n_items, rating, ts, None, "noisy", ProtocolConfig(noise_ratio=0.3, natural_share=0))
+    clean = apply_protocol(u, i, n_items, rating, ts, None, "clean")
+    touched = set(zip(u.tolist(), i.tolist(), strict=True))
+    for split in ("train", "valid"):
+        assert not (pairs(noisy, split) - pairs(clean, split)) & touched
+
+
+def test_share_is_validated():
+    with pytest.raises(DataError, match="natural noise share"):
+        ProtocolConfig(natural_share=1.5)
