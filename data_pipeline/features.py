@@ -2,16 +2,17 @@
 
 A `FeatureSource` is one modality's rows [I, D] in item-index order: either an .npy file
 read in chunks (row r = item r) or an in-memory array gathered by item (keyed Parquet).
-`write_features` streams it to a float32 .npy, refusing NaN/inf with the file and row.
+`write_features` streams it to a float32 .npy, refusing NaN/inf with the file and row as
+the user knows them (for a keyed file: its own row and key, not our item index).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -28,10 +29,21 @@ class FeatureSource:
     path: Path
     n_rows: int
     width: int
-    array: Optional[np.ndarray] = None
+    array: np.ndarray | None = None
     """In-memory rows [I, D] already in item order (keyed sources); None: stream `path`."""
-    header: Optional[tuple[int, np.dtype, bool]] = None
+    header: tuple[int, np.dtype, bool] | None = None
     """(data offset, dtype, fortran_order) of the .npy at `path`."""
+    file_rows: np.ndarray | None = None
+    """[I] the row of `path` each item's features came from (keyed sources); None: row = item index."""
+    keys: np.ndarray | None = None
+    """[I] the key (original item id) of each row, named `key_column` in `path` (keyed sources)."""
+    key_column: str = "item_id"
+
+    def describe_row(self, row: int) -> str:
+        """Item-order row `row` as the user finds it in `path`: its file row, and its key if keyed."""
+        if self.file_rows is None:
+            return f"row {row}"
+        return f"row {int(self.file_rows[row])} ({self.key_column} {str(self.keys[row])!r})"
 
     def chunks(self, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 block [C, D]) over all rows, each block checked for NaN/inf."""
@@ -41,8 +53,8 @@ class FeatureSource:
             bad = ~np.isfinite(block)
             if bad.any():
                 row = start + int(np.flatnonzero(bad.any(axis=1))[0])
-                raise DataError(f"{self.path}: feature row {row} (item index {row}) of modality "
-                                f"{self.name!r} holds NaN or inf; replace it with finite values (e.g. zeros)")
+                raise DataError(f"{self.path}: feature {self.describe_row(row)} of modality {self.name!r} holds "
+                                "NaN or inf (or an empty value); replace it with finite values (e.g. zeros)")
             yield start, block
 
     def _block(self, start: int, stop: int) -> np.ndarray:
@@ -75,9 +87,12 @@ def npy_feature(name: str, path: Path) -> FeatureSource:
     return FeatureSource(name, path, int(shape[0]), int(shape[1]), header=(offset, dtype, fortran))
 
 
-def array_feature(name: str, path: Path, rows: np.ndarray) -> FeatureSource:
-    """An in-memory feature matrix [I, D] (already ordered by item index)."""
-    return FeatureSource(name, path, int(rows.shape[0]), int(rows.shape[1]), array=rows)
+def array_feature(name: str, path: Path, rows: np.ndarray, file_rows: np.ndarray | None = None,
+                  keys: np.ndarray | None = None, key_column: str = "item_id") -> FeatureSource:
+    """An in-memory feature matrix [I, D] (already ordered by item index); `file_rows`/`keys`
+    [I]: where each row came from in `path`, for messages."""
+    return FeatureSource(name, path, int(rows.shape[0]), int(rows.shape[1]), array=rows, file_rows=file_rows,
+                         keys=keys, key_column=key_column)
 
 
 def write_features(src: FeatureSource, out: Path, progress=None) -> str:
@@ -102,13 +117,17 @@ def _pieces(head: bytes, src: FeatureSource, rows_per_chunk: int, progress) -> I
             progress.update(block.shape[0])
 
 
-def keyed_feature(name: str, path: Path, keys: np.ndarray, rows: np.ndarray, item_ids: np.ndarray) -> FeatureSource:
-    """Rows [K, D] keyed by original item id `keys` [K] (str), reordered to `item_ids` [I]."""
+def keyed_feature(name: str, path: Path, keys: np.ndarray, rows: np.ndarray, item_ids: np.ndarray,
+                  key_column: str = "item_id") -> FeatureSource:
+    """Rows [K, D] keyed by original item id `keys` [K] (str, column `key_column`), reordered to `item_ids` [I]."""
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     dup = sorted_keys[1:] == sorted_keys[:-1]
     if dup.any():
-        raise DataError(f"{path}: item id {str(sorted_keys[1:][dup][0])!r} has more than one feature row; keep one")
+        key = sorted_keys[1:][dup][0]
+        rows_of_key = np.flatnonzero(keys == key)[:2]
+        raise DataError(f"{path}: {key_column} {str(key)!r} has more than one feature row (rows {rows_of_key[0]} "
+                        f"and {rows_of_key[1]}); keep one")
     pos = np.searchsorted(sorted_keys, item_ids)
     pos_clipped = np.minimum(pos, max(sorted_keys.size - 1, 0))
     missing = (pos >= sorted_keys.size) | (sorted_keys[pos_clipped] != item_ids) if sorted_keys.size else \
@@ -116,4 +135,6 @@ def keyed_feature(name: str, path: Path, keys: np.ndarray, rows: np.ndarray, ite
     if missing.any():
         raise DataError(f"{path}: no {name!r} features for {int(missing.sum())} item(s) of the interactions, "
                         f"e.g. item id {str(item_ids[missing][0])!r}; add a row for every item")
-    return array_feature(name, path, np.asarray(rows[order[pos]], dtype=np.float32))
+    file_rows = order[pos]
+    return array_feature(name, path, np.asarray(rows[file_rows], dtype=np.float32), file_rows=file_rows,
+                         keys=item_ids, key_column=key_column)

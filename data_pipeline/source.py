@@ -56,11 +56,11 @@ class Source:
         return int(self.item_ids.shape[0])
 
 
-def read_delimited(path: Path, delimiter: str, quote: bool = True) -> pa.Table:
+def read_delimited(path: Path, delimiter: str, quote: bool = True, encoding: str = "utf-8") -> pa.Table:
     """A text table with a header line, every column read as a (non-null) string."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding=encoding, errors="replace") as fh:
         header = fh.readline().rstrip("\r\n")
     if not header:
         raise DataError(f"{path}: the file is empty; it needs a header line naming its columns")
@@ -68,14 +68,17 @@ def read_delimited(path: Path, delimiter: str, quote: bool = True) -> pa.Table:
     try:
         return pacsv.read_csv(
             path,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, encoding=encoding),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quote else False),
             convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                  strings_can_be_null=False),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot parse as a {delimiter!r}-separated table with columns {names}: "
-                        f"{str(err).splitlines()[0]}; fix the malformed line") from None
+        from data_pipeline.text_encoding import encoding_error  # names the line a wrong encoding breaks
+
+        raise encoding_error(path, encoding) or DataError(
+            f"{path}: cannot parse as a {delimiter!r}-separated table with columns {names}: "
+            f"{str(err).splitlines()[0]}; fix the malformed line") from None
 
 
 def require_columns(path: Path, found: list[str], needed: list[str], hint: str = "") -> None:

@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--col-rating", default="rating")
     p.add_argument("--col-timestamp", default="timestamp")
     p.add_argument("--col-split", default=None, help="a train/valid/test column to keep as the split")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of a csv/tsv --path (default utf-8; "
+                                                       "e.g. latin-1, cp1252)")
     p.add_argument("--feature", action="append", default=[], metavar="MODALITY=PATH[:KEY]",
                    help="item features: .npy (row = integer item id) or Parquet keyed by KEY (default item_id)")
     p.add_argument("--item-text", action="append", default=[], metavar="[MODALITY=]FILE:COLUMN",
@@ -142,7 +144,7 @@ def read_interactions(args: argparse.Namespace):
                             feature_files(args.feature)), None
     columns = ColumnMap(args.col_user or "user_id", args.col_item or "item_id", args.col_rating,
                         args.col_timestamp, args.col_split)
-    return read_tabular(args.path, columns, feature_files(args.feature), args.name), None
+    return read_tabular(args.path, columns, feature_files(args.feature), args.name, encoding=args.encoding), None
 
 
 def summary(manifest: dict) -> str:

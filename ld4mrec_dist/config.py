@@ -207,7 +207,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         if path:
             if not storage.is_file(path):
                 raise ConfigError(f"config file {path} does not exist")
-            layers.append(OmegaConf.create(storage.read_text(path)))
+            from data_pipeline.yaml_file import load_yaml  # names the file and line of a YAML syntax error
+
+            layers.append(load_yaml(storage.read_text(path), str(path), ConfigError))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
