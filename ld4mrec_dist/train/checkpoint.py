@@ -95,11 +95,10 @@ def checkpoint_epoch(directory: Location) -> int:
 
 
 def checkpoint_names(run_dir: Location) -> list[str]:
-    """The Ray Train checkpoint directories of a run, newest first (by the epoch each records,
-    then by name, which is Ray's timestamp): partial ones (no meta.json) sort last."""
-    names = [n for n in storage.list_dir(run_dir) if n.startswith("checkpoint_")
-             and n != RAY_SNAPSHOT_FILE]
-    return sorted(names, key=lambda n: (checkpoint_epoch(storage.join(run_dir, n)), n), reverse=True)
+    """The Ray Train checkpoint directories of a run, newest first: Ray names them
+    checkpoint_<date>_<time>.<µs>, so the name orders them, partial ones included."""
+    names = [n for n in storage.list_dir(run_dir) if n.startswith("checkpoint_") and n != RAY_SNAPSHOT_FILE]
+    return sorted(names, reverse=True)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 
 from data_pipeline.dataset import open_dataset
 from ld4mrec_dist.eval.evaluator import EvalData, evaluate
-from ld4mrec_dist.train.checkpoint import CheckpointError
+from ld4mrec_dist.train.checkpoint import CheckpointError, checkpoint_names, choose_resume_checkpoint
 from ld4mrec_dist.train.loop import build_model
 from ld4mrec_dist.train.trainer import latest_checkpoint_dir, run_training
 
@@ -96,8 +96,12 @@ def test_explicit_resume_continues_exactly_and_refuses_other_data(ray_local, tin
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="another dataset"):
         run_training(make_config(other, tmp_path, "split", *TINY_MODEL, f"run.resume={first.run_dir}"))
-    # A corrupt latest checkpoint: detected, not loaded.
+    # A corrupt latest checkpoint: detected, never loaded; resume passes over it to an intact one.
     state = latest_checkpoint_dir(resumed.run_dir) / "state.pt"
     state.write_bytes(state.read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match="corrupt"):
-        run_training(resumed_cfg)
+    others = [n for n in checkpoint_names(resumed.run_dir) if n != state.parent.name]
+    if others:
+        assert choose_resume_checkpoint(resumed.run_dir).skipped[0][0] == state.parent.name
+    else:
+        with pytest.raises(CheckpointError, match="corrupt"):
+            choose_resume_checkpoint(resumed.run_dir)
