@@ -1,4 +1,4 @@
-"""C-Net (paper §3, SPEC §3): x̂_θ(x_t, t_f, c_u, {e_{u,m}}) — FC_in → BD → BG → FC_out.
+"""C-Net (paper §3, docs/design.md §3): x̂_θ(x_t, t_f, c_u, {e_{u,m}}) — FC_in → BD → BG → FC_out.
 
 Shape legend
     B     users in the batch          I   items
@@ -14,7 +14,7 @@ Shape legend
 
 Activation `act` is tanh, as in DiffRec's MLP (LD4MRec builds on DiffRec): it keeps the
 hidden code bounded whatever the scale of the raw modality features fed to the BG MLPs.
-The paper's σ in Eq. 16–17 is left unnamed; SPEC lets us choose.
+The paper leaves the σ of Eq. 16–17 unnamed (docs/design.md §3).
 
 Linear layers use Xavier-normal weights and zero biases (DiffRec's initialisation); the BG
 heads are initialised near the identity (see `AffineStage`).
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,17 @@ def timestep_embedding(t_B: Tensor, dim: int) -> Tensor:
     freq_J = torch.exp(-math.log(10000.0) * 2.0 * j_J / dim)
     angle_BJ = t_B.float().unsqueeze(1) * freq_J
     return torch.stack([angle_BJ.sin(), angle_BJ.cos()], dim=2).reshape(t_B.shape[0], dim)
+
+
+def scaled_input(x_BI: Tensor, norm: str) -> Tensor:
+    """x_t as FC_in reads it: unchanged for "none"; for "l2" each row over its L2 norm
+    (DiffRec's `F.normalize`, ε = 1e-12), so that FC_in's pre-activation does not grow
+    with the number of clicks in the row."""
+    if norm == "none":
+        return x_BI
+    if norm == "l2":
+        return F.normalize(x_BI, p=2.0, dim=1, eps=1e-12)
+    raise ValueError(f"input_norm={norm!r}: choose none or l2")
 
 
 def _linear(n_in: int, n_out: int) -> nn.Linear:
@@ -82,7 +93,7 @@ class TimeConcatBlock(nn.Module):
         super().__init__()
         self.fc = _linear(2 * hidden, hidden)
 
-    def forward(self, h_BD: Tensor, tf_BD: Tensor, c_BK: Optional[Tensor] = None) -> Tensor:
+    def forward(self, h_BD: Tensor, tf_BD: Tensor, c_BK: Tensor | None = None) -> Tensor:
         return act(self.fc(torch.cat([h_BD, tf_BD], dim=1)))
 
 
@@ -132,7 +143,7 @@ class BGBlock(nn.Module):
     def forward(self, y_BD: Tensor, prefs: Sequence[Tensor]) -> Tensor:
         if len(prefs) != len(self.stages):
             raise ValueError(f"BG-Block has {len(self.stages)} stages but got {len(prefs)} preferences")
-        for m, (stage, e_BDm) in enumerate(zip(self.stages, prefs)):
+        for m, (stage, e_BDm) in enumerate(zip(self.stages, prefs, strict=True)):
             if m > 0:
                 y_BD = F.leaky_relu(y_BD, self.negative_slope)
             y_BD = stage(y_BD, e_BDm)
@@ -143,9 +154,10 @@ class CNet(nn.Module):
     """x̂_θ: FC_in → (BD | TimeConcat) → (BG | BD) → FC_out(act(·)), per `ablation`."""
 
     def __init__(self, n_items: int, hidden: int, svd_rank: int, feat_dims: Sequence[int],
-                 ablation: str = "none", negative_slope: float = 0.2, dropout: float = 0.0):
+                 ablation: str = "none", negative_slope: float = 0.2, dropout: float = 0.0,
+                 input_norm: str = "none"):
         super().__init__()
-        self.ablation, self.dropout = ablation, dropout
+        self.ablation, self.dropout, self.input_norm = ablation, dropout, input_norm
         self.fc_in = _linear(n_items, hidden)
         self.denoise = TimeConcatBlock(hidden) if ablation == "no_bd" else BDBlock(hidden, svd_rank)
         if ablation == "no_bg":
@@ -162,10 +174,11 @@ class CNet(nn.Module):
     def uses_modalities(self) -> bool:
         return isinstance(self.generate, BGBlock) and len(self.generate.stages) > 0
 
-    def forward(self, xt_BI: Tensor, tf_BD: Tensor, c_BK: Optional[Tensor],
+    def forward(self, xt_BI: Tensor, tf_BD: Tensor, c_BK: Tensor | None,
                 prefs: Sequence[Tensor], dropout: bool = True) -> Tensor:
         """x̂_θ [B, I]. `dropout=False` (inference) disables the input dropout."""
-        x_BI = F.dropout(xt_BI, self.dropout, training=self.training and dropout)
+        x_BI = scaled_input(xt_BI, self.input_norm)
+        x_BI = F.dropout(x_BI, self.dropout, training=self.training and dropout)
         h_BD = self.fc_in(x_BI)
         b_BD = self.denoise(h_BD, tf_BD, c_BK)
         if isinstance(self.generate, BDBlock):

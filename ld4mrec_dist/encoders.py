@@ -1,4 +1,4 @@
-"""Encoders of C-Net's conditions (SPEC §3): collaborative signal and multimodal preference.
+"""Encoders of C-Net's conditions (docs/design.md §3): collaborative signal and multimodal preference.
 
 Shape legend
     U   users of the training matrix      I   items
@@ -20,6 +20,7 @@ import fbpca
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -62,9 +63,35 @@ def as_csr(rows_BI: Tensor) -> Tensor:
     return rows_BI.to(torch.float32)
 
 
-def collaborative_signal(rows_BI: Tensor, v_Ik: Tensor) -> Tensor:
-    """c_Bk = r_u V_k, float32 [B, k], from sparse CSR rows."""
-    return torch.sparse.mm(as_csr(rows_BI), v_Ik.float())
+def collaborative_signal(rows_BI: Tensor, v_Ik: Tensor, norm: str = "none") -> Tensor:
+    """c_Bk = r_u V_k, float32 [B, k], from sparse CSR rows, scaled per `norm`
+    (ModelConfig.collab_norm): none; history, c_u / ‖r_u‖₂ (= / √|N_u| for 0/1 rows),
+    so that its size does not grow with the history length; unit, c_u / ‖c_u‖₂.
+    A user without clicks keeps c_u = 0 in every case."""
+    csr = as_csr(rows_BI)
+    c_Bk = torch.sparse.mm(csr, v_Ik.float())
+    if norm == "none":
+        return c_Bk
+    if norm == "history":
+        return c_Bk / row_l2_norms(csr).clamp_min(1e-12).unsqueeze(1)
+    if norm == "unit":
+        return F.normalize(c_Bk, p=2.0, dim=1, eps=1e-12)
+    raise ValueError(f"collab_norm={norm!r}: choose none, history or unit")
+
+
+def _row_of_entries(csr: Tensor) -> Tensor:
+    """int64 [Z]: the row index of each stored entry of a CSR tensor."""
+    crow_B1, val_Z = csr.crow_indices(), csr.values()
+    return torch.repeat_interleave(torch.arange(csr.shape[0], device=val_Z.device), crow_B1.diff(),
+                                   output_size=val_Z.numel())
+
+
+def row_l2_norms(rows_BI: Tensor) -> Tensor:
+    """‖r_u‖₂ of each CSR row, float32 [B] (0 for an empty row)."""
+    csr = as_csr(rows_BI)
+    val_Z = csr.values()
+    sq_B = torch.zeros(csr.shape[0], device=val_Z.device).index_add_(0, _row_of_entries(csr), val_Z.square())
+    return sq_B.sqrt()
 
 
 def normalized_rows(rows_BI: Tensor, item_degree_I: Tensor) -> Tensor:
@@ -78,8 +105,7 @@ def normalized_rows(rows_BI: Tensor, item_degree_I: Tensor) -> Tensor:
     csr = as_csr(rows_BI)
     crow_B1, col_Z, val_Z = csr.crow_indices(), csr.col_indices(), csr.values()
     n_rows = csr.shape[0]
-    row_Z = torch.repeat_interleave(torch.arange(n_rows, device=val_Z.device), crow_B1.diff(),
-                                    output_size=val_Z.numel())
+    row_Z = _row_of_entries(csr)
     deg_B = torch.zeros(n_rows, device=val_Z.device).index_add_(0, row_Z, (val_Z != 0).float())
     deg_I = item_degree_I.to(device=val_Z.device, dtype=torch.float32)
     w_Z = val_Z * deg_B.clamp_min(1.0).rsqrt()[row_Z] * deg_I.clamp_min(1.0).rsqrt()[col_Z]
@@ -90,3 +116,49 @@ def modality_preference(rows_BI: Tensor, item_degree_I: Tensor, feat_IDm: Tensor
     """e_{u,m} (Eq. 14), float32 [B, D_m], from sparse CSR rows, train item degrees and the
     raw item features. (`LD4MRec` builds `normalized_rows` once per batch for all modalities.)"""
     return torch.sparse.mm(normalized_rows(rows_BI, item_degree_I), feat_IDm.float())
+
+
+FEATURE_CHUNK_ROWS = 65536
+"""Item rows read at once when computing feature statistics (features may be memory-mapped)."""
+
+
+def feature_scaling(feat_IDm: Tensor, norm: str) -> dict[str, Tensor]:
+    """Statistics that rescale raw item features without copying them (ModelConfig.feature_norm).
+
+    none: {}. standardize: {"mean": μ [D_m], "inv_std": 1/σ [D_m]} over items (population
+    std; a constant column gets 1/σ = 0: it carries no signal). l2: {"inv_norm": 1/‖e_i‖₂ [I]}
+    (0 for an all-zero row). Read in chunks of `FEATURE_CHUNK_ROWS` rows, accumulated in float64.
+    """
+    if norm == "none":
+        return {}
+    n_items = feat_IDm.shape[0]
+    chunks = [feat_IDm[s:s + FEATURE_CHUNK_ROWS].double() for s in range(0, n_items, FEATURE_CHUNK_ROWS)]
+    if norm == "l2":
+        norm_I = torch.cat([c.square().sum(dim=1).sqrt() for c in chunks])
+        return {"inv_norm": torch.where(norm_I > 0, 1.0 / norm_I.clamp_min(1e-300), 0.0).float()}
+    if norm == "standardize":
+        mean_D = sum(c.sum(dim=0) for c in chunks) / max(n_items, 1)
+        var_D = sum((c - mean_D).square().sum(dim=0) for c in chunks) / max(n_items, 1)
+        std_D = var_D.sqrt()
+        inv_D = torch.where(std_D > 1e-8 * (1.0 + mean_D.abs()), 1.0 / std_D.clamp_min(1e-300), 0.0)
+        return {"mean": mean_D.float(), "inv_std": inv_D.float()}
+    raise ValueError(f"feature_norm={norm!r}: choose none, standardize or l2")
+
+
+def scaled_preference(weights_BI: Tensor, feat_IDm: Tensor, scaling: dict[str, Tensor]) -> Tensor:
+    """Σ_i w_ui · e'_i, float32 [B, D_m], where e'_i is the item feature rescaled by
+    `feature_scaling`: e_i / ‖e_i‖ (l2) or (e_i − μ) / σ (standardize), without forming e'.
+
+    Standardize uses Σ_i w_ui (e_i − μ)/σ = (Σ_i w_ui e_i − (Σ_i w_ui) μ) / σ.
+    """
+    csr = as_csr(weights_BI)
+    if "inv_norm" in scaling:
+        val_Z = csr.values() * scaling["inv_norm"].to(csr.device)[csr.col_indices()]
+        csr = torch.sparse_csr_tensor(csr.crow_indices(), csr.col_indices(), val_Z, size=csr.shape,
+                                      check_invariants=False)
+    e_BD = torch.sparse.mm(csr, feat_IDm.float())
+    if "mean" in scaling:
+        val_Z = csr.values()
+        wsum_B = torch.zeros(csr.shape[0], device=val_Z.device).index_add_(0, _row_of_entries(csr), val_Z)
+        e_BD = (e_BD - wsum_B.unsqueeze(1) * scaling["mean"].to(e_BD.device)) * scaling["inv_std"].to(e_BD.device)
+    return e_BD

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,8 @@ from torch import Tensor, nn
 from ld4mrec_dist.cnet import CNet, timestep_embedding
 from ld4mrec_dist.config import DiffusionConfig, ModelConfig
 from ld4mrec_dist.diffusion import NoiseSchedule, soft_reconstruct
-from ld4mrec_dist.encoders import as_csr, collaborative_signal, normalized_rows
+from ld4mrec_dist.encoders import (as_csr, collaborative_signal, feature_scaling, normalized_rows,
+                                   scaled_preference)
 from ld4mrec_dist.sampler import importance_weights, sample_steps
 
 DEFAULT_MODALITY_ORDER = ("text", "image")
@@ -45,7 +47,7 @@ class BatchLoss(NamedTuple):
     """float32 [B], L_rec per user, detached: what the importance-sampling history records."""
 
 
-def select_modalities(requested: Optional[Sequence[str]], available: Sequence[str]) -> list[str]:
+def select_modalities(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
     """The BG-Block's modalities in order. None: text, image, then the others in the given
     order (those present); a list is taken as is and every name must be available."""
     if requested is None:
@@ -57,14 +59,14 @@ def select_modalities(requested: Optional[Sequence[str]], available: Sequence[st
     return list(requested)
 
 
-def _no_autocast(device: torch.device):
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
 
 
 class LD4MRec(nn.Module):
-    """The light diffusion recommender (paper §2–3 as SPEC §2–3 reads it).
+    """The light diffusion recommender (paper §2–3 as docs/design.md §2–3 reads it).
 
     `item_factors` (V_k of the train matrix) is required unless `ablation == "no_bd"`;
     its width, not `model_cfg.svd_rank`, sets C-Net's collaborative input (the SVD may
@@ -77,9 +79,13 @@ class LD4MRec(nn.Module):
     batch's rows only), so optimise it with e.g. `torch.optim.SparseAdam`.
     """
 
+    # Buffers registered in __init__ when the ablation uses them, declared for the type checker.
+    item_factors: Tensor
+    item_degree: Tensor
+
     def __init__(self, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, n_users: int, n_items: int,
-                 item_factors: Optional[Tensor] = None, item_features: Optional[Mapping[str, Tensor]] = None,
-                 item_degree: Optional[Tensor] = None):
+                 item_factors: Tensor | None = None, item_features: Mapping[str, Tensor] | None = None,
+                 item_degree: Tensor | None = None):
         super().__init__()
         self.model_cfg, self.diffusion_cfg = model_cfg, diffusion_cfg
         self.n_users, self.n_items, self.hidden = n_users, n_items, model_cfg.hidden
@@ -109,6 +115,9 @@ class LD4MRec(nn.Module):
             if feat.dim() != 2 or feat.shape[0] != n_items:
                 raise ValueError(f"item feature {name!r} has shape {tuple(feat.shape)}, expected [{n_items}, D_m]")
             self.register_buffer(f"item_feature_{j}", feat, persistent=False)
+            # Statistics of model.feature_norm (small: [D_m] or [I]), data-derived like the features.
+            for key, stat in feature_scaling(feat, model_cfg.feature_norm).items():
+                self.register_buffer(f"item_feature_{j}_{key}", stat, persistent=False)
 
         self.z_in = nn.Embedding(n_users if model_cfg.per_user_time else 1, model_cfg.hidden, sparse=True)
         with torch.no_grad():
@@ -117,9 +126,10 @@ class LD4MRec(nn.Module):
         with warnings.catch_warnings():
             if ablation == "no_bg":
                 warnings.simplefilter("ignore")
-            self.cnet = CNet(n_items, model_cfg.hidden, svd_rank, [self._feature(j).shape[1] for j in range(len(names))],
+            feature_dims = [self._feature(j).shape[1] for j in range(len(names))]
+            self.cnet = CNet(n_items, model_cfg.hidden, svd_rank, feature_dims,
                              ablation=ablation, negative_slope=model_cfg.negative_slope,
-                             dropout=model_cfg.dropout)
+                             dropout=model_cfg.dropout, input_norm=model_cfg.input_norm)
 
     # ----------------------------------------------------------------- pieces
     @property
@@ -129,6 +139,10 @@ class LD4MRec(nn.Module):
     def _feature(self, j: int) -> Tensor:
         return getattr(self, f"item_feature_{j}")
 
+    def _feature_scaling(self, j: int) -> dict[str, Tensor]:
+        keys = {"standardize": ("mean", "inv_std"), "l2": ("inv_norm",)}.get(self.model_cfg.feature_norm, ())
+        return {k: getattr(self, f"item_feature_{j}_{k}") for k in keys}
+
     def z_in_rows(self, users_B: Tensor) -> Tensor:
         """z_in of the batch's users, [B, D] (row 0 for every user when shared)."""
         users_B = users_B.to(self.device, torch.int64)
@@ -136,16 +150,18 @@ class LD4MRec(nn.Module):
             users_B = torch.zeros_like(users_B)
         return self.z_in(users_B)
 
-    def conditions(self, rows_BI: Tensor) -> tuple[Optional[Tensor], list[Tensor]]:
+    def conditions(self, rows_BI: Tensor) -> tuple[Tensor | None, list[Tensor]]:
         """(c_u [B, K] or None for no_bd, [e_{u,m} [B, D_m] per modality in order])."""
-        c_BK = collaborative_signal(rows_BI, self.item_factors) if self.cnet.uses_collaborative else None
+        c_BK = (collaborative_signal(rows_BI, self.item_factors, self.model_cfg.collab_norm)
+                if self.cnet.uses_collaborative else None)
         prefs: list[Tensor] = []
         if self.modalities:
             norm_BI = normalized_rows(rows_BI, self.item_degree)
-            prefs = [torch.sparse.mm(norm_BI, self._feature(j)) for j in range(len(self.modalities))]
+            prefs = [scaled_preference(norm_BI, self._feature(j), self._feature_scaling(j))
+                     for j in range(len(self.modalities))]
         return c_BK, prefs
 
-    def reconstruction_target(self, x_BI: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    def reconstruction_target(self, x_BI: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """f_s(x_in) (Eq. 12), or x_in itself for `no_sr` (and when p = 0 or γ = 0)."""
         if self.model_cfg.ablation == "no_sr":
             return x_BI
@@ -156,8 +172,8 @@ class LD4MRec(nn.Module):
         return csr_BI, csr_BI.to_dense()
 
     # ----------------------------------------------------------------- training
-    def forward(self, rows_BI: Tensor, users_B: Tensor, step_probs: Optional[Tensor] = None,
-                generator: Optional[torch.Generator] = None) -> BatchLoss:
+    def forward(self, rows_BI: Tensor, users_B: Tensor, step_probs: Tensor | None = None,
+                generator: torch.Generator | None = None) -> BatchLoss:
         """One batch's loss (Alg. 1, lines 3–10).
 
         `rows_BI`: float32 sparse CSR [B, I] (dense is accepted). `users_B`: global user
@@ -195,7 +211,7 @@ class LD4MRec(nn.Module):
         return self.cnet(x_BI, tf_BD, c_BK, prefs, dropout=False).float()
 
     @torch.no_grad()
-    def multi_step_scores(self, rows_BI: Tensor, users_B: Tensor, steps: Optional[int] = None) -> Tensor:
+    def multi_step_scores(self, rows_BI: Tensor, users_B: Tensor, steps: int | None = None) -> Tensor:
         """The classic reverse process, for comparison with one-step inference: from
         x_n = √ᾱ_n · x_in (the forward mean, no noise), x_{t−1} = μ_θ(x_t, t) for
         t = n..1 with t_f = z_t + z_in; returns x_0 (= x̂_θ at t = 1, as c0_1 = 1, ct_1 = 0).
