@@ -13,8 +13,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from data_pipeline.errors import DataError
 
 
-def load_yaml(text: str, where: str, error: type[Exception] = DataError) -> DictConfig | ListConfig:
-    """`OmegaConf.create(text)`; `error(...)` with `where`, line and column on a YAML syntax error."""
+def load_yaml(text: str | bytes, where: str, error: type[Exception] = DataError) -> DictConfig | ListConfig:
+    """`OmegaConf.create(text)`; `error(...)` with `where`, line and column on a YAML syntax error
+    (or, for bytes, on text that is not UTF-8)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = text.count(b"\n", 0, err.start) + 1
+            raise error(f"{where}, line {line}: not UTF-8 text (byte {text[err.start]:#04x}); save it as UTF-8") \
+                from None
     try:
         return OmegaConf.create(text)
     except yaml.YAMLError as err:
@@ -24,14 +32,11 @@ def load_yaml(text: str, where: str, error: type[Exception] = DataError) -> Dict
 def read_yaml_file(path: str, error: type[Exception] = DataError) -> DictConfig | ListConfig:
     """A local YAML file parsed with `load_yaml`; `error(...)` when unreadable or not UTF-8."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except UnicodeDecodeError as err:
-        raise error(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
-                    "save it as UTF-8") from None
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as err:
         raise error(f"{path}: cannot be read ({err.strerror})") from None
-    return load_yaml(text, path, error)
+    return load_yaml(data, path, error)
 
 
 def yaml_error_message(err: yaml.YAMLError, where: str) -> str:

@@ -209,7 +209,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
                 raise ConfigError(f"config file {path} does not exist")
             from data_pipeline.yaml_file import load_yaml  # names the file and line of a YAML syntax error
 
-            layers.append(load_yaml(storage.read_text(path), str(path), ConfigError))
+            layers.append(load_yaml(storage.read_bytes(path), str(path), ConfigError))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:

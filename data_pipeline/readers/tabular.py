@@ -126,6 +126,10 @@ def _text_timestamps(path: Path, column: str, arr: pa.Array, off: int) -> np.nda
     text = pd.Series(pc.utf8_trim_whitespace(arr.fill_null("")).to_numpy(zero_copy_only=False), dtype=object)
     if text.empty:
         return np.empty(0, np.float64)
+    empty = (text == "").to_numpy()
+    if empty.any():
+        raise DataError(f"{path}: column {column!r}, {where_row(int(np.flatnonzero(empty)[0]), off)}: empty timestamp; "
+                        "fill it in or remove that row")
     numbers = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
     if not np.isnan(numbers[0]):
         bad = np.isnan(numbers)

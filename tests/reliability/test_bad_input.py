@@ -61,6 +61,16 @@ def test_malformed_sweep_yaml_names_file_and_line(tmp_path):
     assert "<unicode string>" not in msg and msg.startswith(f"{path}, line 3"), msg
 
 
+def test_non_utf8_config_names_file_and_line(tmp_path):
+    from ld4mrec_dist.config import ConfigError, load_config
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  lr: 0.001\nrun:\n  name: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert one_line(err) == f"{path}, line 4: not UTF-8 text (byte 0xe9); save it as UTF-8"
+
+
 # ------------------------------------------------------------------ ISO-8601 timestamps
 
 
@@ -101,6 +111,9 @@ def test_an_unreadable_timestamp_says_which_formats_are_accepted(tmp_path):
     assert "Unix seconds (e.g. 1709296200) or ISO-8601 (e.g. 2024-03-01T12:30:00Z" in msg
     path.write_text("user_id,item_id,timestamp\na,1,1709296200\na,2,2024-03-01\n")
     with pytest.raises(DataError, match=r"line 3: timestamp '2024-03-01' is not a number like the first row's"):
+        read_tabular(path)
+    path.write_text("user_id,item_id,timestamp\na,1,2024-03-01\na,2, \n")
+    with pytest.raises(DataError, match=r"'timestamp', line 3: empty timestamp; fill it in or remove that row"):
         read_tabular(path)
 
 
