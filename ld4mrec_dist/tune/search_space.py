@@ -73,8 +73,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"sweep file {p} does not exist (see jobs/configs/sweeps/)")
+    from data_pipeline.yaml_file import read_yaml_file  # names the file and line of a YAML syntax error
+
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(p), resolve=True)  # YAML 1.2 floats: 1e-3 is a float
+        raw = OmegaConf.to_container(read_yaml_file(str(p), ConfigError), resolve=True)  # 1e-3 is a float
     except OmegaConfBaseException as err:
         raise ConfigError(f"sweep file {p}: {err}") from None
     return sweep_from_dict(raw or {}, default_name=p.stem, where=str(p))
