@@ -13,6 +13,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class FeatureSource:
 
     def describe_row(self, row: int) -> str:
         """Item-order row `row` as the user finds it in `path`: its file row, and its key if keyed."""
-        if self.file_rows is None:
+        if self.file_rows is None or self.keys is None:
             return f"row {row}"
         return f"row {int(self.file_rows[row])} ({self.key_column} {str(self.keys[row])!r})"
 
@@ -60,6 +61,7 @@ class FeatureSource:
     def _block(self, start: int, stop: int) -> np.ndarray:
         if self.array is not None:
             return self.array[start:stop]
+        assert self.header is not None, "an .npy source carries its header"
         offset, dtype, fortran = self.header
         if fortran:
             return np.load(self.path, mmap_mode="r")[start:stop]
@@ -95,7 +97,7 @@ def array_feature(name: str, path: Path, rows: np.ndarray, file_rows: np.ndarray
                          keys=keys, key_column=key_column)
 
 
-def write_features(src: FeatureSource, out: Path, progress=None) -> str:
+def write_features(src: FeatureSource, out: Path, progress: Any = None) -> str:
     """Stream `src` to `out` as float32 .npy; returns the file's sha256."""
     rows_per_chunk = max(1, CHUNK_BYTES // max(1, 4 * src.width))
     digest = hashlib.sha256()
@@ -109,7 +111,7 @@ def write_features(src: FeatureSource, out: Path, progress=None) -> str:
     return digest.hexdigest()
 
 
-def _pieces(head: bytes, src: FeatureSource, rows_per_chunk: int, progress) -> Iterator[bytes]:
+def _pieces(head: bytes, src: FeatureSource, rows_per_chunk: int, progress: Any) -> Iterator[bytes]:
     yield head
     for _, block in src.chunks(rows_per_chunk):
         yield block.astype("<f4", copy=False).tobytes()

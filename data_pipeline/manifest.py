@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from data_pipeline import storage
 from data_pipeline.errors import DataError
@@ -18,7 +19,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def check_accounting(counts: dict) -> None:
+def check_accounting(counts: dict[str, Any]) -> None:
     """Input = kept + filtered + merged + dropped, and split rows = kept + injected; RuntimeError if not."""
     accounted = (counts["kept"] + counts["filtered_by_rating"] + counts["duplicates_merged"]
                  + sum(counts["dropped"].values()))
@@ -30,7 +31,7 @@ def check_accounting(counts: dict) -> None:
         raise RuntimeError(f"split rows {counts['rows_per_split']} != kept {counts['kept']} + injected {injected}")
 
 
-def write_manifest(folder: Path, manifest: dict) -> None:
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """`folder/manifest.json`, after checking the accounting identity; every listed file's
     entry gains its size (`bytes`), which workers check cheaply before reading."""
     check_accounting(manifest["counts"])
@@ -40,7 +41,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     (folder / MANIFEST).write_text(text, encoding="ascii")
 
 
-def read_manifest(folder: Location) -> tuple[dict, bytes]:
+def read_manifest(folder: Location) -> tuple[dict[str, Any], bytes]:
     """(parsed manifest, its bytes); DataError when missing, unreadable or of another version.
     `folder` is a local path or a URI (s3://, gs://, file://)."""
     path = storage.join(folder, MANIFEST)
@@ -62,18 +63,18 @@ def read_manifest(folder: Location) -> tuple[dict, bytes]:
     return manifest, raw
 
 
-def listed_files(manifest: dict) -> list[str]:
+def listed_files(manifest: dict[str, Any]) -> list[str]:
     """Every data file the manifest lists, relative to the dataset folder."""
     return [entry["file"] for entry in _file_entries(manifest)]
 
 
-def listed_entries(manifest: dict) -> dict[str, tuple[str, int | None]]:
+def listed_entries(manifest: dict[str, Any]) -> dict[str, tuple[str, int | None]]:
     """relative file -> (sha256, bytes) for every data file the manifest lists; bytes is None
     in manifests written before sizes were recorded."""
     return {e["file"]: (e["sha256"], e.get("bytes")) for e in _file_entries(manifest)}
 
 
-def _file_entries(manifest: dict) -> list[dict]:
+def _file_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """The manifest's file entries themselves (shards, then features, then the rest)."""
     entries = [entry for split in manifest["files"]["splits"].values() for entry in split]
     entries += list(manifest["modalities"])

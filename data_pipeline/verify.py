@@ -28,6 +28,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,7 +67,7 @@ class _Stat:
     mtime_ns: int | None
 
 
-def verify_dataset(location: Location, full: bool = True, manifest: dict | None = None,
+def verify_dataset(location: Location, full: bool = True, manifest: dict[str, Any] | None = None,
                    manifest_raw: bytes | None = None) -> Verification:
     """Check the dataset at `location` (local or URI) against its manifest; DatasetDamaged at the
     first mismatch. `full=False` checks presence and sizes only (see the module docstring)."""
@@ -92,7 +93,7 @@ def verify_dataset(location: Location, full: bool = True, manifest: dict | None 
                         hashed_bytes=hashed[1], seconds=time.perf_counter() - t0, full=full)
 
 
-def prepare_again(manifest: dict, location: str) -> str:
+def prepare_again(manifest: dict[str, Any], location: str) -> str:
     """The jobs/prepare.py command that rebuilds this dataset (as far as the manifest tells)."""
     config = manifest.get("config") or {}
     setting, seed = config.get("setting", "<setting>"), config.get("seed", 2024)
@@ -133,7 +134,7 @@ def _check_presence_and_sizes(entries: dict[str, tuple[str, int | None]], on_dis
                                  again)
 
 
-def _check_unlisted_shards(entries: dict, on_disk: dict[str, _Stat], again: str) -> None:
+def _check_unlisted_shards(entries: dict[str, Any], on_disk: dict[str, _Stat], again: str) -> None:
     """A shard on disk the manifest does not list: its users would silently not be trained on."""
     for f in sorted(on_disk):
         split, _, name = f.partition("/")
@@ -144,7 +145,7 @@ def _check_unlisted_shards(entries: dict, on_disk: dict[str, _Stat], again: str)
 # ------------------------------------------------------------------ shapes and accounting (footers)
 
 
-def _check_shapes(location: str, manifest: dict, n_users: int, n_items: int, on_disk: dict[str, _Stat],
+def _check_shapes(location: str, manifest: dict[str, Any], n_users: int, n_items: int, on_disk: dict[str, _Stat],
                   again: str) -> None:
     for m in manifest["modalities"]:
         _check_npy(location, m["file"], (n_items, int(m["dim"])), np.dtype("<f4"), on_disk, again,
@@ -199,7 +200,7 @@ def _parquet_metadata(location: str, rel: str, again: str) -> pq.FileMetaData:
         raise DatasetDamaged(f"{rel} is not a readable Parquet file ({str(err).splitlines()[0]})", again) from None
 
 
-def _check_accounting(location: str, manifest: dict, n_users: int, n_items: int, again: str) -> None:
+def _check_accounting(location: str, manifest: dict[str, Any], n_users: int, n_items: int, again: str) -> None:
     """Each shard's rows as listed, each split's interactions as counted, indices in range."""
     rows_per_split = manifest["counts"]["rows_per_split"]
     for split in SPLITS:
@@ -245,7 +246,7 @@ def _check_hashes(location: str, entries: dict[str, tuple[str, int | None]], on_
         return 0, 0
     cache_paths = _cache_paths(location)
     cached = _read_cache(cache_paths)
-    good: dict[str, dict] = {}
+    good: dict[str, dict[str, Any]] = {}
     n_files = n_bytes = 0
     for f, (sha, _) in entries.items():
         stat = on_disk[f]
@@ -283,7 +284,7 @@ def _cache_paths(location: str) -> list[Path]:
     return [user] if storage.is_uri(location) else [Path(location) / CACHE_FILE, user]
 
 
-def _read_cache(paths: list[Path]) -> dict[str, dict]:
+def _read_cache(paths: list[Path]) -> dict[str, dict[str, Any]]:
     for path in paths:
         try:
             data = json.loads(path.read_text())
@@ -294,7 +295,7 @@ def _read_cache(paths: list[Path]) -> dict[str, dict]:
     return {}
 
 
-def _write_cache(paths: list[Path], files: dict[str, dict]) -> None:
+def _write_cache(paths: list[Path], files: dict[str, dict[str, Any]]) -> None:
     """Atomically, to the first writable place; a cache that cannot be written only costs a rehash."""
     text = json.dumps({"version": CACHE_VERSION, "files": files}, indent=1, sort_keys=True)
     for path in paths:

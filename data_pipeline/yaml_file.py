@@ -17,11 +17,12 @@ def load_yaml(text: str | bytes, where: str, error: type[Exception] = DataError)
     """`OmegaConf.create(text)`; `error(...)` with `where`, line and column on a YAML syntax error
     (or, for bytes, on text that is not UTF-8)."""
     if isinstance(text, bytes):
+        data = text
         try:
-            text = text.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            line = text.count(b"\n", 0, err.start) + 1
-            raise error(f"{where}, line {line}: not UTF-8 text (byte {text[err.start]:#04x}); save it as UTF-8") \
+            line = data.count(b"\n", 0, err.start) + 1
+            raise error(f"{where}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save it as UTF-8") \
                 from None
     try:
         return OmegaConf.create(text)

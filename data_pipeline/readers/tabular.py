@@ -68,7 +68,7 @@ def read_table(path: Path, encoding: str = "utf-8") -> tuple[pa.Table, int]:
     raise DataError(f"{path}: unknown table type {suffix!r}; use .csv, .tsv or .parquet")
 
 
-def optional_column(path: Path, names: list[str], name: str | None, default: str | None, flag: str):
+def optional_column(path: Path, names: list[str], name: str | None, default: str | None, flag: str) -> str | None:
     """The column to use, None when absent and not asked for, DataError when asked for and absent."""
     if name is None or name in names:
         return name
@@ -164,7 +164,8 @@ def split_labels(path: Path, column: str, col: pa.ChunkedArray, off: int) -> np.
     return np.array([SPLIT_LABELS[u] for u in uniq], np.int8)[inv]
 
 
-def items_and_features(path: Path, items_raw: np.ndarray, files: tuple[FeatureFile, ...], off: int):
+def items_and_features(path: Path, items_raw: np.ndarray, files: tuple[FeatureFile, ...],
+                       off: int) -> tuple[np.ndarray, np.ndarray, dict[str, FeatureSource]]:
     """(item index per row, item ids, features): .npy rows fix the universe, else the ids do."""
     npys = [f for f in files if f.path.suffix.lower() == ".npy"]
     feats: dict[str, FeatureSource] = {}
