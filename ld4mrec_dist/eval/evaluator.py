@@ -1,8 +1,8 @@
-"""Distributed all-ranking evaluation (SPEC §1).
+"""Distributed all-ranking evaluation (docs/design.md §4).
 
-Shapes: B users scored at once, I items. Users are split across ranks (rank r takes
-every W-th evaluation user); each rank scores its users, masks their train items (and
-valid items at test time if asked), takes the top K and sums Recall/NDCG; one
+Shapes: B users scored at once, I items, W ranks. Users are split across ranks (rank r
+takes every W-th evaluation user); each rank scores its users, masks their train items
+(and valid items at test time if asked), takes the top k and sums Recall/NDCG; one
 all-reduce of the sums gives exactly the single-process result.
 """
 

@@ -1,8 +1,8 @@
-"""All-ranking top-K metrics (SPEC §1, MMRec convention), as sums that can be all-reduced.
+"""All-ranking top-k metrics (MMRec convention, docs/design.md §4), as sums that can be all-reduced.
 
-Shapes: B users in the batch, I items, K the largest cut-off.
-Recall@K = hits in the top K / |ground truth|; NDCG@K = DCG@K / IDCG@K with the ideal
-DCG over min(K, |ground truth|). Users without ground truth are left out of the batch by
+Shapes (legend in ld4mrec_dist/__init__.py): B users in the batch, I items, C the largest
+cut-off k. Recall@k = hits in the top k / |ground truth|; NDCG@k = DCG@k / IDCG@k with the
+ideal DCG over min(k, |ground truth|). Users without ground truth are left out of the batch by
 the caller, so every returned sum is over users with ≥ 1 relevant item.
 """
 
@@ -19,25 +19,25 @@ def mask_items(scores_BI: torch.Tensor, mask_BI: torch.Tensor) -> torch.Tensor:
 
 
 def topk_hits(scores_BI: torch.Tensor, truth_BI: torch.Tensor, k: int) -> torch.Tensor:
-    """[B, K] 0/1: whether the item ranked r-th is relevant. Ties break by item index."""
+    """[B, C] 0/1 with C = min(k, I): whether the item ranked c-th is relevant."""
     k = min(k, scores_BI.shape[1])
-    top_BK = torch.topk(scores_BI, k, dim=1, sorted=True).indices
-    return truth_BI.gather(1, top_BK).to(torch.float64)
+    top_BC = torch.topk(scores_BI, k, dim=1, sorted=True).indices
+    return truth_BI.gather(1, top_BC).to(torch.float64)
 
 
-def metric_sums(hits_BK: torch.Tensor, n_truth_B: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:
-    """Per-cut-off sums over the batch of Recall@K and NDCG@K (float64 scalars)."""
+def metric_sums(hits_BC: torch.Tensor, n_truth_B: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:
+    """Per-cut-off sums over the batch of Recall@k and NDCG@k (float64 scalars)."""
     n_truth_B = n_truth_B.to(torch.float64)
-    k_max = hits_BK.shape[1]
-    discount_K = 1.0 / torch.log2(torch.arange(k_max, dtype=torch.float64, device=hits_BK.device) + 2.0)
-    ideal_cum_K = torch.cumsum(discount_K, 0)  # IDCG for n relevant items = ideal_cum_K[n-1]
+    k_max = hits_BC.shape[1]
+    discount_C = 1.0 / torch.log2(torch.arange(k_max, dtype=torch.float64, device=hits_BC.device) + 2.0)
+    ideal_cum_C = torch.cumsum(discount_C, 0)  # IDCG for n relevant items = ideal_cum_C[n-1]
     out: dict[str, torch.Tensor] = {}
     for k in ks:
         kk = min(k, k_max)
-        hits = hits_BK[:, :kk]
+        hits = hits_BC[:, :kk]
         out[f"recall@{k}"] = (hits.sum(1) / n_truth_B).sum()
-        dcg_B = (hits * discount_K[:kk]).sum(1)
-        idcg_B = ideal_cum_K[(torch.clamp(n_truth_B, max=kk) - 1).long()]
+        dcg_B = (hits * discount_C[:kk]).sum(1)
+        idcg_B = ideal_cum_C[(torch.clamp(n_truth_B, max=kk) - 1).long()]
         out[f"ndcg@{k}"] = (dcg_B / idcg_B).sum()
     return out
 

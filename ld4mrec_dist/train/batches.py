@@ -1,7 +1,7 @@
 """User rows: from Arrow shards to CSR row stores to dense/sparse minibatches.
 
-Shapes: B users in a batch, I items, N non-zeros. A row store holds a set of users'
-train rows in CSR form (memory O(N)); a minibatch is a torch CSR tensor [B, I] that
+Shapes: B users in a batch, I items, R rows of a store, Z non-zeros. A row store holds a
+set of users' train rows in CSR form (memory O(Z)); a minibatch is a torch CSR tensor [B, I] that
 the model densifies itself. Nothing here ever builds a |U| × I dense matrix.
 """
 

@@ -1,6 +1,7 @@
 """The collectives of the training loop; each one is a no-op in a single process.
 
-Shapes: B the per-rank batch capacity (train.batch_size), W the world size, D hidden.
+Shapes: B the per-rank batch capacity (train.batch_size), W the world size, D hidden,
+R a rank's gradient rows, N = W·B gathered pairs. The design is docs/design.md §6.
 
 Three things cross ranks besides DDP's gradient all-reduce:
 - the importance-sampling history: every rank's (t, L_rec) values are gathered in rank
