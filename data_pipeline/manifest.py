@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline import storage
-from data_pipeline.errors import DataError
+from data_pipeline.errors import DataError, DatasetDamaged
 from data_pipeline.storage import Location
 
 FORMAT_VERSION = 1
@@ -54,8 +54,9 @@ def read_manifest(folder: Location) -> tuple[dict[str, Any], bytes]:
         raise DataError(f"{path}: cannot be read ({err}); check the location and its credentials") from None
     try:
         manifest = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err}); prepare the dataset again with --overwrite") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetDamaged(f"{MANIFEST} is not valid JSON ({err})",
+                             f"python jobs/prepare.py … --out {folder} --overwrite") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise DataError(f"{path}: format version {version!r}, this code reads {FORMAT_VERSION}; "

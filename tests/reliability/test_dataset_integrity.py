@@ -160,6 +160,15 @@ def test_truncated_shard_missing_file_and_wrong_n_items_give_the_same_error(ds):
     assert_damaged(err, "id_maps/items.parquet is missing")
 
 
+def test_manifest_that_is_not_json(ds):
+    (ds / "manifest.json").write_text('{"format_version": 1, "n_users": ')
+    with pytest.raises(DataError) as err:
+        open_dataset(ds)
+    msg = str(err.value)
+    assert isinstance(err.value, DatasetDamaged) and "\n" not in msg
+    assert msg.startswith("dataset is damaged: manifest.json is not valid JSON") and f"--out {ds} --overwrite)" in msg
+
+
 @pytest.mark.parametrize("n_items", [50, 70])
 def test_manifest_n_items_disagrees_with_the_data(ds, n_items):
     manifest = manifest_of(ds)
