@@ -1,4 +1,4 @@
-"""Prepare a dataset directory from MMRec, RecBole, CSV/Parquet or synthetic sources (SPEC §1).
+"""Prepare a dataset directory from MMRec, RecBole, CSV/Parquet or synthetic sources (docs/design.md §4-5).
 
     python jobs/prepare.py --source synthetic --shape small --setting clean
     python jobs/prepare.py --source mmrec --path data/baby --setting as_is --out data/baby-as_is
@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_pipeline.errors import DataError  # noqa: E402
-from data_pipeline.protocol import SETTINGS, ProtocolConfig  # noqa: E402
-from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD  # noqa: E402
-from data_pipeline.synthetic import SHAPES  # noqa: E402
-from data_pipeline.text_features import ENCODERS  # noqa: E402
+from data_pipeline.errors import DataError
+from data_pipeline.protocol import SETTINGS, ProtocolConfig
+from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD
+from data_pipeline.synthetic import SHAPES
+from data_pipeline.text_features import ENCODERS
 
 SOURCES = ("mmrec", "recbole", "csv", "parquet", "movielens-1m", "synthetic")
 

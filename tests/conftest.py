@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray instance for the whole test session (RAY_NOTES: ~5 s to start)."""
+"""Shared fixtures: one local Ray instance for the whole test session (docs/design.md §8: ~5 s to start)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import socket
 
 import pytest
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -21,7 +22,7 @@ os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{MOTO_PORT}", AWS_ACCESS_K
                   AWS_EC2_METADATA_DISABLED="true")
 os.environ.pop("AWS_PROFILE", None)
 
-# Cut Ray Train's per-fit() overhead (RAY_NOTES: 20-30 s -> ~20 s).
+# Cut Ray Train's per-fit() overhead (docs/design.md §8: 20-30 s -> ~20 s).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")

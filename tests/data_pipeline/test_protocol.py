@@ -1,4 +1,4 @@
-"""The SPEC §1 protocol: rating filter, merging, chronological split, noise, accounting."""
+"""The protocol of docs/design.md §4: rating filter, merging, chronological split, noise, accounting."""
 
 import numpy as np
 import pytest

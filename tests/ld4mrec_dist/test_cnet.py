@@ -1,4 +1,4 @@
-"""C-Net blocks against their equations (Eq. 15–22) and the ablation graphs (SPEC §3)."""
+"""C-Net blocks against their equations (Eq. 15–22) and the ablation graphs (docs/design.md §3)."""
 
 from __future__ import annotations
 

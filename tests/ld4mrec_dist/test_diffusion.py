@@ -1,4 +1,4 @@
-"""Schedule, forward process, posterior and soft reconstruction against closed forms (SPEC §2)."""
+"""Schedule, forward process, posterior and soft reconstruction against closed forms (Eq. 2-12, docs/design.md §2)."""
 
 from __future__ import annotations
 
