@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ld4mrec_dist.cli import run_cli  # noqa: E402
+from ld4mrec_dist.cli import run_cli
 
 SMOKE_TEST = ["data.synthetic=tiny", "train.epochs=3", "train.batch_size=32", "model.hidden=32",
               "model.svd_rank=8", "scaling.num_workers=2"]

@@ -46,7 +46,8 @@ def broken_copies():
     return {
         "unknown head type": mutate(lambda c: c.update(head_node_type="no_such_type")),
         "unknown key": mutate(lambda c: c.update(max_wrokers=3)),
-        "min > max workers": mutate(lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=9, max_workers=2)),
+        "min > max workers": mutate(
+            lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=9, max_workers=2)),
         "missing node_config": mutate(lambda c: c["available_node_types"]["gpu_worker"].pop("node_config")),
         "bad type": mutate(lambda c: c.update(idle_timeout_minutes="ten")),
         "unknown provider": mutate(lambda c: c["provider"].update(type="not_a_cloud")),
@@ -71,8 +72,8 @@ def test_dashboard_and_job_server_are_not_public():
     head_start = " ".join(config["head_start_ray_commands"])
     commands = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in commands
-    assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
-               if "ray start" in c)
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
     assert "security_group" not in config["provider"] or all(
         perm["FromPort"] != 8265 for perm in config["provider"]["security_group"].get("IpPermissions", []))
 

@@ -26,7 +26,8 @@ def test_layout_and_manifest(tiny_raw, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     c = m["counts"]
     assert c["input_rows"] == c["kept"] + c["filtered_by_rating"] + c["duplicates_merged"] + sum(c["dropped"].values())
-    assert sum(c["rows_per_split"].values()) == c["kept"] + c["injected_noise"]["natural"] + c["injected_noise"]["random"]
+    injected = c["injected_noise"]["natural"] + c["injected_noise"]["random"]
+    assert sum(c["rows_per_split"].values()) == c["kept"] + injected
     assert [x["name"] for x in m["modalities"]] == ["text", "image"]
     assert {f["name"] for f in m["source"]["files"]} == {"tiny.inter", "text_feat.npy", "image_feat.npy"}
     assert len(m["source"]["files"][0]["sha256"]) == 64

@@ -16,7 +16,8 @@ def write_csv(path, text):
 
 def test_csv_with_mapping_and_parquet_features(tmp_path):
     inter = write_csv(tmp_path / "r.csv", "uid,iid,stars,when,part\nx,10,5,1,train\ny,7,4,2,test\nx,7,1,3,valid\n")
-    pq.write_table(pa.table({"sku": ["7", "10", "99"], "vec": [[0.0, 1.0], [2.0, 3.0], [9.0, 9.0]]}), tmp_path / "t.parquet")
+    pq.write_table(pa.table({"sku": ["7", "10", "99"], "vec": [[0.0, 1.0], [2.0, 3.0], [9.0, 9.0]]}),
+                   tmp_path / "t.parquet")
     src = read_tabular(inter, ColumnMap("uid", "iid", "stars", "when", "part"),
                        (FeatureFile("text", tmp_path / "t.parquet", "sku"),))
     assert src.item_ids.tolist() == ["7", "10"]          # numeric id order

@@ -85,7 +85,7 @@ def test_explicit_resume_continues_exactly_and_refuses_other_data(ray_local, tin
     a = [json.loads(x) for x in (straight.run_dir / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
     # Resuming at an epoch boundary replays the uninterrupted run: same losses and metrics.
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
         assert ra["valid/recall@20"] == pytest.approx(rb["valid/recall@20"], abs=1e-9)
 

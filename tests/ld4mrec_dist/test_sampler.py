@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ld4mrec_dist.sampler import (importance_weights, init_history, sample_steps, step_probabilities,
-                                  update_history)
+from ld4mrec_dist.sampler import importance_weights, init_history, sample_steps, step_probabilities, update_history
 
 FLOOR = 1e-3
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from ld4mrec_dist.config import Config, config_to_dict
-from ld4mrec_dist.train.checkpoint import (CheckpointError, check_compatible, load_checkpoint,
-                                           save_checkpoint)
+from ld4mrec_dist.train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 
 
 def _state():
