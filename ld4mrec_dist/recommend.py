@@ -23,21 +23,54 @@ from ld4mrec_dist.train.checkpoint import CheckpointError, load_state_bytes
 from ld4mrec_dist.train.loop import BEST_MODEL_FILE, build_model
 
 
+class RecommendError(ValueError):
+    """A recommend request that cannot run (run directory, dataset, device): one line with the fix."""
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device, refusing CUDA on a host without it (torch would fail deep inside)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise RecommendError(f"--device {device}: not a device; use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RecommendError(f"--device {device}: this host has no CUDA GPU (torch.cuda.is_available() "
+                             "is False); use --device cpu")
+    return dev
+
+
+def run_dataset(cfg: Config, dataset: str | None) -> PreparedDataset:
+    """The dataset to score: `dataset` if given, else the one the run trained on; a dataset
+    that moved since training points to --dataset."""
+    from ld4mrec_dist.train.trainer import resolve_dataset
+
+    if dataset:
+        if not storage.exists(dataset):
+            raise RecommendError(f"--dataset {dataset}: no such dataset directory")
+        return open_dataset(dataset)
+    location = storage.normalize(cfg.data.path) if cfg.data.path else None
+    if location and not storage.exists(location):
+        raise RecommendError(f"the run's dataset {location} is gone (moved or deleted since training): "
+                             "pass --dataset DIR with its new location")
+    return open_dataset(resolve_dataset(cfg))
+
+
 def load_best_model(run_dir: str | Path, dataset: str | None = None,
                     device: str = "cpu") -> tuple[LD4MRec, Config, PreparedDataset]:
     """The run's best model (safe load), its config and its dataset (hash-checked)."""
-    from ld4mrec_dist.train.trainer import resolve_dataset
-
+    dev = check_device(device)
+    if not storage.exists(run_dir):
+        raise RecommendError(f"{run_dir}: no such run directory")
     path = storage.join(run_dir, BEST_MODEL_FILE)
     if not storage.is_file(path):
         raise CheckpointError(f"{path} not found: the run has not finished an evaluation yet")
     saved = load_state_bytes(storage.read_bytes(path), path)
     cfg = config_from_dict(saved["config"])
-    ds = open_dataset(dataset or resolve_dataset(cfg))
+    ds = run_dataset(cfg, dataset)
     if ds.manifest_sha256 != saved["manifest_sha256"]:
         raise CheckpointError(f"{path} was trained on another dataset than {ds.location} "
                               "(manifest sha256 differs): pass --dataset with the training data")
-    model = build_model(cfg, ds, saved["item_factors"].numpy(), torch.device(device))
+    model = build_model(cfg, ds, saved["item_factors"].numpy(), dev)
     model.load_state_dict(saved["model"])
     model.eval()
     return model, cfg, ds

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,17 @@ INCOMPATIBLE_ON_CHANGE = ("model", "diffusion")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message names the file and what to do."""
+
+
+def quiet_report_logs() -> None:
+    """Ray Train's worker logs every report ("Reporting training result …" with the whole
+    metrics dict) at INFO on a logger named after its source file, outside `ray.train`, so
+    RunConfig.logging_config does not reach it: raise that one logger to WARNING."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:

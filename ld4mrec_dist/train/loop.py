@@ -32,7 +32,8 @@ from ld4mrec_dist.sampler import init_history, step_probabilities, update_histor
 from ld4mrec_dist.train import sync
 from ld4mrec_dist.train.batches import (RowStore, concat_row_stores, epoch_order, minibatches,
                                         rows_from_arrow, rows_with_items, to_torch_csr)
-from ld4mrec_dist.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint, state_bytes
+from ld4mrec_dist.train.checkpoint import (check_compatible, load_checkpoint, quiet_report_logs,
+                                           save_checkpoint, state_bytes)
 
 FAULT_MARKER = ".fault_injected"
 BEST_MODEL_FILE = "best_model.pt"
@@ -204,6 +205,7 @@ def latest_checkpoint_state() -> Optional[dict[str, Any]]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     cfg: Config = config_from_dict(config["cfg"])
+    quiet_report_logs()  # one console line per epoch, not one per Ray report
     run_dir = config["run_dir"]  # a local path or an object-store URI
     device = _device()
     is_rank0 = sync.rank() == 0

@@ -48,7 +48,8 @@ RAY_TRAIN_FAST_ENV = {
 }
 # The console shows one line per epoch (rank 0) and our own messages: Ray Data's progress
 # logs and bars, its INFO lines and colour codes in redirected output are turned down
-# through Ray's own settings (Ray Train's per-report INFO lines: RunConfig.logging_config).
+# through Ray's own settings (Ray Train's own lines: RunConfig.logging_config; they all
+# stay in the session's logs/train/*.log files).
 RAY_QUIET_ENV = {
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "RAY_DATA_LOG_LEVEL": "WARNING",
@@ -363,6 +364,9 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callba
     check_cluster_fits(cfg)
     wait_for_read_cpu(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # ray.data may have configured its loggers before RAY_DATA_LOG_LEVEL was set above.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     train_rows = ray.data.read_parquet(ds.split_files("train")).materialize()
     select = f"valid/{cfg.eval.select_metric}"
     return TorchTrainer(
@@ -380,7 +384,9 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callba
             # often as worker deaths, not for ever (Ray's default).
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures,
                                          controller_failure_limit=cfg.scaling.max_failures),
-            logging_config=LoggingConfig(log_level="WARNING"),
+            # ERROR: a failed run is summed up in one line by `failure_message`, not by
+            # Ray's warnings with tracebacks for every rank and retry.
+            logging_config=LoggingConfig(log_level="ERROR"),
         ),
         datasets={"train": train_rows},
     )
@@ -444,8 +450,9 @@ def worker_failure_summary(err: Exception) -> str:
     collective errors its death caused on the others."""
     failures = getattr(err, "worker_failures", {}) or {}
 
-    def died(e: BaseException) -> bool:
-        return "ActorDied" in type(e).__name__ or "died" in str(e).split("\n", 1)[0].lower()
+    def died(e: BaseException) -> bool:  # the process is gone (killed, crashed, OOM), not an exception
+        cause = getattr(e, "health_check_failure", e)
+        return "ActorDied" in type(cause).__name__ or "actor died" in str(cause).lower()
 
     ranks = sorted(failures, key=lambda r: (not died(failures[r]), r))
     if not ranks:

@@ -1,0 +1,176 @@
+"""The job scripts end every failure in one line that says what to do next: a run that
+used up its restarts, Ctrl-C (exit 130), recommend.py's bad run dir / moved dataset /
+missing CUDA, and relative paths inside a Ray job's temporary working directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_pipeline.prepare import prepare_synthetic
+from ld4mrec_dist.config import load_config
+from ld4mrec_dist.train import trainer
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["data.synthetic=tiny", "train.batch_size=32", "model.hidden=32", "model.svd_rank=8", "eval.batch_size=64"]
+
+
+def _job(name: str):
+    spec = importlib.util.spec_from_file_location(f"job_{name}_errors", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return prepare_synthetic("tiny", "clean", tmp_path_factory.mktemp("errors-data"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(run dir, dataset) of an in-process run on a private copy of the tiny dataset."""
+    root = tmp_path_factory.mktemp("errors-run")
+    data = prepare_synthetic("tiny", "clean", root / "data", progress=False)
+    code = _job("train").main([*TINY, "train.epochs=1", "scaling.num_workers=0", f"data.path={data}",
+                               f"run.storage={root / 'runs'}", "run.name=r"])
+    assert code == 0
+    return root / "runs" / "r", data
+
+
+# ---------------------------------------------------------------- failed and interrupted runs
+
+
+class ActorDiedError(Exception):
+    """Stands in for ray.exceptions.ActorDiedError (matched by name, as Ray's is)."""
+
+
+def test_used_up_restarts_end_in_one_line_with_the_resume_command(tmp_path):
+    from ray.train import WorkerGroupError
+
+    (tmp_path / "checkpoint_2026-01-01_00-00-00.000000").mkdir()
+    err = WorkerGroupError("2 workers failed", {
+        0: RuntimeError("Traceback (most recent call last):\n  File x\nRuntimeError: [gloo] Connection closed by peer"),
+        1: ActorDiedError("The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker")})
+    cfg = load_config(overrides=["scaling.max_failures=2"])
+    message = trainer.failure_message(err, cfg, tmp_path)
+    assert "\n" not in message
+    assert message.startswith("training failed: worker rank 1 died (and 1 other rank(s) failed with it)")
+    assert "2 restart(s) (scaling.max_failures) used up" in message
+    assert message.endswith(f"python jobs/train.py --resume {tmp_path}")
+    one = WorkerGroupError("1 worker failed", {0: RuntimeError("Traceback …\nFloatingPointError: non-finite loss")})
+    assert "worker rank 0 raised FloatingPointError: non-finite loss" in trainer.failure_message(one, cfg, tmp_path)
+
+
+def test_ctrl_c_of_a_ray_run_prints_the_resume_command(tiny_data, tmp_path, monkeypatch, capsys):
+    def interrupted_fit(_trainer, _cfg, run_dir):
+        (Path(run_dir) / "checkpoint_2026-01-01_00-00-00.000000").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "make_torch_trainer", lambda *a, **k: None)
+    monkeypatch.setattr(trainer, "fit", interrupted_fit)
+    code = _job("train").main([*TINY, f"data.path={tiny_data}", f"run.storage={tmp_path}", "run.name=r",
+                               "scaling.num_workers=1"])
+    assert code == 130
+    assert f"python jobs/train.py --resume {tmp_path / 'r'}" in capsys.readouterr().err
+
+
+def test_ctrl_c_of_an_in_process_run_exits_130_and_says_there_is_nothing_to_resume(tiny_data, tmp_path):
+    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), *TINY, "train.epochs=100000", "scaling.num_workers=0",
+           f"data.path={tiny_data}", f"run.storage={tmp_path}", "run.name=r"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # wait until training is under way, however slow the host
+            if "[ld4mrec] epoch" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "in-process runs (scaling.num_workers=0) do not checkpoint" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_failed_ray_run_console_is_quiet_and_ends_in_one_line(tiny_data, tmp_path):
+    """jobs/train.py as a user runs it (its own local Ray, output redirected): rank 0 dies
+    at step 6 (epoch 2, after the first checkpoint) with no restart allowed."""
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    env.pop("RAY_COLOR_PREFIX", None)
+    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), *TINY, "train.epochs=3", "scaling.num_workers=1",
+           "train.fail_at_step=6", "scaling.max_failures=0", f"data.path={tiny_data}", f"run.storage={tmp_path}",
+           "run.name=f"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out[-4000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: training failed: worker rank 0 died; 0 restart\(s\) .* used up; continue from "
+                        rf"the latest checkpoint with: python jobs/train\.py --resume {re.escape(str(tmp_path / 'f'))}",
+                        last), last
+    assert "\x1b[" not in out  # no colour codes in redirected output
+    for noise in ("Reporting training result", "Checkpoint successfully created", "Graceful shutdown of backend",
+                  "FailurePolicy", "Starting execution of Dataset"):
+        assert noise not in out, noise
+    assert out.count("[ld4mrec] epoch    1 ") == 1
+
+
+# ---------------------------------------------------------------- recommend.py
+
+
+def test_recommend_on_a_mistyped_run_dir(tmp_path, capsys):
+    assert _job("recommend").main([str(tmp_path / "runs" / "typo")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such run directory" in err
+
+
+def test_recommend_after_the_dataset_moved_points_to_dataset(trained, tmp_path, capsys):
+    run_dir, data = trained
+    moved = tmp_path / "moved"
+    shutil.move(str(data), moved)
+    try:
+        assert _job("recommend").main([str(run_dir), "--out", str(tmp_path / "a.parquet")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is gone" in err and "--dataset" in err
+        again = [str(run_dir), "--dataset", str(moved), "--out", str(tmp_path / "b.parquet")]
+        assert _job("recommend").main(again) == 0
+    finally:
+        shutil.move(str(moved), data)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+def test_recommend_on_cuda_without_cuda(trained, capsys):
+    run_dir, _ = trained
+    assert _job("recommend").main([str(run_dir), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no CUDA GPU" in err and "--device cpu" in err
+
+
+# ---------------------------------------------------------------- Ray jobs
+
+
+def test_relative_paths_in_a_ray_job_land_in_a_persistent_place(tmp_path, monkeypatch, capsys):
+    """`ray job submit --working-dir .` runs the script in a temporary copy that Ray deletes:
+    the default relative data.root / run.storage must not end up there."""
+    pkg = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    pkg.mkdir(parents=True)
+    home = tmp_path / "home"
+    monkeypatch.chdir(pkg)
+    monkeypatch.setenv("LD4MREC_HOME", str(home))
+    assert _job("train").main([*TINY, "train.epochs=1", "scaling.num_workers=0", "run.name=r"]) == 0
+    assert (home / "runs" / "r" / "final_metrics.json").is_file()
+    assert any((home / "data").iterdir())  # the synthetic dataset too
+    assert not any(p.name != "__pycache__" for p in pkg.iterdir())
+    assert f"run.storage=runs → {home / 'runs'}" in capsys.readouterr().out
+    # --resume with a relative path resolves to the same place.
+    assert trainer.anchored_path("runs/r") == str(home / "runs" / "r")
