@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -20,6 +20,9 @@ from data_pipeline import storage
 SYNTHETIC_SHAPES = ("tiny", "small", "baby", "sports", "electronics")
 SETTINGS = ("clean", "noisy", "as_is")
 ABLATIONS = ("none", "no_bg", "no_bd", "no_sr")
+INPUT_NORMS = ("none", "l2")
+COLLAB_NORMS = ("none", "history", "unit")
+FEATURE_NORMS = ("none", "standardize", "l2")
 
 
 class ConfigError(ValueError):
@@ -39,7 +42,7 @@ class DataConfig:
     """Built-in synthetic shape prepared on first use when `path` is empty: one of
     tiny, small, baby, sports, electronics."""
     setting: str = "clean"
-    """Protocol for the synthetic source: clean, noisy or as_is (SPEC §1)."""
+    """Protocol for the synthetic source: clean, noisy or as_is (docs/design.md §4)."""
     root: str = "data"
     """Where built-in synthetic datasets are prepared (relative paths resolve against
     the current directory of the driver)."""
@@ -88,7 +91,7 @@ class ModelConfig:
     """d, the hidden width of C-Net (even: the sinusoidal time code needs pairs)."""
     svd_rank: int = 64
     """d_svd, rank of the randomized SVD collaborative encoder."""
-    modalities: Optional[list[str]] = None
+    modalities: list[str] | None = None
     """Modalities used by the BG-Block, in order. None: text then image, then any other
     modality of the dataset in its manifest order. [] uses none."""
     per_user_time: bool = True
@@ -97,6 +100,16 @@ class ModelConfig:
     """none, no_bg (second BD-Block instead of BG), no_bd (DiffRec-like MLP), no_sr."""
     dropout: float = 0.0
     """Dropout on the input x_t (DiffRec uses 0.5 on its input; the paper gives none)."""
+    input_norm: str = "none"
+    """Scaling of x_t before FC_in: none (raw), or l2 (each row divided by its L2 norm,
+    DiffRec's `F.normalize`; keeps FC_in's pre-activation scale independent of the
+    user's history length)."""
+    collab_norm: str = "none"
+    """Scaling of c_u = r_u V_k, which grows with the user's history length: none;
+    history (c_u / ‖r_u‖₂, i.e. / √|N_u| for 0/1 rows); unit (c_u / ‖c_u‖₂)."""
+    feature_norm: str = "none"
+    """Scaling of the raw item features before Eq. 14 aggregates them: none;
+    standardize (each column to mean 0, std 1 over items); l2 (each item row to unit norm)."""
     negative_slope: float = 0.2
     """LeakyReLU slope between BG stages."""
 
@@ -105,6 +118,11 @@ class ModelConfig:
         _check(self.svd_rank >= 1, f"model.svd_rank={self.svd_rank}: must be ≥ 1")
         _check(self.ablation in ABLATIONS, f"model.ablation={self.ablation!r}: choose one of {ABLATIONS}")
         _check(0 <= self.dropout < 1, f"model.dropout={self.dropout}: must be in [0, 1)")
+        _check(self.input_norm in INPUT_NORMS, f"model.input_norm={self.input_norm!r}: choose one of {INPUT_NORMS}")
+        _check(self.collab_norm in COLLAB_NORMS,
+               f"model.collab_norm={self.collab_norm!r}: choose one of {COLLAB_NORMS}")
+        _check(self.feature_norm in FEATURE_NORMS,
+               f"model.feature_norm={self.feature_norm!r}: choose one of {FEATURE_NORMS}")
 
 
 @dataclass
@@ -160,7 +178,7 @@ class ScalingConfig:
     """Ray Train workers (DDP ranks). 0 runs the loop in the driver without Ray workers."""
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
-    """Fractional by default so Ray Data's read tasks keep a CPU (RAY_NOTES: deadlock)."""
+    """Fractional by default so Ray Data's read tasks keep a CPU (docs/design.md §8: else they deadlock)."""
     bf16: bool = True
     """bf16 autocast for C-Net on CUDA; ignored on CPU."""
     max_failures: int = 2
@@ -200,7 +218,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at `path` (local or URI), then `section.field=value` overrides."""
     layers = [OmegaConf.structured(Config)]
     try:
@@ -219,7 +237,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid configuration{where}: {err}".split("\n    full_key")[0]) from None
+        key = f"{err.full_key}: " if getattr(err, "full_key", None) else ""  # the field, as the user writes it
+        raise ConfigError(f"invalid configuration{where}: {key}{err}".split("\n    full_key")[0]) from None
     assert isinstance(cfg, Config)
     return cfg
 
