@@ -359,8 +359,9 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callba
     # Ray Train reads it when fit() starts its controller; each start attempt waits this long.
     os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{start_timeout_s(cfg):g}"
     if not ray.is_initialized():
-        # attaches to RAY_ADDRESS (ray job submit) or starts a local instance
-        ray.init(logging_level=logging.WARNING)
+        # RAY_ADDRESS (set by `ray job submit`, or `auto` on a head node) attaches; without it,
+        # a private local instance, never another user's Ray on the same host (as jobs/tune.py).
+        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", logging_level=logging.WARNING)
     check_cluster_fits(cfg)
     wait_for_read_cpu(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
