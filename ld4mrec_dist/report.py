@@ -14,7 +14,11 @@ def read_metrics(text: str) -> list[dict[str, Any]]:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A fixed-width text table; floats with 4 decimals."""
+    """A fixed-width text table; floats with 4 decimals. ValueError for a row whose
+    length differs from the header's."""
+    bad = next((row for row in rows if len(row) != len(headers)), None)
+    if bad is not None:
+        raise ValueError(f"table row {list(bad)} has {len(bad)} cells; the header has {len(headers)}")
     cells = [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
@@ -42,7 +46,8 @@ def plot_training_curves(history: list[dict[str, Any]], title: str = "") -> byte
     if history and history[-1].get("best_epoch", -1) > 0:
         ax_metric.axvline(history[-1]["best_epoch"], color="grey", lw=0.8, ls=":", label="best valid")
     ax_metric.set(xlabel="epoch", ylabel="metric", title="all-ranking metrics")
-    ax_metric.legend(fontsize=7)
+    if metric_keys:
+        ax_metric.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -1,0 +1,42 @@
+"""Tables and curves a person reads: metrics.jsonl parsing, fixed-width tables, the PNG."""
+
+import json
+
+import pytest
+
+from ld4mrec_dist.report import format_table, plot_training_curves, read_metrics
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_metrics_skips_blank_lines_and_keeps_order():
+    rows = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25, "valid/recall@20": 0.1}]
+    text = "\n".join(json.dumps(r) for r in rows) + "\n\n  \n"
+    assert read_metrics(text) == rows
+    assert read_metrics("") == []
+
+
+def test_format_table_aligns_columns_and_rounds_floats():
+    table = format_table(["split", "recall@20"], [["valid", 0.123456], ["test", 1]])
+    lines = table.splitlines()
+    assert lines[0].split() == ["split", "recall@20"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[2].split() == ["valid", "0.1235"] and lines[3].split() == ["test", "1"]
+    assert len({len(line) for line in lines}) == 1  # every line padded to the same width
+    assert format_table(["a", "b"], []).splitlines()[0].split() == ["a", "b"]
+
+
+def test_format_table_refuses_a_row_of_the_wrong_length():
+    with pytest.raises(ValueError):
+        format_table(["a", "b"], [["only one cell"]])
+
+
+def test_training_curves_are_a_png_with_partial_test_points():
+    history = [
+        {"epoch": 1, "loss": 0.9, "valid/recall@20": 0.10, "test/recall@20": 0.09, "best_epoch": 1},
+        {"epoch": 2, "loss": 0.8, "valid/recall@20": 0.08, "best_epoch": 1},  # test scored only on improvement
+        {"epoch": 3, "loss": 0.7, "valid/recall@20": 0.12, "test/recall@20": 0.11, "best_epoch": 3},
+    ]
+    png = plot_training_curves(history, title="run")
+    assert png.startswith(PNG_MAGIC) and len(png) > 1000
+    assert plot_training_curves([]).startswith(PNG_MAGIC)  # a run stopped before its first evaluation
