@@ -31,8 +31,7 @@ from torch import Tensor, nn
 from ld4mrec_dist.cnet import CNet, timestep_embedding
 from ld4mrec_dist.config import DiffusionConfig, ModelConfig
 from ld4mrec_dist.diffusion import NoiseSchedule, soft_reconstruct
-from ld4mrec_dist.encoders import (as_csr, collaborative_signal, feature_scaling, normalized_rows,
-                                   scaled_preference)
+from ld4mrec_dist.encoders import as_csr, collaborative_signal, feature_scaling, normalized_rows, scaled_preference
 from ld4mrec_dist.sampler import importance_weights, sample_steps
 
 DEFAULT_MODALITY_ORDER = ("text", "image")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ld4mrec_dist.cnet import AffineStage, BDBlock, BGBlock, CNet, TimeConcatBlock, timestep_embedding
+from ld4mrec_dist.cnet import AffineStage, BDBlock, BGBlock, CNet, TimeConcatBlock, scaled_input, timestep_embedding
 
 
 def test_timestep_embedding_closed_form():
@@ -83,3 +83,18 @@ def test_ablation_graphs():
     assert out.shape == (2, 10)
     no_sr = CNet(10, 4, 3, [2, 2], ablation="no_sr")
     assert [n for n, _ in no_sr.named_parameters()] == [n for n, _ in full.named_parameters()]
+
+
+def test_scaled_input_l2_rows_and_zero_row():
+    x = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(scaled_input(x, "l2"), torch.tensor([[0.6, 0.8, 0.0], [0.0, 0.0, 0.0]]))
+    assert scaled_input(x, "none") is x
+    with pytest.raises(ValueError, match="input_norm"):
+        scaled_input(x, "bogus")
+
+
+def test_cnet_input_norm_makes_fc_in_scale_free():
+    torch.manual_seed(0)
+    net = CNet(6, 4, 2, [], ablation="no_bd", input_norm="l2").eval()
+    x, tf = torch.rand(3, 6), torch.randn(3, 4)
+    torch.testing.assert_close(net(x, tf, None, []), net(5.0 * x, tf, None, []))

@@ -10,7 +10,15 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from ld4mrec_dist.encoders import collaborative_signal, modality_preference, svd_item_factors
+from ld4mrec_dist.encoders import (
+    collaborative_signal,
+    feature_scaling,
+    modality_preference,
+    normalized_rows,
+    row_l2_norms,
+    scaled_preference,
+    svd_item_factors,
+)
 
 
 def _low_rank_csr(m=120, n=80, seed=0):
@@ -95,3 +103,60 @@ def test_svd_electronics_scale_bounded_memory():
     np.testing.assert_allclose(np.linalg.norm(v, axis=0), 1.0, atol=1e-4)
     assert peak < 1.5e9, f"peak {peak / 1e9:.2f} GB"
     assert elapsed < 120
+
+
+def test_collaborative_signal_scalings_hand_computed():
+    # two users: 2 clicks and 0 clicks; V_k by hand
+    r = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    v = torch.tensor([[3.0, 0.0], [5.0, 5.0], [1.0, 4.0]])
+    raw = torch.tensor([[4.0, 4.0], [0.0, 0.0]])
+    torch.testing.assert_close(collaborative_signal(r.to_sparse_csr(), v, "none"), raw)
+    # history: / ‖r_u‖₂ = / √2 ; an empty row stays 0 (no division by zero)
+    torch.testing.assert_close(collaborative_signal(r.to_sparse_csr(), v, "history"),
+                               raw / torch.tensor([[2.0 ** 0.5], [1.0]]))
+    # unit: / ‖c_u‖₂ = / √32
+    torch.testing.assert_close(collaborative_signal(r.to_sparse_csr(), v, "unit"),
+                               torch.tensor([[2.0 ** -0.5, 2.0 ** -0.5], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="collab_norm"):
+        collaborative_signal(r.to_sparse_csr(), v, "bogus")
+
+
+def test_row_l2_norms():
+    r = torch.tensor([[3.0, 0.0, 4.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    torch.testing.assert_close(row_l2_norms(r.to_sparse_csr()), torch.tensor([5.0, 0.0, 3.0 ** 0.5]))
+
+
+def test_feature_scaling_statistics_closed_form(monkeypatch):
+    monkeypatch.setattr("ld4mrec_dist.encoders.FEATURE_CHUNK_ROWS", 2)   # several chunks
+    feat = torch.tensor([[1.0, 2.0, 7.0], [3.0, 2.0, 7.0], [5.0, 2.0, 7.0], [0.0, 0.0, 0.0]])
+    st = feature_scaling(feat, "standardize")
+    torch.testing.assert_close(st["mean"], torch.tensor([2.25, 1.5, 5.25]))
+    std0 = torch.tensor([1.0, 3.0, 5.0, 0.0]).sub(2.25).square().mean().sqrt()
+    assert st["inv_std"][0].item() == pytest.approx(1.0 / std0.item(), rel=1e-6)
+    l2 = feature_scaling(feat, "l2")["inv_norm"]
+    assert l2[0].item() == pytest.approx(1.0 / (1 + 4 + 49) ** 0.5, rel=1e-6)
+    assert l2[3].item() == 0.0                                            # zero row: no inf
+    assert feature_scaling(feat, "none") == {}
+    const = feature_scaling(torch.full((3, 2), 4.0), "standardize")
+    assert torch.equal(const["inv_std"], torch.zeros(2))                  # constant column: no signal
+
+
+@pytest.mark.parametrize("norm", ["none", "standardize", "l2"])
+def test_scaled_preference_equals_formula_on_rescaled_features(norm):
+    g = torch.Generator().manual_seed(3)
+    r = (torch.rand(5, 9, generator=g) < 0.4).float()
+    r[1] = 0
+    deg = r.sum(0).clamp_min(1.0)
+    feat = torch.randn(9, 4, generator=g) * 3 + 1
+    feat[4] = 0
+    if norm == "standardize":
+        mu, sd = feat.mean(0), feat.std(0, unbiased=False)
+        feat_s = (feat - mu) / sd
+    elif norm == "l2":
+        n = feat.norm(dim=1, keepdim=True)
+        feat_s = torch.where(n > 0, feat / n.clamp_min(1e-30), 0.0)
+    else:
+        feat_s = feat
+    want = modality_preference(r.to_sparse_csr(), deg, feat_s)           # Eq. 14 on e'_i
+    got = scaled_preference(normalized_rows(r.to_sparse_csr(), deg), feat, feature_scaling(feat, norm))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

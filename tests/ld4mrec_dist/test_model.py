@@ -215,3 +215,27 @@ def test_cuda_matches_cpu():
                 generator=torch.Generator(device="cuda").manual_seed(0))
     out.loss.backward()
     assert out.t.is_cuda
+
+
+@pytest.mark.parametrize("feature_norm", ["standardize", "l2"])
+def test_conditions_apply_collab_and_feature_norms(feature_norm):
+    model, r = _model(collab_norm="history", feature_norm=feature_norm, input_norm="l2")
+    r_csr = r[:4].to_sparse_csr()
+    c, prefs = model.conditions(r_csr)
+    n_u = r[:4].sum(1, keepdim=True).clamp_min(1.0)
+    torch.testing.assert_close(c, (r[:4] @ model.item_factors) / n_u.sqrt())
+    feat = model._feature(0)
+    if feature_norm == "standardize":
+        feat_s = (feat - feat.mean(0)) / feat.std(0, unbiased=False)
+    else:
+        feat_s = feat / feat.norm(dim=1, keepdim=True)
+    w = r[:4] / (n_u * model.item_degree.clamp_min(1.0)).sqrt()    # Eq. 14's weights, dense
+    torch.testing.assert_close(prefs[0], w @ feat_s, rtol=1e-5, atol=1e-5)
+    assert not any("item_feature" in k for k in model.state_dict())  # data-derived, not saved
+
+
+def test_new_model_fields_are_validated():
+    from ld4mrec_dist.config import ConfigError
+    for field, bad in (("input_norm", "l1"), ("collab_norm", "sqrt"), ("feature_norm", "pca")):
+        with pytest.raises(ConfigError, match=f"model.{field}"):
+            ModelConfig(**{field: bad})
