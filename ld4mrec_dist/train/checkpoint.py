@@ -142,7 +142,7 @@ def choose_resume_checkpoint(run_dir: Location, name: str = "") -> ResumePoint:
         # --resume would pick them up again.
         newer = [(n, f"newer than --from-checkpoint {name}") for n in names[:names.index(name)]]
         return ResumePoint(name, path, checkpoint_epoch(path), newer)
-    skipped = []
+    skipped: list[tuple[str, str]] = []
     for candidate in names:
         path = storage.join(run_dir, candidate)
         problem = checkpoint_problem(path)

@@ -37,7 +37,7 @@ from ld4mrec_dist.train.checkpoint import (
 )
 from ld4mrec_dist.train.loop import ITEM_FACTORS_FILE, METRICS_FILE, train_loop_per_worker
 
-# Ray Train's per-fit() start-up is 20-30 s on 2 cores (RAY_NOTES); the first three cut it
+# Ray Train's per-fit() start-up is 20-30 s on 2 cores (docs/design.md §8); the first three cut it
 # to ~20 s. The print patch tees each worker print to stdout *and* Train's logger, which
 # shows every progress line twice on the console.
 RAY_TRAIN_FAST_ENV = {
@@ -297,6 +297,14 @@ def cluster_shortfall(cfg: Config, total: dict[str, float], nodes: list[dict[str
     return problems
 
 
+def cluster_cpu_gpu(kind: str) -> dict[str, float]:
+    """The Ray cluster's CPUs and GPUs: "total" (what exists) or "free" (not reserved now)."""
+    import ray
+
+    raw = ray.cluster_resources() if kind == "total" else ray.available_resources()  # type: ignore[no-untyped-call]
+    return {k: float(v) for k, v in raw.items() if k in ("CPU", "GPU")}
+
+
 def check_cluster_fits(cfg: Config) -> None:
     """Fail before `fit()` when the cluster cannot ever hold the workers (Ray Train would
     retry the worker-group start every minute, for ever), unless it may still grow."""
@@ -304,8 +312,8 @@ def check_cluster_fits(cfg: Config) -> None:
 
     if cfg.scaling.wait_for_resources_s > 0:
         return  # an autoscaling cluster may add the nodes: the start timeout bounds the wait
-    total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    total = cluster_cpu_gpu("total")
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
     problems = cluster_shortfall(cfg, total, nodes)
     if problems:
         raise ResourceError(
@@ -317,16 +325,14 @@ def check_cluster_fits(cfg: Config) -> None:
 def wait_for_read_cpu(cfg: Config) -> None:
     """Ray Data's read tasks need one free CPU; when something else holds them (other jobs,
     placement groups left behind) the read would wait for ever: wait, bounded, then fail."""
-    import ray
-
     patience = max(cfg.scaling.wait_for_resources_s, DEFAULT_START_TIMEOUT_S)
     deadline = time.monotonic() + patience
     while True:
-        free = ray.available_resources().get("CPU", 0.0)
+        free = cluster_cpu_gpu("free").get("CPU", 0.0)
         if free + 1e-9 >= READ_TASK_CPUS:
             return
         if time.monotonic() > deadline:
-            total = ray.cluster_resources().get("CPU", 0.0)
+            total = cluster_cpu_gpu("total").get("CPU", 0.0)
             raise ResourceError(
                 f"Ray Data's read of the train split needs {READ_TASK_CPUS:g} free CPU; only {free:g} of "
                 f"{total:g} CPU was free for {patience:g}s (the rest is held by other jobs or leftover "
@@ -345,12 +351,14 @@ def start_timeout_s(cfg: Config) -> float:
 USER_START_TIMEOUT_S = os.environ.get(WORKER_GROUP_START_TIMEOUT_ENV, "")
 
 
-def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callbacks: list | None = None):
+def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callbacks: list[Any] | None = None) -> Any:
     """The TorchTrainer of a run: its workers, checkpoints, failure policy and train shards."""
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    # The V2 classes that `ray.train` exports at run time (its static types are V1's).
+    from ray.train.v2.api.config import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
     for key, value in {**RAY_TRAIN_FAST_ENV, **RAY_QUIET_ENV}.items():
         os.environ.setdefault(key, value)  # a local Ray started below inherits them
@@ -371,12 +379,12 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callba
     train_rows = ray.data.read_parquet(ds.split_files("train")).materialize()
     select = f"valid/{cfg.eval.select_metric}"
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config=loop_config(cfg, ds, run_dir),
         scaling_config=ScalingConfig(num_workers=max(cfg.scaling.num_workers, 1), use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
                                                            **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
-        run_config=RunConfig(
+        run_config=RunConfig(  # type: ignore[arg-type]
             name=storage.name_of(run_dir), storage_path=storage.parent_of(run_dir), callbacks=callbacks,
             # The latest checkpoint is always kept too (resume); num_to_keep keeps the best.
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select,
@@ -393,7 +401,7 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callba
     )
 
 
-def fit(trainer, cfg: Config | None = None, run_dir: RunDir | None = None) -> dict[str, Any]:
+def fit(trainer: Any, cfg: Config | None = None, run_dir: RunDir | None = None) -> dict[str, Any]:
     """Rank 0's return value of a finished fit; TrainingFailed, one line, if it failed
     (with `cfg` and `run_dir`; Ray's own error otherwise)."""
     from ray.train import ControllerError, WorkerGroupError
@@ -425,10 +433,7 @@ def failure_message(err: Exception, cfg: Config, run_dir: RunDir) -> str:
 
 
 def start_timeout_message(cfg: Config) -> str:
-    import ray
-
-    total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
-    free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+    total, free = cluster_cpu_gpu("total"), cluster_cpu_gpu("free")
     n = max(cfg.scaling.num_workers, 1)
     return (f"the worker group did not start: it waited {start_timeout_s(cfg):g}s per attempt "
             f"({cfg.scaling.max_failures + 1} attempt(s)) for {n} workers × {_fmt(worker_resources(cfg))}; "
@@ -464,7 +469,7 @@ def worker_failure_summary(err: Exception) -> str:
     return f"worker rank {rank} {what}{others}"
 
 
-def finish_run(cfg: Config, run_dir: Path, out: dict[str, Any], wall: float) -> TrainingResult:
+def finish_run(cfg: Config, run_dir: RunDir, out: dict[str, Any], wall: float) -> TrainingResult:
     path = storage.join(run_dir, METRICS_FILE)
     history = read_metrics(storage.read_text(path)) if storage.exists(path) else []
     best = out.get("best") or {}
