@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +33,9 @@ from data_pipeline.storage import file_sha256
 
 def prepare_dataset(source: Source, setting: str, out: str | Path, *, seed: int = 2024, overwrite: bool = False,
                     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, protocol: ProtocolConfig = ProtocolConfig(),
-                    progress: bool = True, extra_config: Optional[dict] = None) -> Path:
-    """Apply the protocol to `source` and write the dataset directory `out`; returns its path.
+                    progress: bool = True, extra_config: dict[str, Any] | None = None) -> Path | str:
+    """Apply the protocol to `source` and write the dataset directory `out`; returns its path
+    (the normalised URI for an object-store `out`).
 
     `out` may be an object-store URI (s3://, gs://): the dataset is then built in a local
     temporary directory and uploaded, manifest last, so it never looks complete early."""
@@ -61,7 +62,7 @@ def prepare_dataset(source: Source, setting: str, out: str | Path, *, seed: int 
     return out
 
 
-def prepare_to_uri(source: Source, setting: str, out: str, *, overwrite: bool, **kwargs):
+def prepare_to_uri(source: Source, setting: str, out: str, *, overwrite: bool, **kwargs: Any) -> str:
     if storage.exists(out) and storage.list_dir(out) and not overwrite:
         raise DataError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it, or choose --out")
     with tempfile.TemporaryDirectory(prefix="ld4mrec-prepare-") as tmp:
@@ -74,15 +75,15 @@ def prepare_to_uri(source: Source, setting: str, out: str, *, overwrite: bool, *
 
 
 def run_config(source: Source, setting: str, seed: int, rows_per_shard: int, protocol: ProtocolConfig,
-               extra: Optional[dict]) -> dict:
+               extra: dict[str, Any] | None) -> dict[str, Any]:
     """The config recorded in the manifest (and compared when reusing a synthetic dataset)."""
     config = {"source_format": source.format, "source_name": source.name, "setting": setting, "seed": seed,
               "protocol": protocol.as_dict(), "rows_per_shard": rows_per_shard}
     return json.loads(json.dumps({**config, **(extra or {})}))
 
 
-def write_dataset(folder: Path, source: Source, result: ProtocolResult, user_uniques: np.ndarray, config: dict,
-                  rows_per_shard: int, progress: bool) -> dict:
+def write_dataset(folder: Path, source: Source, result: ProtocolResult, user_uniques: np.ndarray,
+                  config: dict[str, Any], rows_per_shard: int, progress: bool) -> dict[str, Any]:
     """Write shards, features, degrees, id maps and (last) the manifest into `folder`."""
     index_of = np.full(int(user_uniques.size), -1, np.int64)
     index_of[result.users] = np.arange(result.users.size)
@@ -108,7 +109,8 @@ def write_dataset(folder: Path, source: Source, result: ProtocolResult, user_uni
         "name": source.name,
         "config": config,
         "source": {"format": source.format, "split": result.split_source, "chronology": result.chronology,
-                   "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in source.files]},
+                   "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                             for p in source.files]},
         "n_users": n_users,
         "n_items": n_items,
         "modalities": modalities,
@@ -121,7 +123,7 @@ def write_dataset(folder: Path, source: Source, result: ProtocolResult, user_uni
     return manifest
 
 
-def write_modalities(folder: Path, source: Source, progress: bool) -> list[dict]:
+def write_modalities(folder: Path, source: Source, progress: bool) -> list[dict[str, Any]]:
     """features/<modality>.npy for each modality, in source order; [{name, dim, file, sha256}]."""
     (folder / "features").mkdir()
     entries = []
@@ -162,15 +164,15 @@ def prepare_synthetic(shape: str, setting: str, root: str | Path, seed: int = 20
         return out
     source = read_mmrec(raw)
     try:
-        return prepare_dataset(source, setting, out, seed=seed, overwrite=overwrite, progress=progress,
-                               extra_config=extra)
+        return Path(prepare_dataset(source, setting, out, seed=seed, overwrite=overwrite, progress=progress,
+                                    extra_config=extra))  # `out` is local: a Path comes back
     except (DataError, OSError):
         if reusable(out, expect):   # another process prepared it meanwhile
             return out
         raise
 
 
-def reusable(out: Path, extra: dict) -> bool:
+def reusable(out: Path, extra: dict[str, Any]) -> bool:
     """True when `out` holds a complete dataset whose config includes `extra` with the default protocol."""
     if not (out / MANIFEST).is_file():
         return False

@@ -1,4 +1,4 @@
-"""The protocol of SPEC §1: clean, noisy and as-is settings over one interaction table.
+"""The protocol of docs/design.md §4: clean, noisy and as-is settings over one interaction table.
 
 clean   drop rating < min_rating (when ratings exist), merge duplicate (user, item) rows
         (the earliest is kept), keep the source split when there is one, else split each
@@ -24,7 +24,7 @@ Shapes: N input rows, K kept rows, U user codes, I items.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +42,7 @@ PROTOCOL_VERSION = 2
 @dataclass(frozen=True)
 class ProtocolConfig:
     min_rating: float = 4.0
-    """Clean keeps rating ≥ this (SPEC §1: drop rating < 4)."""
+    """Clean keeps rating ≥ this (paper §4.1: drop rating < 4)."""
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """Train/valid/test shares of each user's chronological split (ignored with a source split)."""
     noise_ratio: float = 0.1
@@ -60,7 +60,7 @@ class ProtocolConfig:
         if not 0 <= self.natural_share <= 1:
             raise DataError(f"natural noise share {self.natural_share}: must be in [0, 1]")
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"version": PROTOCOL_VERSION, "min_rating": self.min_rating, "split_ratios": list(self.split_ratios),
                 "noise_ratio": self.noise_ratio, "natural_share": self.natural_share}
 
@@ -70,7 +70,7 @@ class ProtocolResult:
     """Rows per split as (user code [n], item [n]) sorted by (user, item), and the counts."""
 
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
-    counts: dict
+    counts: dict[str, Any]
     split_source: str
     """"source" (kept from the input) or "chronological"."""
     chronology: str
@@ -79,8 +79,8 @@ class ProtocolResult:
     """Sorted user codes that keep ≥ 1 interaction (the dataset's users, in index order)."""
 
 
-def apply_protocol(user_N: np.ndarray, item_N: np.ndarray, n_items: int, rating: Optional[np.ndarray],
-                   timestamp: Optional[np.ndarray], split: Optional[np.ndarray], setting: str,
+def apply_protocol(user_N: np.ndarray, item_N: np.ndarray, n_items: int, rating: np.ndarray | None,
+                   timestamp: np.ndarray | None, split: np.ndarray | None, setting: str,
                    cfg: ProtocolConfig = ProtocolConfig(), seed: int = 2024) -> ProtocolResult:
     """Run the protocol on integer user codes and item indices (one entry per input row)."""
     if setting not in SETTINGS:
@@ -160,7 +160,7 @@ def check_splits(label: np.ndarray, from_source: bool) -> None:
 
 
 def low_pool(low_rows: np.ndarray, kept: np.ndarray, label: np.ndarray, user_N: np.ndarray, item_N: np.ndarray,
-             ts: np.ndarray, split: Optional[np.ndarray], n_items: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+             ts: np.ndarray, split: np.ndarray | None, n_items: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Natural-noise candidates per period 0/1: (users, items) of low-rated pairs the user never kept."""
     low = first_per_pair(low_rows, user_N, item_N, n_items)
     kept_keys = np.sort(user_N[kept] * n_items + item_N[kept])
@@ -179,7 +179,8 @@ def low_pool(low_rows: np.ndarray, kept: np.ndarray, label: np.ndarray, user_N: 
 
 
 def inject_noise(rng: np.random.Generator, clean_users: np.ndarray, pool: tuple[np.ndarray, np.ndarray],
-                 forbidden: np.ndarray, n_items: int, cfg: ProtocolConfig):
+                 forbidden: np.ndarray, n_items: int,
+                 cfg: ProtocolConfig) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """((users, items) natural, (users, items) random) for one split with `clean_users` [n] rows."""
     n_noise = int(np.floor(cfg.noise_ratio * clean_users.size + 0.5))
     slot_users = clean_users[rng.choice(clean_users.size, n_noise, replace=False)]

@@ -8,6 +8,7 @@ list_parent_indices.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +31,7 @@ def user_rows(users: np.ndarray, items: np.ndarray) -> pa.Table:
     return pa.Table.from_arrays([pa.array(uniq.astype(np.int32), pa.int32()), lists], schema=SCHEMA)
 
 
-def write_shards(table: pa.Table, folder: Path, rows_per_shard: int) -> list[dict]:
+def write_shards(table: pa.Table, folder: Path, rows_per_shard: int) -> list[dict[str, Any]]:
     """`part-00000.parquet …` in `folder`; returns [{file, rows, sha256}] in order."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []

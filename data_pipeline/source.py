@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,11 +36,11 @@ class Source:
     """[N] int64 item index per row, into `item_ids`."""
     item_ids: np.ndarray
     """[I] str: item index -> original id."""
-    rating: Optional[np.ndarray] = None
+    rating: np.ndarray | None = None
     """[N] float64, or None when the source has no ratings."""
-    timestamp: Optional[np.ndarray] = None
+    timestamp: np.ndarray | None = None
     """[N] float64, or None (chronology then follows input row order)."""
-    split: Optional[np.ndarray] = None
+    split: np.ndarray | None = None
     """[N] int8 in {0, 1, 2} = train/valid/test when the source carries a split."""
     features: dict[str, FeatureSource] = field(default_factory=dict)
     """Modality name -> feature rows, in modality order; row r belongs to item index r."""
@@ -88,7 +88,7 @@ def require_columns(path: Path, found: list[str], needed: list[str], hint: str =
         raise DataError(f"{path}: missing column(s) {missing}; found {found}. {hint}".strip())
 
 
-def _first_bad(path: Path, column: str, bad: np.ndarray, values, what: str, line_offset: int) -> DataError:
+def _first_bad(path: Path, column: str, bad: np.ndarray, values: Any, what: str, line_offset: int) -> DataError:
     row = int(np.flatnonzero(bad)[0])
     return DataError(f"{path}: column {column!r}, line {row + line_offset}: {what} "
                      f"(value {str(values[row])!r}); fix or remove that row")
@@ -155,7 +155,7 @@ def index_ids(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), uniques
 
 
-def _as_integers(uniques: np.ndarray) -> Optional[np.ndarray]:
+def _as_integers(uniques: np.ndarray) -> np.ndarray | None:
     """The ids as int64 when every one is a canonical integer string, else None."""
     try:
         ints = uniques.astype(np.int64)

@@ -13,11 +13,11 @@ import io
 import os
 import uuid
 from pathlib import Path
-from typing import Union
+from typing import Any
 
 import pyarrow.fs as pafs
 
-Location = Union[str, Path]
+Location = str | Path
 
 
 def is_uri(location: Location) -> bool:
@@ -90,9 +90,9 @@ def write_bytes(location: Location, data: bytes) -> None:
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return
-    fs, path = filesystem(location)
+    fs, fs_path = filesystem(location)
     if isinstance(fs, pafs.LocalFileSystem):  # a file:// URI: local semantics
-        write_bytes(path, data)
+        write_bytes(fs_path, data)
         return
     with fs.open_output_stream(path) as f:
         f.write(data)
@@ -135,7 +135,7 @@ def file_sha256(path: Location) -> str:
     return digest.hexdigest()
 
 
-def bytes_of_npy(array) -> bytes:
+def bytes_of_npy(array: Any) -> bytes:
     import numpy as np
 
     buf = io.BytesIO()

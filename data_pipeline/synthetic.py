@@ -29,6 +29,7 @@ import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -101,7 +102,8 @@ def write_source(folder: Path, name: str, shape: Shape, seed: int, progress: boo
     for k, (modality, width, noise) in enumerate((("text", shape.text, 0.5), ("image", shape.image, 1.0))):
         write_feature(np.random.default_rng(seeds[2 + k]), folder / f"{modality}_feat.npy", world["latent"],
                       width, noise, progress, modality)
-    np.savez(folder / "truth.npz", **{k: v for k, v in world.items() if k != "latent"})
+    truth: dict[str, Any] = {k: v for k, v in world.items() if k != "latent"}
+    np.savez(folder / "truth.npz", **truth)
 
 
 def plant_world(rng: np.random.Generator, shape: Shape) -> dict[str, np.ndarray]:
@@ -121,7 +123,8 @@ def plant_world(rng: np.random.Generator, shape: Shape) -> dict[str, np.ndarray]
             "latent": latent.astype(np.float32), "subclusters": np.array(S)}
 
 
-def interactions(rng: np.random.Generator, shape: Shape, world: dict):
+def interactions(rng: np.random.Generator, shape: Shape,
+                 world: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, ratings, timestamps) [N] sorted by (user, time), no duplicate pairs."""
     S = int(world["subclusters"])
     raw_mean = shape.kept / (1 - 0.23) / shape.users - shape.items / shape.users
@@ -143,7 +146,7 @@ def interactions(rng: np.random.Generator, shape: Shape, world: dict):
     return users[order], items[order], rating[order], ts[order]
 
 
-def sample_items(rng: np.random.Generator, world: dict, group: np.ndarray, S: int) -> np.ndarray:
+def sample_items(rng: np.random.Generator, world: dict[str, Any], group: np.ndarray, S: int) -> np.ndarray:
     """One item per draw: own group, a group of the own cluster, or any item; ∝ popularity inside."""
     item_group, pop = world["item_group"], world["popularity"]
     by_group = np.argsort(item_group, kind="stable")
@@ -159,7 +162,8 @@ def sample_items(rng: np.random.Generator, world: dict, group: np.ndarray, S: in
     return by_group[np.minimum(pos, cum.size - 1)]
 
 
-def trim_per_user(rng, users, items, n_u, n_items):
+def trim_per_user(rng: np.random.Generator, users: np.ndarray, items: np.ndarray, n_u: np.ndarray,
+                  n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (user, item) pairs, at most n_u per user, chosen at random."""
     keys = np.unique(users * n_items + items)
     u = keys // n_items
@@ -170,7 +174,8 @@ def trim_per_user(rng, users, items, n_u, n_items):
     return u[keep], keys[keep] % n_items
 
 
-def cover_items(rng, world, users, items, shape):
+def cover_items(rng: np.random.Generator, world: dict[str, Any], users: np.ndarray, items: np.ndarray,
+                shape: Shape) -> tuple[np.ndarray, np.ndarray]:
     """Add one interaction (a user of the item's group) for each item nobody drew."""
     missing = np.setdiff1d(np.arange(shape.items), items)
     if missing.size == 0:
@@ -184,7 +189,7 @@ def cover_items(rng, world, users, items, shape):
     return np.concatenate([users, by_group[np.minimum(pick, by_group.size - 1)]]), np.concatenate([items, missing])
 
 
-def write_inter(path: Path, users, items, rating, ts) -> None:
+def write_inter(path: Path, users: np.ndarray, items: np.ndarray, rating: np.ndarray, ts: np.ndarray) -> None:
     """MMRec .inter TSV: userID itemID rating timestamp (no x_label)."""
     table = pa.table({"userID": users.astype(np.int64), "itemID": items.astype(np.int64),
                       "rating": rating.astype(np.int64), "timestamp": ts.astype(np.int64)})
@@ -193,7 +198,8 @@ def write_inter(path: Path, users, items, rating, ts) -> None:
         pacsv.write_csv(table, fh, pacsv.WriteOptions(delimiter="\t", quoting_style="none", include_header=False))
 
 
-def write_feature(rng, path: Path, latent: np.ndarray, width: int, noise: float, progress: bool, name: str) -> None:
+def write_feature(rng: np.random.Generator, path: Path, latent: np.ndarray, width: int, noise: float, progress: bool,
+                  name: str) -> None:
     """[I, width] float32 = latent · W + noise, written chunk by chunk."""
     proj = rng.normal(0, 1 / np.sqrt(latent.shape[1]), (latent.shape[1], width)).astype(np.float32)
     head = io.BytesIO()

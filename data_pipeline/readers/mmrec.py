@@ -8,7 +8,6 @@ are every `<m>_feat.npy` beside the .inter file: text, image, then others by nam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -20,7 +19,7 @@ COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
 MODALITY_ORDER = ("text", "image")
 
 
-def find_inter(path: Path, name: Optional[str] = None) -> Path:
+def find_inter(path: Path, name: str | None = None) -> Path:
     """The .inter file at `path` (a file, or a directory holding exactly one or `<name>.inter`)."""
     path = Path(path)
     if path.is_file():
@@ -46,7 +45,7 @@ def modality_files(folder: Path) -> dict[str, Path]:
     return {m: files[m] for m in order}
 
 
-def read_mmrec(path: str | Path, name: Optional[str] = None) -> Source:
+def read_mmrec(path: str | Path, name: str | None = None) -> Source:
     """Parse an MMRec dataset; DataError for missing columns, bad ids or mismatched features."""
     inter = find_inter(Path(path), name)
     table = read_delimited(inter, "\t", quote=False)

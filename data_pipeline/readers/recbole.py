@@ -6,7 +6,7 @@ modalities (named after the field), plus any extra keyed feature files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,7 @@ def typed_table(path: Path) -> tuple[pa.Table, dict[str, str]]:
     return table.rename_columns(fields), types
 
 
-def read_recbole(path: str | Path, name: Optional[str] = None, user_field: str = "user_id",
+def read_recbole(path: str | Path, name: str | None = None, user_field: str = "user_id",
                  item_field: str = "item_id", features: tuple[FeatureFile, ...] = ()) -> Source:
     """Parse `<name>.inter` (and `<name>.item` when present)."""
     inter = find_inter(Path(path), name)
@@ -61,7 +61,7 @@ def read_recbole(path: str | Path, name: Optional[str] = None, user_field: str =
                   rating=rating, timestamp=ts, features=feats, files=files)
 
 
-def item_features(path: Path, item_field: str, item_ids: np.ndarray) -> dict:
+def item_features(path: Path, item_field: str, item_ids: np.ndarray) -> dict[str, Any]:
     """Each `float_seq` column of the .item file as a modality aligned to `item_ids`."""
     table, types = typed_table(path)
     require_columns(path, table.column_names, [item_field])
