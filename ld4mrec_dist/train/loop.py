@@ -15,8 +15,9 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,10 +31,25 @@ from ld4mrec_dist.eval.evaluator import evaluate, split_eval_data
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.sampler import init_history, step_probabilities, update_history
 from ld4mrec_dist.train import sync
-from ld4mrec_dist.train.batches import (RowStore, concat_row_stores, epoch_order, minibatches,
-                                        rows_from_arrow, rows_with_items, to_torch_csr)
-from ld4mrec_dist.train.checkpoint import (check_compatible, load_checkpoint, quiet_report_logs,
-                                           save_checkpoint, state_bytes)
+from ld4mrec_dist.train.batches import (
+    RowStore,
+    concat_row_stores,
+    epoch_order,
+    minibatches,
+    rows_from_arrow,
+    rows_with_items,
+    to_torch_csr,
+)
+from ld4mrec_dist.train.checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    quiet_report_logs,
+    save_checkpoint,
+    state_bytes,
+)
+
+# (Adam over C-Net, SparseAdam over z_in), always in this order
+Optimizers = tuple[torch.optim.Optimizer, torch.optim.Optimizer]
 
 FAULT_MARKER = ".fault_injected"
 BEST_MODEL_FILE = "best_model.pt"
@@ -86,7 +102,7 @@ def wrap_ddp(model: LD4MRec, device: torch.device) -> torch.nn.Module:
     if not sync.is_distributed():
         return model
     ignored = ["z_in.weight"] + [name for name, _ in model.named_buffers()]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)  # type: ignore[no-untyped-call]
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -96,7 +112,7 @@ def dense_parameters(model: LD4MRec) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if n != "z_in.weight"]
 
 
-def build_optimizers(model: LD4MRec, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+def build_optimizers(model: LD4MRec, cfg: Config) -> Optimizers:
     """Adam for C-Net; SparseAdam for z_in, whose gradient only has the batch's rows."""
     adam = torch.optim.Adam(dense_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sparse_adam = torch.optim.SparseAdam([model.z_in.weight], lr=cfg.train.lr)
@@ -144,7 +160,7 @@ def reseed(cfg: Config, epoch: int, device: torch.device) -> torch.Generator:
 
 def replica_fingerprint(model: LD4MRec, table: torch.Tensor, counts: torch.Tensor) -> dict[str, str]:
     """sha256 of each replicated state: equal on every rank when the collectives work."""
-    def digest(tensors) -> str:
+    def digest(tensors: Iterable[torch.Tensor]) -> str:
         h = hashlib.sha256()
         for x in tensors:
             h.update(x.detach().cpu().contiguous().numpy().tobytes())
@@ -163,7 +179,8 @@ def item_factors_of(model: LD4MRec) -> torch.Tensor:
     return torch.zeros(0, 0) if factors is None else factors.detach().cpu()
 
 
-def checkpoint_state(model: LD4MRec, opts, table, counts, state: LoopState, cfg: Config,
+def checkpoint_state(model: LD4MRec, opts: Optimizers, table: torch.Tensor, counts: torch.Tensor,
+                     state: LoopState, cfg: Config,
                      manifest_sha256: str) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
@@ -180,7 +197,7 @@ def checkpoint_state(model: LD4MRec, opts, table, counts, state: LoopState, cfg:
     }
 
 
-def restore(model: LD4MRec, opts, saved: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, LoopState]:
+def restore(model: LD4MRec, opts: Optimizers, saved: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, LoopState]:
     model.load_state_dict(saved["model"])
     opts[0].load_state_dict(saved["optimizer"])
     opts[1].load_state_dict(saved["zin_optimizer"])
@@ -190,7 +207,7 @@ def restore(model: LD4MRec, opts, saved: dict[str, Any]) -> tuple[torch.Tensor, 
     return saved["sampler_table"], saved["sampler_counts"], state
 
 
-def latest_checkpoint_state() -> Optional[dict[str, Any]]:
+def latest_checkpoint_state() -> dict[str, Any] | None:
     import ray.train
 
     ckpt = ray.train.get_checkpoint() if _in_ray_train() else None
@@ -249,8 +266,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         order = epoch_order(len(store), cfg.train.seed, epoch, sync.rank())
         data_s = sync_s = 0.0  # time to slice/convert batches, and in the non-DDP collectives
         tick = time.perf_counter()
-        for users_B, rows in minibatches(store, order, batch, n_rows):
-            users_B = torch.from_numpy(users_B).to(device)
+        for users_np, rows in minibatches(store, order, batch, n_rows):
+            users_B = torch.from_numpy(users_np).to(device)
             rows_BI = to_torch_csr(rows, device)
             data_s += time.perf_counter() - tick
             # Alg. 1 l.3-8: t ~ p_t, forward process q(x_t | f_s(x_in)), C-Net prediction.
@@ -320,7 +337,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             "replica_fingerprints": sync.all_gather_objects(replica_fingerprint(model, table, counts))}
 
 
-def _report(row, state, model, opts, table, counts, cfg, manifest_sha256, run_dir, improved, is_rank0):
+def _report(row: dict[str, Any], state: LoopState, model: LD4MRec, opts: Optimizers, table: torch.Tensor,
+            counts: torch.Tensor, cfg: Config, manifest_sha256: str, run_dir: str, improved: bool,
+            is_rank0: bool) -> None:
     """One Ray Train report per evaluation; rank 0 alone writes files and the checkpoint."""
     metrics = {k: v for k, v in row.items()}
     if is_rank0:
@@ -342,7 +361,8 @@ def _report(row, state, model, opts, table, counts, cfg, manifest_sha256, run_di
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _write_best_model(model: LD4MRec, cfg: Config, manifest_sha256: str, run_dir: str, row) -> None:
+def _write_best_model(model: LD4MRec, cfg: Config, manifest_sha256: str, run_dir: str,
+                      row: dict[str, Any]) -> None:
     """The best weights, with what scoring needs, beside the Ray checkpoints (atomic)."""
     state = {"model": model.state_dict(), "item_factors": item_factors_of(model),
              "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,

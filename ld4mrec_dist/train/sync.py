@@ -53,7 +53,7 @@ def gather_step_losses(t_B: torch.Tensor, loss_B: torch.Tensor, capacity: int) -
     return t_N[keep].cpu(), loss_N[keep].cpu()
 
 
-def synced_sparse_grad(weight: torch.nn.Parameter, capacity: int) -> None:
+def synced_sparse_grad(weight: torch.Tensor, capacity: int) -> None:
     """Replace `weight.grad` (sparse: this rank's rows) by the average over ranks.
 
     Each rank contributes at most `capacity` distinct rows; rows of the same index from
