@@ -11,6 +11,11 @@ Overrides are `section.field=value` and apply to every trial's base config (on t
 the sweep file's `base_config` and `overrides`). Trials are selected on the sweep's
 valid metric; test metrics are reported at that epoch. Outputs land in
 <storage>/<name>/: trials.csv, heatmap_*.png (2-D grids), best_config.yaml.
+
+Exit status: 0 when every trial ended and one completed (the best config is written);
+1 when no trial completed or the sweep stalled (the error names the missing resource);
+2 for a bad sweep file, config or path; 130 when interrupted (Ctrl-C / SIGINT): the
+summary so far is written and the command that resumes the sweep is printed.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ld4mrec_dist.config import ConfigError  # noqa: E402
-from ld4mrec_dist.tune.search_space import SweepSpec, base_config, load_sweep  # noqa: E402
+from ld4mrec_dist.config import ConfigError
+from ld4mrec_dist.tune.search_space import SweepSpec, base_config, load_sweep
 
 SMOKE_TEST = ["data.synthetic=tiny", "train.epochs=3", "train.batch_size=32", "model.hidden=32",
               "model.svd_rank=8", "scaling.cpus_per_worker=0.25"]
@@ -57,6 +62,9 @@ def smoke(spec: SweepSpec) -> SweepSpec:
     return spec
 
 
+INTERRUPTED_EXIT = 130  # the shell's code for a SIGINT
+
+
 def init_ray() -> None:
     import ray
 
@@ -64,8 +72,35 @@ def init_ray() -> None:
 
     for key, value in RAY_TRAIN_FAST_ENV.items():
         os.environ.setdefault(key, value)
-    if not ray.is_initialized():  # inside `ray job submit`, this attaches through RAY_ADDRESS
-        ray.init(runtime_env={"env_vars": RAY_TRAIN_FAST_ENV})
+    if not ray.is_initialized():
+        # Inside `ray job submit` (or with RAY_ADDRESS=auto on a head node) attach to that
+        # cluster; otherwise start our own: a bare ray.init() would silently join whichever
+        # Ray instance another user last started on this host.
+        address = None if os.environ.get("RAY_ADDRESS") else "local"
+        ray.init(address=address, runtime_env={"env_vars": RAY_TRAIN_FAST_ENV})
+
+
+def resume_command(sweep_dir: Path) -> str:
+    """The exact command that continues this sweep, runnable from the current directory."""
+    script = Path(__file__).resolve()
+    try:
+        shown = script.relative_to(Path.cwd())
+    except ValueError:
+        shown = script
+    return f"python {shown} --resume {sweep_dir}"
+
+
+def interrupted(sweep_dir: Path | None, note: str = "") -> int:
+    """Exit status 130, with how to resume (when Tune saved the sweep's state)."""
+    from ray import tune
+
+    if sweep_dir is not None and tune.Tuner.can_restore(str(sweep_dir)):
+        print(f"[ld4mrec] sweep interrupted{note}; resume it with:\n    {resume_command(sweep_dir)}",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"[ld4mrec] sweep interrupted before its first trial started{note}: start it again",
+              file=sys.stderr, flush=True)
+    return INTERRUPTED_EXIT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from ld4mrec_dist.tune import sweep
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    sweep_dir: Path | None = None
     try:
         if args.resume:
             if args.overrides or args.smoke_test:
@@ -80,21 +116,50 @@ def main(argv: list[str] | None = None) -> int:
             sweep_dir = Path(args.resume).expanduser().resolve()
             spec, user_base = sweep.read_sweep_dir(sweep_dir)
             init_ray()
-            results = sweep.resume_sweep(sweep_dir, retry_errored=args.retry_errored)
+            results = sweep.resume_sweep(sweep_dir, spec, retry_errored=args.retry_errored)
         else:
             spec = load_sweep(args.sweep)
             if args.smoke_test:
                 spec = smoke(spec)
             user_base = base_config(spec, (SMOKE_TEST if args.smoke_test else []) + list(args.overrides))
             init_ray()
-            sweep_dir, results = sweep.start_sweep(
+            sweep_dir, tuner = sweep.create_sweep(
                 spec, user_base, args.storage, args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 max_concurrent=args.max_concurrent_trials)
+            results = tuner.fit()
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (Tune handles the first and returns)
+        return interrupted(sweep_dir)
+    except Exception as err:
+        stalled = stall_error(err)
+        if stalled is None:
+            raise
+        print(f"error: {stalled}", file=sys.stderr)
+        if sweep_dir is not None:
+            print(f"[ld4mrec] after freeing the resource, continue with:\n    {resume_command(sweep_dir)}",
+                  file=sys.stderr, flush=True)
+        return 1
+    assert sweep_dir is not None
     summary = sweep.summarize(results, spec, user_base, sweep_dir)
+    if summary.left_to_run:
+        return interrupted(sweep_dir, f" with {summary.left_to_run} of {summary.expected} trial(s) left to run")
     return 0 if summary.best is not None else 1
+
+
+def stall_error(err: BaseException) -> BaseException | None:
+    """The SweepStalledError behind `err` (Tune may wrap what a callback raised), or None."""
+    from ld4mrec_dist.tune.guard import SweepStalledError
+
+    seen: BaseException | None = err
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, SweepStalledError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ A sweep file (jobs/configs/sweeps/*.yaml) holds:
     asha: {enabled: true, grace_period: 10, reduction_factor: 3, brackets: 1}
     workers_per_trial: 1                # Ray Train workers (DDP ranks) of each trial
     max_concurrent_trials: 0            # 0: as many as the cluster's resources hold now
+    stall_timeout_s: 600                # a wait for resources longer than this is an error
 
 `grid` keys become `tune.grid_search` (every combination is run); `space` keys are
 sampled from a Tune distribution. Every key is a dotted `Config` field, and every value
@@ -25,7 +26,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -55,13 +56,17 @@ class SweepSpec:
     name: str
     base_config: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
     space: dict[str, dict[str, Any]] = field(default_factory=dict)
     num_samples: int = 1
     metric: str = "valid/recall@20"
     asha: AshaSpec = field(default_factory=AshaSpec)
     workers_per_trial: int = 1
     max_concurrent_trials: int = 0
+    stall_timeout_s: float = 600.0
+    """Bound on every wait for resources: a trial whose data read or worker group cannot
+    get its CPUs/GPUs, or a sweep in which no trial can start, fails after this long with
+    an error naming the missing resource, instead of waiting forever."""
 
     @property
     def keys(self) -> list[str]:
@@ -79,7 +84,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raw = OmegaConf.to_container(read_yaml_file(str(p), ConfigError), resolve=True)  # 1e-3 is a float
     except OmegaConfBaseException as err:
         raise ConfigError(f"sweep file {p}: {err}") from None
-    return sweep_from_dict(raw or {}, default_name=p.stem, where=str(p))
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"sweep file {p}: write a mapping (name:, grid:, …), not a {type(raw).__name__}")
+    return sweep_from_dict({str(k): v for k, v in (raw or {}).items()}, default_name=p.stem, where=str(p))
 
 
 def sweep_from_dict(raw: dict[str, Any], default_name: str = "sweep", where: str = "sweep") -> SweepSpec:
@@ -108,7 +115,8 @@ def check_sweep(spec: SweepSpec, where: str = "sweep") -> None:
             raise ConfigError(f"{where}: {msg}")
 
     need(bool(spec.grid or spec.space), "nothing to sweep: give `grid` and/or `space`")
-    need(not set(spec.grid) & set(spec.space), f"keys both in grid and space: {sorted(set(spec.grid) & set(spec.space))}")
+    both = sorted(set(spec.grid) & set(spec.space))
+    need(not both, f"keys both in grid and space: {both}")
     for key in [*spec.keys, *spec.overrides]:
         need(not key.startswith(FORBIDDEN_PREFIXES),
              f"{key!r} is set by the sweep itself (run.* per trial; use workers_per_trial)")
@@ -124,6 +132,8 @@ def check_sweep(spec: SweepSpec, where: str = "sweep") -> None:
     need(spec.num_samples >= 1, f"num_samples={spec.num_samples}: must be ≥ 1")
     need(spec.workers_per_trial >= 1, f"workers_per_trial={spec.workers_per_trial}: must be ≥ 1")
     need(spec.max_concurrent_trials >= 0, "max_concurrent_trials: must be ≥ 0 (0 = automatic)")
+    need(isinstance(spec.stall_timeout_s, (int, float)) and spec.stall_timeout_s > 0,
+         f"stall_timeout_s={spec.stall_timeout_s!r}: give a number of seconds > 0")
     need(spec.metric.startswith("valid/"),
          f"metric={spec.metric!r}: select on a valid metric (e.g. valid/recall@20), never on test")
     need(spec.asha.grace_period >= 1 and spec.asha.reduction_factor > 1,
@@ -149,7 +159,7 @@ def plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
 
 
-def base_config(spec: SweepSpec, cli_overrides: Optional[list[str]] = None) -> Config:
+def base_config(spec: SweepSpec, cli_overrides: list[str] | None = None) -> Config:
     """The config every trial starts from: file < sweep overrides < command line < workers."""
     fixed = [o for o in cli_overrides or [] if o.startswith(FORBIDDEN_PREFIXES)]
     if fixed:
@@ -164,7 +174,10 @@ def load_config_over(cfg: Config, dotlist: list[str]) -> Config:
     bad = [o for o in dotlist if "=" not in o]
     if bad:
         raise ConfigError(f"override {bad[0]!r}: write section.field=value, e.g. train.epochs=50")
-    parsed = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist)) if dotlist else {}
+    parsed: dict[Any, Any] = {}
+    if dotlist:
+        container = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist))
+        parsed = container if isinstance(container, dict) else {}
     flat = {}
     for section, fields in parsed.items():
         if not isinstance(fields, dict):

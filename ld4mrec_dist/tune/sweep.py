@@ -10,6 +10,18 @@ A sweep directory (`<storage>/<name>/`) is Tune's experiment directory plus:
     heatmap_<x>_<y>.png one per pair of grid keys (paper Figs. 4-5)
     best_config.yaml    base + the best trial's values: `jobs/train.py --config` reads it
     best_trial.json     the best trial's id, values, valid and test metrics
+    trial_events.jsonl  what the driver saw happen to each trial (started, stopped by
+                        ASHA, ended, failed): the `outcome` column is read from it
+
+A trial's outcome is what actually happened: `completed` (its run wrote
+final_metrics.json), `stopped_by_asha`, `interrupted` (running when the sweep was
+interrupted: `--resume` continues it), `not_started`, `error`, `no_result`. Its metrics
+come from its own run directory (final_metrics.json, else metrics.jsonl), so a trial
+whose Tune result was lost (interrupted between the end of training and Tune noticing)
+is still reported, and a trial that Tune restarts on resume after it had finished
+reports its saved result instead of training again.
+
+Every wait for resources is bounded by the sweep's `stall_timeout_s` (see `guard`).
 
 The trial function builds the trial's TorchTrainer with `make_torch_trainer` (the same
 training function as `jobs/train.py`) and a `TuneReportCallback`, which forwards rank 0's
@@ -20,19 +32,24 @@ restarts after an interruption finds its run's Ray Train checkpoints and resumes
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
+import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from data_pipeline import storage
 from ld4mrec_dist.config import Config, load_config, save_config
-from ld4mrec_dist.tune.search_space import (SweepSpec, apply_overrides, load_sweep, param_space,
-                                            sweep_to_dict)
+from ld4mrec_dist.report import read_metrics
+from ld4mrec_dist.tune import ledger
+from ld4mrec_dist.tune.search_space import SweepSpec, apply_overrides, load_sweep, param_space, sweep_to_dict
 
 SWEEP_FILE = "sweep.yaml"
 BASE_FILE = "base_config.yaml"
@@ -41,6 +58,9 @@ RUNS_DIR = "runs"
 TRIALS_CSV = "trials.csv"
 BEST_CONFIG = "best_config.yaml"
 BEST_JSON = "best_trial.json"
+FINAL_METRICS = "final_metrics.json"
+METRICS_JSONL = "metrics.jsonl"
+WORKER_START_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 TRIAL_DRIVER_CPU = 0.1
 """CPU of the trial function itself (it only drives Ray Train; 0 is rejected by Tune).
 The trial's Ray Train workers reserve their own CPUs/GPUs in their placement group."""
@@ -50,25 +70,42 @@ The trial's Ray Train workers reserve their own CPUs/GPUs in their placement gro
 class SweepSummary:
     sweep_dir: Path
     rows: list[dict[str, Any]]
-    best: Optional[dict[str, Any]]
+    best: dict[str, Any] | None
     csv: Path
     heatmaps: list[Path]
-    best_config: Optional[Path]
+    best_config: Path | None
+    expected: int = 0
+    """Trials the sweep defines (grid points × num_samples)."""
+
+    @property
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Trials an interruption left to do (`--resume` runs them)."""
+        return [r for r in self.rows if r["outcome"] in (ledger.INTERRUPTED, ledger.NOT_STARTED)]
+
+    @property
+    def not_created(self) -> int:
+        """Trials Tune had not created yet when the sweep ended (it creates them lazily,
+        as concurrency allows): an interrupted sweep may end before the last ones exist."""
+        return max(0, self.expected - len(self.rows))
+
+    @property
+    def left_to_run(self) -> int:
+        return len(self.unfinished) + self.not_created
 
 
 # ---------------------------------------------------------------- the trial
 
 
-def make_trainable(sweep_dir: Path) -> Callable:
+def make_trainable(sweep_dir: Path, stall_timeout_s: float = 600.0) -> Callable[..., Any]:
     """The Tune function trainable of this sweep, with its (small) resource request."""
     from ray import tune
 
     sweep_dir = Path(sweep_dir).resolve()
 
     def ld4mrec_trial(params: dict[str, Any]) -> None:
-        run_trial(params, sweep_dir)
+        run_trial(params, sweep_dir, stall_timeout_s)
 
-    return tune.with_resources(ld4mrec_trial, {"cpu": TRIAL_DRIVER_CPU})
+    return tune.with_resources(ld4mrec_trial, {"cpu": TRIAL_DRIVER_CPU})  # type: ignore[no-any-return]
 
 
 def trial_config(params: dict[str, Any], sweep_dir: Path, trial_id: str) -> Config:
@@ -78,7 +115,23 @@ def trial_config(params: dict[str, Any], sweep_dir: Path, trial_id: str) -> Conf
     return cfg
 
 
-def run_trial(params: dict[str, Any], sweep_dir: Path) -> None:
+def read_final(run_dir: Path) -> dict[str, Any] | None:
+    """A run's final_metrics.json (written only when its training ran to the end), or None."""
+    try:
+        final = json.loads((run_dir / FINAL_METRICS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return final if isinstance(final, dict) else None
+
+
+def final_report(final: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's result in the shape of the loop's reports (what ASHA and Tune read)."""
+    return {"epoch": int(final.get("epochs_run", 0)), "best_epoch": int(final.get("best_epoch", -1)),
+            **{f"valid/{k}": v for k, v in (final.get("valid") or {}).items()},
+            **{f"test/{k}": v for k, v in (final.get("test") or {}).items()}}
+
+
+def run_trial(params: dict[str, Any], sweep_dir: Path, stall_timeout_s: float = 600.0) -> None:
     """One trial: a full training run named after the trial id, reporting to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -86,16 +139,87 @@ def run_trial(params: dict[str, Any], sweep_dir: Path) -> None:
     from ld4mrec_dist.train import trainer
 
     t0 = time.perf_counter()
-    cfg = trial_config(params, sweep_dir, tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(params, sweep_dir, trial_id)
     run_dir = Path(cfg.run.storage) / cfg.run.name
+    final = read_final(run_dir)
+    if final is not None:
+        # It trained to its end before an interruption, and Tune (which had not yet seen it
+        # finish) restarts it on resume: report the saved result instead of training again.
+        tune.report(final_report(final))
+        return
     if trainer.latest_checkpoint_dir(run_dir) is not None:
         cfg.run.resume = str(run_dir)  # Tune restarted this trial: Ray Train resumes it
     elif run_dir.exists():
         shutil.rmtree(run_dir)  # interrupted before its first checkpoint: start it over
-    ds, run_dir = trainer.prepare_run(cfg)
-    torch_trainer = trainer.make_torch_trainer(cfg, ds, run_dir, callbacks=[TuneReportCallback()])
-    out = trainer.fit(torch_trainer)
+    ds, prepared_dir = trainer.prepare_run(cfg)
+    what = (f"trial {trial_id}: the Ray Data read of the train split (each read task needs 1 CPU) "
+            f"did not finish within stall_timeout_s={stall_timeout_s:g}s")
+    report = TuneReportCallback()  # type: ignore[no-untyped-call]
+    torch_trainer = within(stall_timeout_s, what, lambda: trainer.make_torch_trainer(
+        cfg, ds, prepared_dir, callbacks=[report]))
+    bound_worker_start(torch_trainer, stall_timeout_s)
+    try:
+        out = trainer.fit(torch_trainer)
+    except Exception as err:
+        if not is_worker_start_timeout(err):
+            raise
+        per_worker = f"{cfg.scaling.cpus_per_worker:g} CPU" + (" + 1 GPU" if cfg.scaling.use_gpu else "")
+        from ld4mrec_dist.tune.guard import SweepStalledError, cluster_resources_line
+
+        raise SweepStalledError(
+            f"trial {trial_id}: its {cfg.scaling.num_workers} Ray Train worker(s) ({per_worker} each) could not "
+            f"be placed within stall_timeout_s={stall_timeout_s:g}s; {cluster_resources_line()}") from None
     trainer.finish_run(cfg, run_dir, out, time.perf_counter() - t0)
+
+
+def within(seconds: float, what: str, fn: Callable[[], Any]) -> Any:
+    """fn(), or a SweepStalledError naming `what` and the cluster's free resources after
+    `seconds` (a thread, so that a wait on resources that never come cannot hang the trial;
+    the trial actor ends on the error and takes the waiting thread and its tasks with it)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="ld4mrec-bounded-wait", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        from ld4mrec_dist.tune.guard import SweepStalledError, cluster_resources_line
+
+        raise SweepStalledError(f"{what}; {cluster_resources_line()}")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def bound_worker_start(torch_trainer: Any, stall_timeout_s: float) -> None:
+    """Ray Train retries a worker group that cannot be placed every 60 s without end
+    (`controller_failure_limit=-1`): give up after about `stall_timeout_s` instead."""
+    per_try = float(os.environ.setdefault(WORKER_START_ENV, f"{min(60.0, stall_timeout_s):g}"))
+    failure = getattr(getattr(torch_trainer, "run_config", None), "failure_config", None)
+    if failure is not None and getattr(failure, "controller_failure_limit", None) == -1:
+        tries = max(1, math.ceil(stall_timeout_s / max(per_try, 1e-3)))
+        torch_trainer.run_config.failure_config = dataclasses.replace(failure, controller_failure_limit=tries - 1)
+
+
+def is_worker_start_timeout(err: BaseException) -> bool:
+    """Whether a failed fit() gave up waiting for its worker group's resources."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        if type(e).__name__ == "WorkerGroupStartupTimeoutError":
+            return True
+        todo += [getattr(e, "controller_failure", None), e.__cause__, e.__context__]
+    return False
 
 
 # ---------------------------------------------------------------- start and resume
@@ -121,10 +245,10 @@ def new_sweep_dir(storage: str | Path, name: str) -> Path:
 
 def auto_concurrency(cfg: Config) -> int:
     """Trials that fit in the cluster's resources now, leaving one CPU to Ray Data's
-    read tasks (RAY_NOTES: workers holding every CPU deadlock the Parquet reads)."""
+    read tasks (docs/design.md §8: workers holding every CPU deadlock the Parquet reads)."""
     import ray
 
-    res = ray.cluster_resources()
+    res = ray.cluster_resources()  # type: ignore[no-untyped-call]
     workers = cfg.scaling.num_workers
     if cfg.scaling.use_gpu:
         return max(1, int(res.get("GPU", 0) // workers))
@@ -132,36 +256,47 @@ def auto_concurrency(cfg: Config) -> int:
     return max(1, int((res.get("CPU", 1) - 1) // per_trial))
 
 
-def tuner_for(spec: SweepSpec, cfg: Config, sweep_dir: Path, max_concurrent: int):
+def trial_request(cfg: Config) -> dict[str, float]:
+    """What one trial reserves: its driver's CPU and its workers' placement group."""
+    request = {"CPU": TRIAL_DRIVER_CPU + cfg.scaling.num_workers * cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        request["GPU"] = float(cfg.scaling.num_workers)
+    return request
+
+
+def tuner_for(spec: SweepSpec, cfg: Config, sweep_dir: Path, max_concurrent: int) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from ld4mrec_dist.tune.guard import RecordingASHA, SweepGuard
 
     # Rungs in epochs; a trial that survives every rung ends itself at train.epochs (or
     # by patience) and writes its final outputs: ASHA does not stop it at max_t.
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=spec.asha.grace_period,
-                               reduction_factor=spec.asha.reduction_factor, brackets=spec.asha.brackets,
-                               stop_last_trials=False)
-                 if spec.asha.enabled else FIFOScheduler())
+    scheduler = (RecordingASHA(sweep_dir, time_attr="epoch", max_t=cfg.train.epochs,
+                               grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
+                               brackets=spec.asha.brackets, stop_last_trials=False)
+                 if spec.asha.enabled else FIFOScheduler())  # type: ignore[no-untyped-call]
+    guard = SweepGuard(sweep_dir, spec.stall_timeout_s, trial_request(cfg))
     return tune.Tuner(
-        make_trainable(sweep_dir),
+        make_trainable(sweep_dir, spec.stall_timeout_s),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(metric=spec.metric, mode="max", scheduler=scheduler,
                                     num_samples=spec.num_samples, max_concurrent_trials=max_concurrent,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-        run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
+        run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), callbacks=[guard],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
 
-def trial_name(trial) -> str:
-    return trial.trial_id
+def trial_name(trial: Any) -> str:
+    return str(trial.trial_id)
 
 
-def start_sweep(spec: SweepSpec, user_base: Config, storage: str | Path, name: str,
-                max_concurrent: Optional[int] = None):
-    """Write the sweep directory, prepare the dataset once, run every trial: the results."""
-    from ld4mrec_dist.tune.search_space import check_space_values
+def create_sweep(spec: SweepSpec, user_base: Config, storage: str | Path, name: str,
+                 max_concurrent: int | None = None) -> tuple[Path, Any]:
+    """Write the sweep directory and prepare the dataset once: the directory and its Tuner."""
     from ld4mrec_dist.train.trainer import resolve_dataset
+    from ld4mrec_dist.tune.search_space import check_space_values
 
     check_space_values(spec, user_base)
     sweep_dir = new_sweep_dir(storage, name)
@@ -173,22 +308,46 @@ def start_sweep(spec: SweepSpec, user_base: Config, storage: str | Path, name: s
     limit = max_concurrent or spec.max_concurrent_trials or auto_concurrency(base)
     print(f"[ld4mrec] sweep {sweep_dir}: {_count(spec)} trial(s), at most {limit} at a time, "
           f"{spec.workers_per_trial} worker(s) each; selecting on {spec.metric}", flush=True)
-    return sweep_dir, tuner_for(spec, base, sweep_dir, limit).fit()
+    return sweep_dir, tuner_for(spec, base, sweep_dir, limit)
 
 
-def resume_sweep(sweep_dir: str | Path, retry_errored: bool = False):
+def start_sweep(spec: SweepSpec, user_base: Config, storage: str | Path, name: str,
+                max_concurrent: int | None = None) -> tuple[Path, Any]:
+    """`create_sweep`, then run every trial: the directory and Tune's results."""
+    sweep_dir, tuner = create_sweep(spec, user_base, storage, name, max_concurrent)
+    return sweep_dir, tuner.fit()
+
+
+def resume_sweep(sweep_dir: str | Path, spec: SweepSpec, retry_errored: bool = False) -> Any:
     """Continue an interrupted sweep with Tune's restore: finished trials are kept,
     unfinished ones restart and resume from their last Ray Train checkpoint (and errored
-    ones too with `retry_errored`)."""
+    ones too with `retry_errored`); trials that had finished training report their
+    saved results."""
     from ray import tune
 
     sweep_dir = Path(sweep_dir).expanduser().resolve()
     if not tune.Tuner.can_restore(str(sweep_dir)):
-        raise FileNotFoundError(f"--resume {sweep_dir}: not a Tune sweep directory (no experiment state)")
+        raise FileNotFoundError(f"--resume {sweep_dir}: not a Tune sweep directory (no experiment state): "
+                                "it was interrupted before its first trial; start it again with --sweep")
     print(f"[ld4mrec] resuming sweep {sweep_dir}", flush=True)
-    tuner = tune.Tuner.restore(str(sweep_dir), trainable=make_trainable(sweep_dir),
-                                 resume_errored=retry_errored)
+    tuner = tune.Tuner.restore(str(sweep_dir), trainable=make_trainable(sweep_dir, spec.stall_timeout_s),
+                               resume_errored=retry_errored)
+    _ensure_guard(tuner, spec, sweep_dir)
     return tuner.fit()
+
+
+def _ensure_guard(tuner: Any, spec: SweepSpec, sweep_dir: Path) -> None:
+    """A sweep started before the guard existed gets one on resume (Tune restores the
+    callbacks it pickled at the start, and only those)."""
+    from ld4mrec_dist.tune.guard import SweepGuard
+
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if run_config is None:
+        return
+    callbacks = list(run_config.callbacks or [])
+    if not any(isinstance(c, SweepGuard) for c in callbacks):
+        base = load_config(sweep_dir / TRIAL_BASE_FILE)
+        run_config.callbacks = [*callbacks, SweepGuard(sweep_dir, spec.stall_timeout_s, trial_request(base))]
 
 
 def read_sweep_dir(sweep_dir: str | Path) -> tuple[SweepSpec, Config]:
@@ -201,30 +360,57 @@ def read_sweep_dir(sweep_dir: str | Path) -> tuple[SweepSpec, Config]:
 # ---------------------------------------------------------------- outputs
 
 
-def trial_rows(results, spec: SweepSpec, sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per trial: values, metrics at its best valid epoch, epochs, time, outcome."""
+def trial_rows(results: Any, spec: SweepSpec, sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per trial: values, outcome, metrics at its best valid epoch, epochs, time."""
+    from ld4mrec_dist.tune.guard import trial_error_line
+
+    events = ledger.read_events(sweep_dir)
     rows = []
     for result in results:
-        df = result.metrics_dataframe
         trial_id = Path(result.path).name
-        row: dict[str, Any] = {"trial_id": trial_id}
-        row.update({k: result.config.get(k) for k in spec.keys})
         run_dir = sweep_dir / RUNS_DIR / trial_id
-        if df is None or df.empty or spec.metric not in df:
-            row.update(outcome="error" if result.error else "no_result", best_epoch=None)
-        else:
-            best = df.loc[df[spec.metric].idxmax()]  # first epoch with the best valid metric
-            metrics = sorted(c for c in df.columns if c.startswith(("valid/", "test/")))
-            row.update(outcome=("error" if result.error else
-                                "completed" if (run_dir / "final_metrics.json").is_file() else "stopped_by_asha"),
-                       best_epoch=int(best["epoch"]), **{m: float(best[m]) for m in metrics},
-                       epochs=int(df["epoch"].max()), time_s=round(float(df["time_total_s"].max()), 1))
-        row.update(run_dir=str(run_dir), error=str(result.error).splitlines()[0] if result.error else "")
+        final = read_final(run_dir)
+        trial_events = events.get(trial_id, [])
+        error = trial_error_line(result.error) if result.error else ""
+        outcome = ledger.outcome_of(trial_events, final is not None, error)
+        row: dict[str, Any] = {"trial_id": trial_id, **{k: result.config.get(k) for k in spec.keys},
+                               "outcome": outcome}
+        row.update(trial_metrics(spec.metric, run_dir, final, result.metrics_dataframe))
+        if outcome == ledger.STOPPED_BY_ASHA:
+            row["stopped_at_epoch"] = next((e.get("epoch") for e in reversed(trial_events)
+                                            if e["event"] == ledger.STOPPED_BY_ASHA), None)
+        row.update(run_dir=str(run_dir),
+                   error=(error or ledger.error_of(trial_events)) if outcome == ledger.ERROR else "")
         rows.append(row)
     return rows
 
 
-def best_row(rows: list[dict[str, Any]], metric: str) -> Optional[dict[str, Any]]:
+def trial_metrics(metric: str, run_dir: Path, final: dict[str, Any] | None, df: Any) -> dict[str, Any]:
+    """Metrics at the trial's best valid epoch, from the trial's own run directory first
+    (final_metrics.json, else metrics.jsonl), Tune's copy of its reports last."""
+    if final is not None:
+        return {"best_epoch": final.get("best_epoch"), "epochs": final.get("epochs_run"),
+                **{f"valid/{k}": float(v) for k, v in (final.get("valid") or {}).items()},
+                **{f"test/{k}": float(v) for k, v in (final.get("test") or {}).items()},
+                "time_s": round(float(final.get("wall_time_s", float("nan"))), 1)}
+    try:
+        history = read_metrics((run_dir / METRICS_JSONL).read_text())
+    except (OSError, ValueError):
+        history = []
+    history = [r for r in history if isinstance(r.get(metric), (int, float))]
+    if not history and df is not None and not df.empty and metric in df:
+        history = [r for r in df.to_dict("records") if isinstance(r.get(metric), (int, float))
+                   and not math.isnan(r[metric])]
+    if not history:
+        return {"best_epoch": None}
+    best = max(history, key=lambda r: r[metric])  # the first epoch with the best valid metric
+    times = [float(r.get("train_time_s", 0.0)) + float(r.get("eval_time_s", 0.0)) for r in history]
+    return {"best_epoch": int(best["epoch"]), "epochs": int(max(r["epoch"] for r in history)),
+            **{k: float(v) for k, v in sorted(best.items()) if k.startswith(("valid/", "test/"))},
+            "time_s": round(sum(times), 1)}
+
+
+def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
     """The trial with the highest valid metric (ties: the first); None if none reported."""
     scored = [r for r in rows if isinstance(r.get(metric), float) and not math.isnan(r[metric])]
     return max(scored, key=lambda r: r[metric]) if scored else None
@@ -235,6 +421,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     for r in rows:
         columns += [k for k in r if k not in columns]
     front = [c for c in columns if not c.startswith(("valid/", "test/")) and c not in ("run_dir", "error")]
+    late = [c for c in front if c == "stopped_at_epoch"]  # after epochs/time_s, not among the values
+    front = [c for c in front if c not in late] + late
     metrics = [c for c in columns if c.startswith("valid/")] + [c for c in columns if c.startswith("test/")]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*front, *metrics, "run_dir", "error"])
@@ -243,7 +431,13 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def summarize(results, spec: SweepSpec, user_base: Config, sweep_dir: Path) -> SweepSummary:
+def completed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials that trained to their end: the only ones compared for 'best' and in heatmaps
+    (a trial ASHA stopped at epoch 20 is not comparable with one that ran 400 epochs)."""
+    return [r for r in rows if r.get("outcome") == ledger.COMPLETED]
+
+
+def summarize(results: Any, spec: SweepSpec, user_base: Config, sweep_dir: Path) -> SweepSummary:
     """trials.csv, a heatmap per pair of grid keys, best_config.yaml and best_trial.json."""
     from ld4mrec_dist.report import format_table
     from ld4mrec_dist.tune.heatmap import plot_grid_heatmap
@@ -254,7 +448,7 @@ def summarize(results, spec: SweepSpec, user_base: Config, sweep_dir: Path) -> S
                                   sweep_dir / f"heatmap_{x.split('.')[-1]}_{y.split('.')[-1]}.png",
                                   title=f"{spec.name}: {sweep_dir.name}")
                 for x, y in itertools.combinations(spec.grid, 2)]
-    best = best_row(rows, spec.metric)
+    best = best_row(completed_rows(rows), spec.metric)
     best_path = None
     if best is not None:
         best_cfg = apply_overrides(user_base, {k: best[k] for k in spec.keys})
@@ -263,16 +457,27 @@ def summarize(results, spec: SweepSpec, user_base: Config, sweep_dir: Path) -> S
         save_config(best_cfg, best_path)
         (sweep_dir / BEST_JSON).write_text(json.dumps(best, indent=2))
     test = spec.metric.replace("valid/", "test/", 1)
-    ranked = sorted(rows, key=lambda r: -r[spec.metric] if isinstance(r.get(spec.metric), float) else math.inf)
+    ranked = sorted(rows, key=lambda r: (r["outcome"] != ledger.COMPLETED,
+                                         -r[spec.metric] if isinstance(r.get(spec.metric), float) else math.inf))
     print(format_table(["trial", *spec.keys, "outcome", "epochs", spec.metric, f"{test} (at best)"],
                        [[r["trial_id"], *[r[k] for k in spec.keys], r["outcome"], r.get("epochs", ""),
                          r.get(spec.metric, float("nan")), r.get(test, float("nan"))] for r in ranked]))
+    counts = {o: sum(r["outcome"] == o for r in rows) for o in ledger.OUTCOMES}
+    expected = _count(spec)
+    not_created = max(0, expected - len(rows))
+    print("[ld4mrec] trials: " + ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+          + (f", {not_created} not created yet" if not_created else "") + f" (of {expected})", flush=True)
+    for r in rows:
+        if r["outcome"] == ledger.ERROR:
+            print(f"[ld4mrec] trial {r['trial_id']} failed: {r['error']}", flush=True)
     if best is not None:
-        print(f"[ld4mrec] best trial {best['trial_id']} (on {spec.metric}); its config: {best_path}\n"
+        print(f"[ld4mrec] best completed trial {best['trial_id']} (on {spec.metric}); its config: {best_path}\n"
               f"[ld4mrec] retrain it with: python jobs/train.py --config {best_path}", flush=True)
+    else:
+        print("[ld4mrec] no trial completed: no best config", flush=True)
     print(f"[ld4mrec] sweep outputs in {sweep_dir}: {TRIALS_CSV}"
           + "".join(f", {h.name}" for h in heatmaps) + (f", {BEST_CONFIG}" if best_path else ""), flush=True)
-    return SweepSummary(sweep_dir, rows, best, csv_path, heatmaps, best_path)
+    return SweepSummary(sweep_dir, rows, best, csv_path, heatmaps, best_path, expected)
 
 
 def _count(spec: SweepSpec) -> int:
