@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_pipeline.errors import DataError  # noqa: E402
-from ld4mrec_dist.recommend import RecommendError, write_recommendations  # noqa: E402
-from ld4mrec_dist.train.checkpoint import CheckpointError  # noqa: E402
+from data_pipeline.errors import DataError
+from ld4mrec_dist.recommend import RecommendError, write_recommendations
+from ld4mrec_dist.train.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ Everything works from a batch's sparse CSR rows: nothing here holds a dense U ×
 from __future__ import annotations
 
 import warnings
+from typing import cast
 
 import fbpca
 import numpy as np
@@ -137,8 +138,9 @@ def feature_scaling(feat_IDm: Tensor, norm: str) -> dict[str, Tensor]:
         norm_I = torch.cat([c.square().sum(dim=1).sqrt() for c in chunks])
         return {"inv_norm": torch.where(norm_I > 0, 1.0 / norm_I.clamp_min(1e-300), 0.0).float()}
     if norm == "standardize":
-        mean_D = sum(c.sum(dim=0) for c in chunks) / max(n_items, 1)
-        var_D = sum((c - mean_D).square().sum(dim=0) for c in chunks) / max(n_items, 1)
+        # cast: sum() of tensors is a tensor (its start value 0 is only added to the first).
+        mean_D = cast(Tensor, sum(c.sum(dim=0) for c in chunks)) / max(n_items, 1)
+        var_D = cast(Tensor, sum((c - mean_D).square().sum(dim=0) for c in chunks)) / max(n_items, 1)
         std_D = var_D.sqrt()
         inv_D = torch.where(std_D > 1e-8 * (1.0 + mean_D.abs()), 1.0 / std_D.clamp_min(1e-300), 0.0)
         return {"mean": mean_D.float(), "inv_std": inv_D.float()}
