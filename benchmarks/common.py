@@ -138,9 +138,9 @@ def item_factors(shape: str, k: int = 64, data_root: Path = DATA_ROOT):
 class Timer:
     """Accumulates wall time per named piece: `with timer("densify"): ...`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.total: dict[str, float] = {}
-        self._name: str | None = None
+        self._name = ""
 
     def __call__(self, name: str):
         self._name = name
@@ -177,7 +177,7 @@ def run_json_subprocess(args: list[str], timeout: float, env: dict | None = None
 # ---------------------------------------------------------------- results
 
 
-def row(bench: str, name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+def row(bench: str, name: str, value: float | None, unit: str, **extra: Any) -> dict[str, Any]:
     """One result row; `ratio`/`target` given => `met` is filled in (ratio ≥ target)."""
     out = {"bench": bench, "name": name, "value": value, "unit": unit, **extra}
     if out.get("ratio") is not None and out.get("target") is not None:

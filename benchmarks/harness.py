@@ -136,6 +136,7 @@ def profiled_steps(model, opts, store, cfg, steps: int, warmup: int = 3, ddp_mod
             with timer("10 loss.item()"):
                 out.loss.item()
             done += 1
+    assert t_start is not None, "no timed step ran"
     wall = time.perf_counter() - t_start
     pieces = {k: v / steps for k, v in sorted(timer.total.items(), key=lambda kv: int(kv[0].split()[0]))}
     step_s = (wall - timer.total.get("3 densify (model._inputs, measured aside)", 0.0)) / steps

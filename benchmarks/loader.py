@@ -81,6 +81,7 @@ def run(ctx: Context) -> list[dict]:
                 rate = n / (read_s + batch_s)
                 if best is None or rate > best[0]:
                     best = (rate, read_s, batch_s, n)
+            assert best is not None  # at least one repetition ran
             rate, read_s, batch_s, n = best
             out.append(row(BENCH, f"loader: {source} → RowStore → dense [{BATCH}, {ds.n_items}] batches",
                            rate, "batches/s", ratio=(rate / reference) if reference else None,

@@ -120,7 +120,7 @@ def full_path(cfg, workers: int, storage: Path, tag: str) -> dict:
     ds, run_dir = prepare_run(run_cfg)
     fit(make_torch_trainer(run_cfg, ds, run_dir))
     wall = time.perf_counter() - t0
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    rows = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     rows = [r for r in rows if r["epoch"] > 1]  # the first epoch is warm-up
     ups = [r["users_per_s"] for r in rows]
     return {"users_per_s": float(np.median(ups)), "epochs_measured": [r["epoch"] for r in rows],
