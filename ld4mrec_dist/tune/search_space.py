@@ -10,7 +10,7 @@ A sweep file (jobs/configs/sweeps/*.yaml) holds:
     num_samples: 1                      # each grid point (or free sample) this many times
     metric: valid/recall@20             # selection, ASHA and "best": valid metrics only
     asha: {enabled: true, grace_period: 10, reduction_factor: 3, brackets: 1}
-    workers_per_trial: 1                # Ray Train workers (DDP ranks) of each trial
+    workers_per_trial: 1                # Ray Train workers (DDP ranks) of each trial; 0: in the trial itself
     max_concurrent_trials: 0            # 0: as many as the cluster's resources hold now
     stall_timeout_s: 600                # a wait for resources longer than this is an error
 
@@ -130,7 +130,8 @@ def check_sweep(spec: SweepSpec, where: str = "sweep") -> None:
         need(isinstance(args, list) and (len(args) > 0 if n == 1 else len(args) == n),
              f"space.{key}.{kind}: needs {'a list of values' if n == 1 else f'{n} numbers'}")
     need(spec.num_samples >= 1, f"num_samples={spec.num_samples}: must be ≥ 1")
-    need(spec.workers_per_trial >= 1, f"workers_per_trial={spec.workers_per_trial}: must be ≥ 1")
+    need(spec.workers_per_trial >= 0,
+         f"workers_per_trial={spec.workers_per_trial}: must be ≥ 0 (0 trains in the trial's own process)")
     need(spec.max_concurrent_trials >= 0, "max_concurrent_trials: must be ≥ 0 (0 = automatic)")
     need(isinstance(spec.stall_timeout_s, (int, float)) and spec.stall_timeout_s > 0,
          f"stall_timeout_s={spec.stall_timeout_s!r}: give a number of seconds > 0")

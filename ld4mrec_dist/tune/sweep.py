@@ -97,15 +97,18 @@ class SweepSummary:
 
 
 def make_trainable(sweep_dir: Path, stall_timeout_s: float = 600.0) -> Callable[..., Any]:
-    """The Tune function trainable of this sweep, with its (small) resource request."""
+    """The Tune function trainable of this sweep, with its resource request: a little CPU
+    to drive Ray Train, or, for in-process trials (workers_per_trial: 0), what training takes."""
     from ray import tune
 
     sweep_dir = Path(sweep_dir).resolve()
+    base = load_config(sweep_dir / TRIAL_BASE_FILE)
 
     def ld4mrec_trial(params: dict[str, Any]) -> None:
         run_trial(params, sweep_dir, stall_timeout_s)
 
-    return tune.with_resources(ld4mrec_trial, {"cpu": TRIAL_DRIVER_CPU})  # type: ignore[no-any-return]
+    request = {k.lower(): v for k, v in trial_request(base).items()}
+    return tune.with_resources(ld4mrec_trial, request)
 
 
 def trial_config(params: dict[str, Any], sweep_dir: Path, trial_id: str) -> Config:
@@ -148,11 +151,15 @@ def run_trial(params: dict[str, Any], sweep_dir: Path, stall_timeout_s: float = 
         # finish) restarts it on resume: report the saved result instead of training again.
         tune.report(final_report(final))
         return
-    if trainer.latest_checkpoint_dir(run_dir) is not None:
+    if cfg.scaling.num_workers > 0 and trainer.latest_checkpoint_dir(run_dir) is not None:
         cfg.run.resume = str(run_dir)  # Tune restarted this trial: Ray Train resumes it
     elif run_dir.exists():
-        shutil.rmtree(run_dir)  # interrupted before its first checkpoint: start it over
+        shutil.rmtree(run_dir)  # interrupted before its first checkpoint (or in-process): start it over
     ds, prepared_dir = trainer.prepare_run(cfg)
+    if cfg.scaling.num_workers == 0:
+        out = train_in_process(trainer.loop_config(cfg, ds, prepared_dir), run_dir)
+        trainer.finish_run(cfg, run_dir, out, time.perf_counter() - t0)
+        return
     what = (f"trial {trial_id}: the Ray Data read of the train split (each read task needs 1 CPU) "
             f"did not finish within stall_timeout_s={stall_timeout_s:g}s")
     report = TuneReportCallback()  # type: ignore[no-untyped-call]
@@ -171,6 +178,49 @@ def run_trial(params: dict[str, Any], sweep_dir: Path, stall_timeout_s: float = 
             f"trial {trial_id}: its {cfg.scaling.num_workers} Ray Train worker(s) ({per_worker} each) could not "
             f"be placed within stall_timeout_s={stall_timeout_s:g}s; {cluster_resources_line()}") from None
     trainer.finish_run(cfg, run_dir, out, time.perf_counter() - t0)
+
+
+def train_in_process(loop_config: dict[str, Any], run_dir: Path, poll_s: float = 0.5) -> dict[str, Any]:
+    """The training loop in this trial's own process (no Ray Train: no start-up cost, no
+    placement group), each evaluation reported to Tune as the loop writes it to
+    metrics.jsonl. The loop runs in a daemon thread: when ASHA stops the trial, its actor
+    exits and takes the thread with it."""
+    from ray import tune
+
+    from ld4mrec_dist.train.loop import train_loop_per_worker
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["out"] = train_loop_per_worker(loop_config)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the trial's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="ld4mrec-in-process-trial", daemon=True)
+    thread.start()
+    reported = 0
+    while True:
+        alive = thread.is_alive()  # read before the file: a finished loop has written every row
+        for row in new_rows(run_dir / METRICS_JSONL, reported):
+            tune.report(row)
+            reported = int(row["epoch"])
+        if not alive:
+            break
+        thread.join(poll_s)
+    if "error" in box:
+        raise box["error"]
+    out: dict[str, Any] = box.get("out") or {}
+    return out
+
+
+def new_rows(path: Path, after_epoch: int) -> list[dict[str, Any]]:
+    """metrics.jsonl rows past `after_epoch` ([] while the loop is rewriting the file)."""
+    try:
+        rows = read_metrics(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] > after_epoch]
 
 
 def within(seconds: float, what: str, fn: Callable[[], Any]) -> Any:
@@ -245,19 +295,24 @@ def new_sweep_dir(storage: str | Path, name: str) -> Path:
 
 def auto_concurrency(cfg: Config) -> int:
     """Trials that fit in the cluster's resources now, leaving one CPU to Ray Data's
-    read tasks (docs/design.md §8: workers holding every CPU deadlock the Parquet reads)."""
+    read tasks (docs/design.md §8: workers holding every CPU deadlock the Parquet reads)
+    unless trials train in process."""
     import ray
 
     res = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    workers = cfg.scaling.num_workers
-    if cfg.scaling.use_gpu:
-        return max(1, int(res.get("GPU", 0) // workers))
-    per_trial = workers * cfg.scaling.cpus_per_worker + TRIAL_DRIVER_CPU
-    return max(1, int((res.get("CPU", 1) - 1) // per_trial))
+    request = trial_request(cfg)
+    if "GPU" in request:
+        return max(1, int(res.get("GPU", 0) // request["GPU"]))
+    spare = 1.0 if cfg.scaling.num_workers > 0 else 0.0  # in-process trials read no Ray Data
+    return max(1, int((res.get("CPU", 1) - spare) // request["CPU"]))
 
 
 def trial_request(cfg: Config) -> dict[str, float]:
-    """What one trial reserves: its driver's CPU and its workers' placement group."""
+    """What one trial reserves: its driver's CPU and its workers' placement group, or, in
+    process, the CPUs (and GPU) of one worker."""
+    if cfg.scaling.num_workers == 0:
+        gpu = {"GPU": 1.0} if cfg.scaling.use_gpu else {}
+        return {"CPU": max(cfg.scaling.cpus_per_worker, TRIAL_DRIVER_CPU), **gpu}
     request = {"CPU": TRIAL_DRIVER_CPU + cfg.scaling.num_workers * cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         request["GPU"] = float(cfg.scaling.num_workers)
@@ -306,8 +361,10 @@ def create_sweep(spec: SweepSpec, user_base: Config, storage: str | Path, name: 
     save_config(base, sweep_dir / TRIAL_BASE_FILE)
     resolve_dataset(base)  # once here, not raced by concurrent trials
     limit = max_concurrent or spec.max_concurrent_trials or auto_concurrency(base)
+    workers = (f"{spec.workers_per_trial} Ray Train worker(s) each" if spec.workers_per_trial
+               else "each trained in its own process (workers_per_trial: 0)")
     print(f"[ld4mrec] sweep {sweep_dir}: {_count(spec)} trial(s), at most {limit} at a time, "
-          f"{spec.workers_per_trial} worker(s) each; selecting on {spec.metric}", flush=True)
+          f"{workers}; selecting on {spec.metric}", flush=True)
     return sweep_dir, tuner_for(spec, base, sweep_dir, limit)
 
 

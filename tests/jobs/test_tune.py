@@ -168,3 +168,32 @@ def test_four_trial_sweep_end_to_end(ray_local, tmp_path, monkeypatch):
     assert load_job("train").main(["--config", str(sweep_dir / "best_config.yaml"),
                                    "scaling.num_workers=0"]) == 0
     assert len(list((tmp_path / "runs").glob("*/final_metrics.json"))) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_in_process_trials_report_to_asha(ray_local, tmp_path):
+    """workers_per_trial: 0 trains each trial in its Tune actor (no Ray Train): every
+    evaluation still reaches Tune and ASHA, outcomes and the best config as with workers."""
+    sweep_file = tmp_path / "inproc.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "inproc",
+        "overrides": {"data.synthetic": "tiny", "data.root": str(tmp_path / "data"), "train.epochs": 4,
+                      "train.batch_size": 32, "model.hidden": 32, "model.svd_rank": 8,
+                      "scaling.cpus_per_worker": 0.5},
+        "grid": {"diffusion.sr_prob": [0.01, 0.2], "diffusion.sr_gamma": [0.01, 0.2]},
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "workers_per_trial": 0,
+    }, sort_keys=False))
+    storage = tmp_path / "sweeps"
+    assert load_job("tune").main(["--sweep", str(sweep_file), "--storage", str(storage), "--name", "s"]) == 0
+    with open(storage / "s" / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["outcome"] for r in rows} <= {"completed", "stopped_by_asha"}, rows
+    completed = [r for r in rows if r["outcome"] == "completed"]
+    assert completed and all(int(r["epochs"]) == 4 for r in completed)
+    for r in rows:
+        assert 0.0 <= float(r["valid/recall@20"]) <= 1.0
+        if r["outcome"] == "stopped_by_asha":  # stopped where ASHA saw its report, before the end
+            assert 1 <= int(r["stopped_at_epoch"]) < 4
+    assert load_config(storage / "s" / "best_config.yaml").scaling.num_workers == 0
