@@ -78,16 +78,18 @@ def _placement_group_rows() -> list[Any]:
     return [table_data.FromString(raw) for raw in accessor.get_placement_group_table()]
 
 
-def orphaned_placement_groups(all_actor_groups: bool = False) -> list[Any]:
+def orphaned_placement_groups(all_actor_groups: bool = False, since_ms: float = 0.0) -> list[Any]:
     """This job's live placement groups created by an actor that is dead (or, with
-    `all_actor_groups`, by any actor: once no trial runs, all of them are leftovers)."""
+    `all_actor_groups`, by any actor created since `since_ms`, epoch milliseconds: once
+    no trial of the sweep runs, all of those are leftovers)."""
     from ray.core.generated import gcs_pb2
 
     job = ray.get_runtime_context().get_job_id()
     removed = gcs_pb2.PlacementGroupTableData.REMOVED  # type: ignore[attr-defined]
     return [pg for pg in _placement_group_rows()
             if pg.state != removed and not pg.is_detached and pg.creator_job_id.hex() == job
-            and created_by_an_actor(pg.creator_actor_id) and (all_actor_groups or pg.creator_actor_dead)]
+            and created_by_an_actor(pg.creator_actor_id)
+            and (pg.creator_actor_dead or (all_actor_groups and pg.placement_group_creation_timestamp_ms >= since_ms))]
 
 
 def created_by_an_actor(actor_id: bytes) -> bool:
@@ -97,12 +99,12 @@ def created_by_an_actor(actor_id: bytes) -> bool:
     return bool(unique) and any(b != 0xFF for b in unique)
 
 
-def remove_orphaned_placement_groups(all_actor_groups: bool = False) -> list[str]:
+def remove_orphaned_placement_groups(all_actor_groups: bool = False, since_ms: float = 0.0) -> list[str]:
     """Remove the groups `orphaned_placement_groups` finds; their ids (hex)."""
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
     removed = []
-    for pg in orphaned_placement_groups(all_actor_groups):
+    for pg in orphaned_placement_groups(all_actor_groups, since_ms):
         try:
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
         except Exception as err:  # noqa: BLE001 - removed meanwhile by its owner or Ray's cleaner
@@ -112,11 +114,11 @@ def remove_orphaned_placement_groups(all_actor_groups: bool = False) -> list[str
     return removed
 
 
-def reap(all_actor_groups: bool = False) -> list[str]:
+def reap(all_actor_groups: bool = False, since_ms: float = 0.0) -> list[str]:
     """`remove_orphaned_placement_groups`, never failing the sweep (the GCS table is a private
     interface of Ray: if it changes, a warning says so and the sweep goes on as before)."""
     try:
-        return remove_orphaned_placement_groups(all_actor_groups)
+        return remove_orphaned_placement_groups(all_actor_groups, since_ms)
     except Exception as err:  # noqa: BLE001
         logger.warning("could not check for leaked placement groups (%s): stopped trials may keep "
                        "their workers' CPUs reserved", err)
@@ -163,6 +165,7 @@ class SweepGuard(Callback):
         self.trial_request = dict(trial_request)
         self._last_reap = 0.0
         self._last_progress = time.monotonic()
+        self._started_ms = time.time() * 1000.0
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -171,6 +174,7 @@ class SweepGuard(Callback):
         self.__dict__.update(state)
         self._last_reap = 0.0
         self._last_progress = time.monotonic()
+        self._started_ms = time.time() * 1000.0  # a resumed sweep: its own groups only
 
     def _record(self, trial: Any, event: str, **detail: Any) -> None:
         ledger.record(_experiment_dir(trial, Path(self.sweep_dir)), trial.trial_id, event, **detail)
@@ -216,12 +220,13 @@ class SweepGuard(Callback):
                 f"(raise stall_timeout_s in the sweep file if the cluster is still growing)")
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        # No trial runs any more: every placement group an actor of this job created is a leftover.
+        # No trial runs any more: every placement group an actor of this job created during
+        # the sweep is a leftover (a controller may not have died yet).
         self._reap_now(all_actor_groups=True)
 
     def _reap_now(self, all_actor_groups: bool = False) -> None:
         self._last_reap = time.monotonic()
-        removed = reap(all_actor_groups)
+        removed = reap(all_actor_groups, since_ms=self._started_ms - 1000.0)
         if removed:
             print(f"[ld4mrec] removed {len(removed)} placement group(s) left by stopped trials "
                   f"(their Ray Train controllers had exited)", flush=True)

@@ -149,6 +149,7 @@ def test_placement_group_of_a_dead_creator_is_removed(ray_local):
     table = ray.util.placement_group_table()
     assert table[leaked]["state"] == "REMOVED" and table[kept]["state"] == "CREATED"
     assert own.id.hex() not in removed
+    assert guard.reap(all_actor_groups=True, since_ms=time.time() * 1000 + 60_000) == []  # older than the sweep
     at_end = guard.reap(all_actor_groups=True)  # at the end of a sweep every actor's group goes
     assert kept in at_end and own.id.hex() not in at_end
     assert ray.util.placement_group_table()[own.id.hex()]["state"] == "CREATED"
