@@ -408,6 +408,10 @@ def fit(trainer: Any, cfg: Config | None = None, run_dir: RunDir | None = None) 
 
     try:
         result = trainer.fit()
+    except SystemExit:
+        # Ray Train's own SIGINT handler (main thread) aborts the run gracefully, then calls
+        # sys.exit(0) from inside fit(): it is a Ctrl-C, not a finished run.
+        raise KeyboardInterrupt from None
     except (WorkerGroupError, ControllerError) as err:
         if cfg is None or run_dir is None:
             raise

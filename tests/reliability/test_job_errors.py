@@ -85,6 +85,15 @@ def test_ctrl_c_of_a_ray_run_prints_the_resume_command(tiny_data, tmp_path, monk
     assert f"python jobs/train.py --resume {tmp_path / 'r'}" in capsys.readouterr().err
 
 
+def test_ray_trains_own_sigint_exit_counts_as_ctrl_c(tmp_path):
+    class AbortedTrainer:  # what Ray Train's SIGINT handler does inside fit(): abort, then sys.exit(0)
+        def fit(self):
+            raise SystemExit(0)
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(AbortedTrainer(), load_config(), tmp_path)
+
+
 def test_ctrl_c_of_an_in_process_run_exits_130_and_says_there_is_nothing_to_resume(tiny_data, tmp_path):
     cmd = [sys.executable, str(REPO / "jobs" / "train.py"), *TINY, "train.epochs=100000", "scaling.num_workers=0",
            f"data.path={tiny_data}", f"run.storage={tmp_path}", "run.name=r"]
@@ -100,6 +109,32 @@ def test_ctrl_c_of_an_in_process_run_exits_130_and_says_there_is_nothing_to_resu
     assert proc.returncode == 130, err[-2000:]
     assert "in-process runs (scaling.num_workers=0) do not checkpoint" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_ray_run_then_resume(tiny_data, tmp_path):
+    """jobs/train.py with its own local Ray: SIGINT once the first epochs are checkpointed
+    gives exit 130 and the resume command, which then continues the run."""
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    train = [sys.executable, str(REPO / "jobs" / "train.py")]
+    cmd = [*train, *TINY, "train.epochs=100000", "scaling.num_workers=1", f"data.path={tiny_data}",
+           f"run.storage={tmp_path}", "run.name=c"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if "[ld4mrec] epoch    2 " in line:  # epoch 1's checkpoint is written before epoch 2 starts
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    resume = f"python jobs/train.py --resume {tmp_path / 'c'}"
+    assert proc.returncode == 130, err[-3000:]
+    assert f"\ninterrupted; continue from the latest checkpoint with: {resume}\n" in err, err[-3000:]
+    done = subprocess.run([*train, "--resume", str(tmp_path / "c"), "train.epochs=4"], env=env,
+                          capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from checkpoint_" in done.stdout and "resumed at epoch" in done.stdout
 
 
 @pytest.mark.slow
