@@ -351,6 +351,26 @@ def start_timeout_s(cfg: Config) -> float:
 USER_START_TIMEOUT_S = os.environ.get(WORKER_GROUP_START_TIMEOUT_ENV, "")
 
 
+def init_ray() -> None:
+    """Attach to RAY_ADDRESS (set by `ray job submit`, or `auto` on a head node); without it,
+    start a private local instance, never another user's Ray on the same host (as
+    jobs/tune.py). Its dashboard port is chosen here and handed to its processes: Ray
+    Train's placement-group cleaner looks the cluster up through it, and by auto-detection
+    fails with "Found multiple active Ray instances" on a shared host."""
+    import socket
+
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(logging_level=logging.WARNING)
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(address="local", dashboard_port=port, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+
+
 def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callbacks: list[Any] | None = None) -> Any:
     """The TorchTrainer of a run: its workers, checkpoints, failure policy and train shards."""
     import ray
@@ -367,9 +387,7 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callba
     # Ray Train reads it when fit() starts its controller; each start attempt waits this long.
     os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{start_timeout_s(cfg):g}"
     if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit`, or `auto` on a head node) attaches; without it,
-        # a private local instance, never another user's Ray on the same host (as jobs/tune.py).
-        ray.init(address=None if os.environ.get("RAY_ADDRESS") else "local", logging_level=logging.WARNING)
+        init_ray()
     check_cluster_fits(cfg)
     wait_for_read_cpu(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
