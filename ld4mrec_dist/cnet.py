@@ -132,9 +132,11 @@ class BGBlock(nn.Module):
     """Behaviour Generating Block (Eq. 21–22): one AffineStage per modality in order,
     LeakyReLU between consecutive stages. With no modality it is the identity (warned)."""
 
-    def __init__(self, feat_dims: Sequence[int], hidden: int, negative_slope: float):
+    def __init__(self, feat_dims: Sequence[int], hidden: int, negative_slope: float,
+                 stage_slope: float | None = None):
         super().__init__()
-        self.negative_slope = negative_slope
+        # Slope of the LeakyReLU between stages; None: the MLPs' `negative_slope`.
+        self.negative_slope = negative_slope if stage_slope is None else stage_slope
         self.stages = nn.ModuleList(AffineStage(d_m, hidden, negative_slope) for d_m in feat_dims)
         if not self.stages:
             warnings.warn("BG-Block has no modality: it is the identity (C-Net = FC_in → BD → FC_out)",
@@ -155,7 +157,7 @@ class CNet(nn.Module):
 
     def __init__(self, n_items: int, hidden: int, svd_rank: int, feat_dims: Sequence[int],
                  ablation: str = "none", negative_slope: float = 0.2, dropout: float = 0.0,
-                 input_norm: str = "none"):
+                 input_norm: str = "none", stage_slope: float | None = None):
         super().__init__()
         self.ablation, self.dropout, self.input_norm = ablation, dropout, input_norm
         self.fc_in = _linear(n_items, hidden)
@@ -163,7 +165,7 @@ class CNet(nn.Module):
         if ablation == "no_bg":
             self.generate: nn.Module = BDBlock(hidden, svd_rank)
         else:
-            self.generate = BGBlock(feat_dims, hidden, negative_slope)
+            self.generate = BGBlock(feat_dims, hidden, negative_slope, stage_slope)
         self.fc_out = _linear(hidden, n_items)
 
     @property

@@ -111,7 +111,10 @@ class ModelConfig:
     """Scaling of the raw item features before Eq. 14 aggregates them: none;
     standardize (each column to mean 0, std 1 over items); l2 (each item row to unit norm)."""
     negative_slope: float = 0.2
-    """LeakyReLU slope between BG stages."""
+    """LeakyReLU slope inside each BG MLP (γ_m and β_m heads, Linear → LeakyReLU → Linear)."""
+    stage_slope: float = 0.2
+    """LeakyReLU slope between consecutive BG stages (Eq. 22's text → image step); 1.0 makes
+    it the identity."""
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 2 and self.hidden % 2 == 0, f"model.hidden={self.hidden}: must be an even number ≥ 2")

@@ -128,7 +128,8 @@ class LD4MRec(nn.Module):
             feature_dims = [self._feature(j).shape[1] for j in range(len(names))]
             self.cnet = CNet(n_items, model_cfg.hidden, svd_rank, feature_dims,
                              ablation=ablation, negative_slope=model_cfg.negative_slope,
-                             dropout=model_cfg.dropout, input_norm=model_cfg.input_norm)
+                             dropout=model_cfg.dropout, input_norm=model_cfg.input_norm,
+                             stage_slope=model_cfg.stage_slope)
 
     # ----------------------------------------------------------------- pieces
     @property

@@ -98,3 +98,15 @@ def test_cnet_input_norm_makes_fc_in_scale_free():
     net = CNet(6, 4, 2, [], ablation="no_bd", input_norm="l2").eval()
     x, tf = torch.rand(3, 6), torch.randn(3, 4)
     torch.testing.assert_close(net(x, tf, None, []), net(5.0 * x, tf, None, []))
+
+
+def test_bg_stage_slope_separate_from_mlp_slope():
+    torch.manual_seed(2)
+    bg = BGBlock([3, 5], hidden=4, negative_slope=0.2, stage_slope=1.0)   # identity between stages
+    assert all(s.negative_slope == 0.2 for s in bg.stages)
+    y, e1, e2 = torch.randn(2, 4), torch.randn(2, 3), torch.randn(2, 5)
+    g1, b1 = bg.stages[0].scale_shift(e1)
+    g2, b2 = bg.stages[1].scale_shift(e2)
+    torch.testing.assert_close(bg(y, [e1, e2]), g2 * (g1 * y + b1) + b2)
+    net = CNet(10, 4, 3, [3, 5], stage_slope=0.5)
+    assert net.generate.negative_slope == 0.5 and net.generate.stages[0].negative_slope == 0.2
