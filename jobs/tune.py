@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -72,12 +73,30 @@ def init_ray() -> None:
 
     for key, value in RAY_TRAIN_FAST_ENV.items():
         os.environ.setdefault(key, value)
-    if not ray.is_initialized():
-        # Inside `ray job submit` (or with RAY_ADDRESS=auto on a head node) attach to that
-        # cluster; otherwise start our own: a bare ray.init() would silently join whichever
-        # Ray instance another user last started on this host.
-        address = None if os.environ.get("RAY_ADDRESS") else "local"
-        ray.init(address=address, runtime_env={"env_vars": RAY_TRAIN_FAST_ENV})
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or RAY_ADDRESS=auto on a head node
+        ray.init(runtime_env={"env_vars": RAY_TRAIN_FAST_ENV})
+        return
+    # Our own instance (a bare ray.init() would join whichever Ray instance another user last
+    # started on this host), with its dashboard on a port we know, named to every worker:
+    # Ray Train's placement-group cleaner asks the State API whether a trial's controller is
+    # alive, and without an address it asks whichever instance on the host it finds: it then
+    # fails (the groups of stopped trials leak) or, told "no such actor" by another user's
+    # cluster, removes a live trial's workers.
+    port = free_port()
+    env = {**RAY_TRAIN_FAST_ENV, STATE_API_ENV: f"http://127.0.0.1:{port}"}
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             runtime_env={"env_vars": env})
+
+
+STATE_API_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def resume_command(sweep_dir: Path) -> str:

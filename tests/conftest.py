@@ -35,8 +35,13 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
+        # No dashboard here, so Ray Train's placement-group cleaner has no State API of ours
+        # to ask; left to find one, it asks whichever Ray instance on the host it finds, and
+        # told "no such actor" by another user's cluster it removes a live run's workers.
+        # Point it at nothing: it cannot act (tune's SweepGuard removes leaked groups).
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False,
+                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:1"}})
     yield ray
     ray.shutdown()
 

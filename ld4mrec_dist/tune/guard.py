@@ -56,6 +56,10 @@ class RecordingASHA(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         decision: str = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) >= self._max_t:
+            # Its last epoch: the trial ends by itself now. Stopping it would only cut off
+            # its final outputs (final_metrics.json) after all the training was done.
+            return str(TrialScheduler.CONTINUE)
         if decision == TrialScheduler.STOP:
             ledger.record(_experiment_dir(trial, Path(self.sweep_dir)), trial.trial_id, ledger.STOPPED_BY_ASHA,
                           epoch=result.get(self._time_attr))

@@ -8,8 +8,8 @@ A sweep directory (`<storage>/<name>/`) is Tune's experiment directory plus:
     runs/<trial_id>/    each trial's run directory, as `jobs/train.py` leaves one
     trials.csv          one row per trial: its values, best valid metric, test at that epoch
     heatmap_<x>_<y>.png one per pair of grid keys (paper Figs. 4-5)
-    best_config.yaml    base + the best trial's values: `jobs/train.py --config` reads it
-    best_trial.json     the best trial's id, values, valid and test metrics
+    best_config.yaml    base + the best completed trial's values: `jobs/train.py --config` reads it
+    best_trial.json     that trial's id, values, valid and test metrics
     trial_events.jsonl  what the driver saw happen to each trial (started, stopped by
                         ASHA, ended, failed): the `outcome` column is read from it
 
@@ -27,6 +27,8 @@ The trial function builds the trial's TorchTrainer with `make_torch_trainer` (th
 training function as `jobs/train.py`) and a `TuneReportCallback`, which forwards rank 0's
 report of each evaluation to Tune: ASHA sees valid Recall@20 per epoch. A trial that Tune
 restarts after an interruption finds its run's Ray Train checkpoints and resumes from them.
+With `workers_per_trial: 0` the trial runs the training loop in its own process instead
+and forwards each row the loop writes to metrics.jsonl (`train_in_process`).
 """
 
 from __future__ import annotations

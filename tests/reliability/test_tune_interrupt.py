@@ -112,6 +112,30 @@ def test_best_config_and_heatmap_use_completed_trials_only(tmp_path):
     assert len(summary.heatmaps) == 1 and summary.heatmaps[0].stat().st_size > 10_000
 
 
+def test_asha_stops_are_recorded_and_never_cut_off_a_trial_at_its_last_epoch(tmp_path):
+    from ray.tune.schedulers import TrialScheduler
+
+    from ld4mrec_dist.tune.guard import RecordingASHA
+
+    asha = RecordingASHA(tmp_path, time_attr="epoch", metric=METRIC, mode="max", max_t=4, grace_period=1,
+                         reduction_factor=2, stop_last_trials=False)
+    strong, weak = SimpleNamespace(trial_id="strong"), SimpleNamespace(trial_id="weak")
+    for t in (strong, weak):
+        asha.on_trial_add(None, t)
+    for epoch in (1, 2, 3, 4):  # the strong trial sets every rung first
+        assert asha.on_trial_result(None, strong, {"epoch": epoch, METRIC: 0.5}) == TrialScheduler.CONTINUE
+    weaker = SimpleNamespace(trial_id="weaker")
+    asha.on_trial_add(None, weaker)
+    assert asha.on_trial_result(None, weaker, {"epoch": 1, METRIC: 0.1}) == TrialScheduler.STOP
+    # below the cutoff at epoch 4 too, but its training is over: it finishes and writes its outputs
+    for epoch in (1, 2, 3):
+        asha.on_trial_result(None, weak, {"epoch": epoch, METRIC: 0.9})
+    assert asha.on_trial_result(None, weak, {"epoch": 4, METRIC: 0.01}) == TrialScheduler.CONTINUE
+    events = ledger.read_events(tmp_path)
+    assert [(e["event"], e["epoch"]) for e in events["weaker"]] == [("stopped_by_asha", 1)]
+    assert "weak" not in events and "strong" not in events
+
+
 # ---------------------------------------------------------------- placement groups and stalls
 
 
