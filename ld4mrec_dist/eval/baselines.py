@@ -213,6 +213,8 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
              grid={"learning_rate": [0.001, 0.005], "lambda_w": [0.001, 0.01]},
              fixed={"k": 32, "k2": 32, "n_epochs": 20, "batch_size": 1024, "lambda_b": 0.01},
              quick_grid={"learning_rate": [0.005], "lambda_w": [0.001]},
+             # cornac draws VBPR's negatives one by one in Python: one ML-1M epoch took 476 s on a
+             # loaded 2-core host (load ~18), so 20 epochs is an hours-long run there.
              note="item features: all modalities concatenated"),
     Baseline("als", "ALS (implicit)", "implicit", fit_implicit_als,
              grid={"factors": [64, 128], "regularization": [0.01, 0.1], "alpha": [1.0, 10.0]},
