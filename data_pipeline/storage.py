@@ -94,7 +94,7 @@ def write_bytes(location: Location, data: bytes) -> None:
     if isinstance(fs, pafs.LocalFileSystem):  # a file:// URI: local semantics
         write_bytes(fs_path, data)
         return
-    with fs.open_output_stream(path) as f:
+    with fs.open_output_stream(fs_path) as f:
         f.write(data)
 
 
