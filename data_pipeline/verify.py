@@ -13,7 +13,8 @@ Two depths:
   inside the dataset (or, when that is not writable, in a user cache directory), so a
   restart does not rehash gigabytes. On object storage (s3://, gs://) the hashes are
   computed only when the dataset is small (`REMOTE_HASH_LIMIT`); sizes, shapes and the
-  accounting are always checked.
+  accounting are always checked, and remote hashes are never cached (object stores give
+  mtimes to the second, so a same-size rewrite could pass for the cached file).
 
 Every failure is one `DatasetDamaged` line: "dataset is damaged: <what, which file> —
 prepare it again (python jobs/prepare.py …)".
@@ -244,7 +245,9 @@ def _check_hashes(location: str, entries: dict[str, tuple[str, int | None]], on_
     remote = storage.is_uri(location)
     if remote and sum(on_disk[f].size for f in entries) > REMOTE_HASH_LIMIT:
         return 0, 0
-    cache_paths = _cache_paths(location)
+    # Object stores report mtimes to the second: a same-size rewrite within that second
+    # would hit the cache, so remote datasets (hashed only when small) are always rehashed.
+    cache_paths = [] if remote else _cache_paths(location)
     cached = _read_cache(cache_paths)
     good: dict[str, dict[str, Any]] = {}
     n_files = n_bytes = 0
@@ -262,7 +265,7 @@ def _check_hashes(location: str, entries: dict[str, tuple[str, int | None]], on_
                                  again)
         if stat.mtime_ns is not None:
             good[f] = {"bytes": stat.size, "mtime_ns": stat.mtime_ns, "sha256": sha}
-    if n_files:
+    if n_files and cache_paths:
         _write_cache(cache_paths, good)
     return n_files, n_bytes
 
@@ -281,7 +284,7 @@ def _sha256(location: str) -> str:
 def _cache_paths(location: str) -> list[Path]:
     """Where the hash cache may live, in order of preference."""
     user = Path(USER_CACHE).expanduser() / f"{hashlib.sha256(location.encode()).hexdigest()[:32]}.json"
-    return [user] if storage.is_uri(location) else [Path(location) / CACHE_FILE, user]
+    return [Path(location) / CACHE_FILE, user]
 
 
 def _read_cache(paths: list[Path]) -> dict[str, dict[str, Any]]:
