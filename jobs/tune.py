@@ -164,7 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     summary = sweep.summarize(results, spec, user_base, sweep_dir)
     if summary.left_to_run:
         return interrupted(sweep_dir, f" with {summary.left_to_run} of {summary.expected} trial(s) left to run")
-    return 0 if summary.best is not None else 1
+    if summary.best is None:
+        # Trials can stall inside themselves (their data read or worker start waits for a CPU
+        # held elsewhere): Tune then records an error per trial instead of raising.
+        stalled = next((e for e in map(stall_error, getattr(results, "errors", [])) if e is not None), None)
+        if stalled is not None:
+            print(f"error: sweep stalled: {stall_message(stalled)}", file=sys.stderr)
+            print(f"[ld4mrec] after freeing the resource, continue with:\n    {resume_command(sweep_dir)} "
+                  "--retry-errored", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def stall_message(err: BaseException) -> str:
+    """The one-line message of a SweepStalledError, also when Ray wrapped it with a traceback."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else repr(err)
+    return last.split("SweepStalledError: ", 1)[-1]
 
 
 def stall_error(err: BaseException) -> BaseException | None:
