@@ -6,9 +6,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCANNED = ["ld4mrec_dist", "data_pipeline", "jobs", "benchmarks", "tests", "docs", "scripts"]
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ""}
-# Notes kept outside the repository (a spec, Ray notes, a shared folder): cite the paper's
-# equation numbers or docs/design.md instead. (This file names them, and is not scanned.)
-OUTSIDE = re.compile(r"\bSPEC\b|RAY_NOTES|\.\./shared/|\bshared/SPEC")
+# A citation of notes kept outside the repository: a path above the repository root, an
+# upper-case Markdown file other than the repository's own, a "NAME §n" section reference or a
+# "*_NOTES" file named as a document (not a constant). Cite the paper's equation numbers or
+# docs/design.md instead.
+OUTSIDE = re.compile(r"\.\./[A-Za-z_]"                      # a path above the repository root
+                     r"|\b(?!README\.md)[A-Z][A-Z0-9_]*\.md\b"  # an upper-case Markdown file
+                     r"|\b[A-Z]{3,} §\s*\d"                     # "NAME §3"
+                     r"|\b[A-Z]+_NOTES\b(?!\s*[=.\[(])")        # "*_NOTES", not a constant
 
 
 def _text_files():
@@ -17,8 +22,8 @@ def _text_files():
         paths = [root] if root.is_file() else root.rglob("*")
         for path in paths:
             parts = path.relative_to(REPO).parts  # no caches, no generated data (benchmarks/.data)
-            if (path.is_file() and path.suffix in SUFFIXES and path != Path(__file__).resolve()
-                    and not any(part.startswith(".") or part == "__pycache__" for part in parts)):
+            hidden = any(part.startswith(".") or part == "__pycache__" for part in parts)
+            if path.is_file() and path.suffix in SUFFIXES and not hidden:
                 yield path
 
 
