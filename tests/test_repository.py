@@ -12,7 +12,7 @@ SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ""}
 # docs/design.md instead.
 OUTSIDE = re.compile(r"\.\./[A-Za-z_]"                      # a path above the repository root
                      r"|\b(?!README\.md)[A-Z][A-Z0-9_]*\.md\b"  # an upper-case Markdown file
-                     r"|\b[A-Z]{3,} §\s*\d"                     # "NAME §3"
+                     r"|\b[A-Z]{3,} §\s*\d"                     # "NAME §n"
                      r"|\b[A-Z]+_NOTES\b(?!\s*[=.\[(])")        # "*_NOTES", not a constant
 
 
