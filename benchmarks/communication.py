@@ -6,7 +6,7 @@ batch's z_in rows, all-gathered) and `sync.sampler_bytes_per_step` (t, L_rec of 
 rank) depend on W, B and D only. Beside them: the |U|×D z_in table, whose dense gradient
 a naive DDP wrap would all-reduce every step.
 Measured: 2 gloo processes build LD4MRec at each shape (random item features of the real
-widths: the bytes depend on shapes only), wrapped by the trainer's `wrap_ddp`, and run
+widths: the bytes depend on shapes only), wrapped by the trainer's `wrap_cnet`, and run
 the loop's step; a DDP comm hook counts the gradient bytes all-reduced and a wrapper
 counts the bytes `torch.distributed.all_gather` receives.
 """
@@ -43,8 +43,8 @@ def build_model(n_users: int, n_items: int, d_text: int, d_image: int):
 
 def analytic(n_users: int, model) -> dict:
     """Bytes per step from the parameter count and sync's formulas (W, B, D fixed above)."""
-    from ld4mrec_dist.train import sync
-    from ld4mrec_dist.train.loop import dense_parameters
+    from ld4mrec_dist import dist as sync
+    from ld4mrec_dist.build import dense_parameters
 
     grad = sum(p.numel() * 4 for p in dense_parameters(model))
     zin = sync.zin_bytes_per_step(WORLD, BATCH, HIDDEN)
@@ -60,14 +60,14 @@ def _rank(rank: int, world: int, shape: tuple, steps: int) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from ld4mrec_dist import dist as sync
+    from ld4mrec_dist.build import dense_parameters, wrap_cnet
+    from ld4mrec_dist.rows import to_torch_csr
     from ld4mrec_dist.sampler import init_history, update_history
-    from ld4mrec_dist.train import sync
-    from ld4mrec_dist.train.batches import to_torch_csr
-    from ld4mrec_dist.train.loop import dense_parameters, wrap_ddp
 
     n_users, n_items, d_text, d_image = shape
     model = build_model(*shape)
-    ddp = wrap_ddp(model, torch.device("cpu"))
+    ddp = wrap_cnet(model, torch.device("cpu"))
     adam, sparse_adam = torch.optim.Adam(dense_parameters(model)), \
         torch.optim.SparseAdam([model.z_in.weight])
     counts = {"allreduce": 0, "allgather": 0, "allreduce_s": 0.0, "allgather_s": 0.0}
@@ -83,7 +83,7 @@ def _rank(rank: int, world: int, shape: tuple, steps: int) -> dict:
         fut.set_result(buf)
         return fut
 
-    cast(DistributedDataParallel, ddp).register_comm_hook(None, hook)  # 2 ranks: wrap_ddp wrapped it
+    cast(DistributedDataParallel, ddp).register_comm_hook(None, hook)  # 2 ranks: wrap_cnet wrapped it
     real_all_gather = dist.all_gather
 
     def counting_all_gather(out_list, tensor, *a, **k):
@@ -103,7 +103,7 @@ def _rank(rank: int, world: int, shape: tuple, steps: int) -> dict:
         users = np.sort(rng.choice(n_users, BATCH, replace=False))
         rows = sp.random(BATCH, n_items, density=9 / n_items, format="csr", random_state=rng, dtype=np.float32)
         rows.data[:] = 1.0
-        out = ddp(to_torch_csr(rows), torch.from_numpy(users))
+        out = model(to_torch_csr(rows), torch.from_numpy(users), cnet=ddp)
         for opt in (adam, sparse_adam):
             opt.zero_grad(set_to_none=True)
         out.loss.backward()

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from data_pipeline.dataset import open_dataset
     from ld4mrec_dist.config import config_from_dict, config_to_dict
     from ld4mrec_dist.eval.evaluator import EvalData
-    from ld4mrec_dist.train.batches import rows_with_items
+    from ld4mrec_dist.rows import rows_with_items
 
     path = dataset_path("baby")
     ds = open_dataset(path)

@@ -30,7 +30,7 @@ def make_config(dataset: str, overrides: list[str] | None = None):
 
 def build(cfg, ds, v_IK: np.ndarray, device: str = "cpu"):
     """(model, (adam, sparse_adam)) exactly as the worker builds them (before DDP)."""
-    from ld4mrec_dist.train.loop import build_model, build_optimizers
+    from ld4mrec_dist.build import build_model, build_optimizers
 
     model = build_model(cfg, ds, v_IK, torch.device(device))
     return model, build_optimizers(model, cfg)
@@ -79,12 +79,12 @@ def ideal_steps(model, opts, x_UI: torch.Tensor, users_U: torch.Tensor, batch: i
 def profiled_steps(model, opts, store, cfg, steps: int, warmup: int = 3, ddp_model=None,
                    bf16: bool = False) -> dict[str, Any]:
     """The loop's step, timed piece by piece. Returns seconds per step of each piece."""
+    from ld4mrec_dist import dist as sync
+    from ld4mrec_dist.rows import epoch_order, minibatches, to_torch_csr
     from ld4mrec_dist.sampler import init_history, step_probabilities, update_history
-    from ld4mrec_dist.train import sync
-    from ld4mrec_dist.train.batches import epoch_order, minibatches, to_torch_csr
 
     device = str(model.device)
-    ddp_model = ddp_model or model
+    ddp_model = ddp_model or model.cnet
     batch = cfg.train.batch_size
     table, counts = init_history(cfg.diffusion.steps, cfg.diffusion.history)
     gen = torch.Generator(device=model.device).manual_seed(cfg.train.seed)
@@ -115,7 +115,7 @@ def profiled_steps(model, opts, store, cfg, steps: int, warmup: int = 3, ddp_mod
                                          enabled=cfg.diffusion.importance_sampling)
             with timer("5 forward (incl. densify, encoders)"):
                 with _autocast(device, bf16):
-                    out = ddp_model(rows_BI, users_B, step_probs=p_T, generator=gen)
+                    out = model(rows_BI, users_B, step_probs=p_T, generator=gen, cnet=ddp_model)
                 finite = bool(torch.isfinite(out.loss))
                 _sync(device)
             assert finite

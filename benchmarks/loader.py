@@ -24,7 +24,7 @@ BATCH = 256
 
 def epoch_batches(store, batch: int, seed: int = 0) -> tuple[int, float]:
     """(batches, seconds) of one epoch of dense minibatches from a RowStore."""
-    from ld4mrec_dist.train.batches import epoch_order, minibatches, to_torch_csr
+    from ld4mrec_dist.rows import epoch_order, minibatches, to_torch_csr
 
     t0 = time.perf_counter()
     n = 0
@@ -37,14 +37,14 @@ def epoch_batches(store, batch: int, seed: int = 0) -> tuple[int, float]:
 
 
 def read_pyarrow(files: list[str], n_items: int):
-    from ld4mrec_dist.train.batches import concat_row_stores, rows_from_arrow
+    from ld4mrec_dist.rows import concat_row_stores, rows_from_arrow
 
     stores = [rows_from_arrow(pq.read_table(f), n_items) for f in files]
     return concat_row_stores(stores, n_items)
 
 
 def read_ray_data(materialized, n_items: int):
-    from ld4mrec_dist.train.batches import concat_row_stores, rows_from_arrow
+    from ld4mrec_dist.rows import concat_row_stores, rows_from_arrow
 
     stores = [rows_from_arrow(b, n_items) for b in materialized.iter_batches(batch_size=8192, batch_format="pyarrow")]
     return concat_row_stores(stores, n_items)

@@ -42,7 +42,7 @@ def child(dataset: str, factors: str, steps: int, eval_users: int, hidden: int, 
     from benchmarks.harness import build, make_config, profiled_steps
     from data_pipeline.dataset import open_dataset
     from ld4mrec_dist.eval.evaluator import EvalData, evaluate
-    from ld4mrec_dist.train.batches import rows_with_items
+    from ld4mrec_dist.rows import rows_with_items
 
     marks = {"start": rss_mb()}
     cfg = make_config(dataset, [f"model.hidden={hidden}", f"train.batch_size={batch}"])

@@ -75,7 +75,7 @@ class _threads:
 
 def profile_vs_ideal(cfg, ds, v_IK, ideal: Ideal, steps: int, rounds: int) -> tuple[dict, list[float], list[float]]:
     """The loop-step harness (1 process) and the ideal, in alternating blocks."""
-    from ld4mrec_dist.train.batches import rows_with_items
+    from ld4mrec_dist.rows import rows_with_items
 
     with _threads(ideal.threads):
         model, opts = build(cfg, ds, v_IK)
@@ -94,14 +94,14 @@ def profile_vs_ideal(cfg, ds, v_IK, ideal: Ideal, steps: int, rounds: int) -> tu
 
 def _profile_rank(rank: int, world: int, cfg_dict: dict, dataset: str, v_IK: np.ndarray, steps: int) -> dict:
     from data_pipeline.dataset import open_dataset
+    from ld4mrec_dist.build import wrap_cnet
     from ld4mrec_dist.config import config_from_dict
-    from ld4mrec_dist.train.batches import rows_of_users, users_with_rows
-    from ld4mrec_dist.train.loop import wrap_ddp
+    from ld4mrec_dist.rows import rows_of_users, users_with_rows
 
     cfg = config_from_dict(cfg_dict)
     ds = open_dataset(dataset)
     model, opts = build(cfg, ds, v_IK)
-    ddp = wrap_ddp(model, torch.device("cpu"))
+    ddp = wrap_cnet(model, torch.device("cpu"))
     csr = ds.split_csr("train")
     users = users_with_rows(csr)[rank::world]  # a disjoint shard, as streaming_split gives
     return profiled_steps(model, opts, rows_of_users(csr, users), cfg, steps, ddp_model=ddp)

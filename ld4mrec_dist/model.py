@@ -173,13 +173,14 @@ class LD4MRec(nn.Module):
 
     # ----------------------------------------------------------------- training
     def forward(self, rows_BI: Tensor, users_B: Tensor, step_probs: Tensor | None = None,
-                generator: torch.Generator | None = None) -> BatchLoss:
+                generator: torch.Generator | None = None, cnet: nn.Module | None = None) -> BatchLoss:
         """One batch's loss (Alg. 1, lines 3–10).
 
         `rows_BI`: float32 sparse CSR [B, I] (dense is accepted). `users_B`: global user
         indices. `step_probs`: p_T (None = uniform). `generator` (None = global RNG) draws
         t, the soft-reconstruction mask and ε, in this order; it must live on the model's
-        device (the step probabilities are moved to it).
+        device (the step probabilities are moved to it). `cnet`: the module that runs C-Net,
+        default `self.cnet`; the trainer passes its DDP wrapper (`build.wrap_cnet`).
         """
         device = self.device
         with _no_autocast(device):
@@ -194,7 +195,7 @@ class LD4MRec(nn.Module):
             xt_BI = self.schedule.q_sample(target_BI, t_B, noise_BI)
             c_BK, prefs = self.conditions(csr_BI)
             tf_BD = timestep_embedding(t_B, self.hidden) + self.z_in_rows(users_B)
-        xhat_BI = self.cnet(xt_BI, tf_BD, c_BK, prefs)
+        xhat_BI = (cnet or self.cnet)(xt_BI, tf_BD, c_BK, prefs)
         with _no_autocast(device):
             rec_B = self.schedule.rec_loss(target_BI, xhat_BI.float(), t_B)
             loss = (w_B * rec_B).mean()

@@ -15,12 +15,13 @@ from tqdm import tqdm
 
 from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
+from ld4mrec_dist.build import build_model
 from ld4mrec_dist.config import Config, config_from_dict
 from ld4mrec_dist.eval.metrics import mask_items
 from ld4mrec_dist.model import LD4MRec
-from ld4mrec_dist.train.batches import to_dense, to_torch_csr, users_with_rows
+from ld4mrec_dist.rows import to_dense, to_torch_csr, users_with_rows
+from ld4mrec_dist.run_dir import BEST_MODEL_FILE
 from ld4mrec_dist.train.checkpoint import CheckpointError, load_state_bytes
-from ld4mrec_dist.train.loop import BEST_MODEL_FILE, build_model
 
 
 class RecommendError(ValueError):

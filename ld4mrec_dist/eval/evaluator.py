@@ -16,9 +16,9 @@ import scipy.sparse as sp
 import torch
 
 from data_pipeline.dataset import PreparedDataset
+from ld4mrec_dist.dist import all_reduce_sum, rank, world_size
 from ld4mrec_dist.eval.metrics import mask_items, metric_names, metric_sums, topk_hits
-from ld4mrec_dist.train.batches import to_dense, to_torch_csr
-from ld4mrec_dist.train.sync import all_reduce_sum, rank, world_size
+from ld4mrec_dist.rows import to_dense, to_torch_csr
 
 # scores_BI = score_fn(rows_BI as torch CSR, users_B)
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -14,7 +14,6 @@ import json
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,16 +21,15 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from data_pipeline import storage
-from data_pipeline.dataset import PreparedDataset, open_dataset
+from data_pipeline.dataset import open_dataset
+from ld4mrec_dist import dist as sync
+from ld4mrec_dist.build import Optimizers, build_model, build_optimizers, dense_parameters, item_factors_of, wrap_cnet
 from ld4mrec_dist.config import Config, config_from_dict, config_to_dict
 from ld4mrec_dist.eval.evaluator import evaluate, split_eval_data
 from ld4mrec_dist.model import LD4MRec
-from ld4mrec_dist.sampler import init_history, step_probabilities, update_history
-from ld4mrec_dist.train import sync
-from ld4mrec_dist.train.batches import (
+from ld4mrec_dist.rows import (
     RowStore,
     concat_row_stores,
     epoch_order,
@@ -40,6 +38,8 @@ from ld4mrec_dist.train.batches import (
     rows_with_items,
     to_torch_csr,
 )
+from ld4mrec_dist.run_dir import BEST_MODEL_FILE, FAULT_MARKER, ITEM_FACTORS_FILE, METRICS_FILE
+from ld4mrec_dist.sampler import init_history, step_probabilities, update_history
 from ld4mrec_dist.train.checkpoint import (
     check_compatible,
     load_checkpoint,
@@ -47,14 +47,6 @@ from ld4mrec_dist.train.checkpoint import (
     save_checkpoint,
     state_bytes,
 )
-
-# (Adam over C-Net, SparseAdam over z_in), always in this order
-Optimizers = tuple[torch.optim.Optimizer, torch.optim.Optimizer]
-
-FAULT_MARKER = ".fault_injected"
-BEST_MODEL_FILE = "best_model.pt"
-METRICS_FILE = "metrics.jsonl"
-ITEM_FACTORS_FILE = "item_factors.npy"
 
 
 @dataclass
@@ -70,53 +62,6 @@ class LoopState:
 
 
 # ---------------------------------------------------------------- building blocks
-
-
-def build_model(cfg: Config, ds: PreparedDataset, item_factors_IK: np.ndarray,
-                device: torch.device) -> LD4MRec:
-    """LD4MRec on `device`, its random init identical on every rank (same seed)."""
-    torch.manual_seed(cfg.train.seed)
-    features = {m: read_only_tensor(ds.feature(m)) for m in ds.modalities}
-    model = LD4MRec(cfg.model, cfg.diffusion, ds.n_users, ds.n_items,
-                    item_factors=torch.from_numpy(item_factors_IK),
-                    item_features=features,
-                    item_degree=torch.from_numpy(ds.item_degree.astype(np.float32)))
-    return model.to(device)
-
-
-def read_only_tensor(array_ID: np.ndarray) -> torch.Tensor:
-    """A CPU tensor over a memory-mapped float32 array, without a copy: the workers of a
-    node share the file's pages (1 GB of features at Electronics scale). Never written."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.asarray(array_ID, dtype=np.float32))
-
-
-def wrap_ddp(model: LD4MRec, device: torch.device) -> torch.nn.Module:
-    """DDP over C-Net only: z_in (|U| × D) and the derived buffers stay out of it.
-
-    z_in's rows are synchronised by `sync.synced_sparse_grad`; buffers (schedule, SVD
-    factors, item features) are identical by construction, and broadcasting the
-    features would cost a GB at Electronics scale.
-    """
-    if not sync.is_distributed():
-        return model
-    ignored = ["z_in.weight"] + [name for name, _ in model.named_buffers()]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)  # type: ignore[no-untyped-call]
-    device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
-
-
-def dense_parameters(model: LD4MRec) -> list[torch.nn.Parameter]:
-    """Every parameter but z_in: what DDP all-reduces and Adam updates."""
-    return [p for n, p in model.named_parameters() if n != "z_in.weight"]
-
-
-def build_optimizers(model: LD4MRec, cfg: Config) -> Optimizers:
-    """Adam for C-Net; SparseAdam for z_in, whose gradient only has the batch's rows."""
-    adam = torch.optim.Adam(dense_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sparse_adam = torch.optim.SparseAdam([model.z_in.weight], lr=cfg.train.lr)
-    return adam, sparse_adam
 
 
 def train_rows_of_this_rank(train: sp.csr_matrix, n_items: int) -> RowStore:
@@ -173,12 +118,6 @@ def replica_fingerprint(model: LD4MRec, table: torch.Tensor, counts: torch.Tenso
 # ---------------------------------------------------------------- checkpoint state
 
 
-def item_factors_of(model: LD4MRec) -> torch.Tensor:
-    """V_k as scoring needs it again (the no_bd ablation has none: an empty tensor)."""
-    factors = getattr(model, "item_factors", None)
-    return torch.zeros(0, 0) if factors is None else factors.detach().cpu()
-
-
 def checkpoint_state(model: LD4MRec, opts: Optimizers, table: torch.Tensor, counts: torch.Tensor,
                      state: LoopState, cfg: Config,
                      manifest_sha256: str) -> dict[str, Any]:
@@ -232,7 +171,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     ds = open_dataset(config["dataset"], verify="sizes")  # the driver hashed it; here only a cheap listing
     item_factors_IK = np.load(io.BytesIO(storage.read_bytes(storage.join(run_dir, ITEM_FACTORS_FILE))))
     model = build_model(cfg, ds, item_factors_IK, device)
-    ddp_model = wrap_ddp(model, device)
+    cnet = wrap_cnet(model, device)
     opts = build_optimizers(model, cfg)
     table, counts = init_history(cfg.diffusion.steps, cfg.diffusion.history)
     state = LoopState()
@@ -274,7 +213,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             p_T = step_probabilities(table, counts, cfg.diffusion.uniform_floor,
                                      enabled=cfg.diffusion.importance_sampling)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = ddp_model(rows_BI, users_B, step_probs=p_T, generator=generator)
+                out = model(rows_BI, users_B, step_probs=p_T, generator=generator, cnet=cnet)
             # Alg. 1 l.10-11: weighted loss (Eq. 13) and a gradient step.
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {state.global_step}: "

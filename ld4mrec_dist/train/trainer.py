@@ -25,6 +25,7 @@ from data_pipeline.dataset import PreparedDataset, open_dataset
 from ld4mrec_dist.config import Config, config_to_dict, config_to_yaml
 from ld4mrec_dist.encoders import svd_item_factors
 from ld4mrec_dist.report import format_table, plot_training_curves, read_metrics
+from ld4mrec_dist.run_dir import ITEM_FACTORS_FILE, METRICS_FILE
 from ld4mrec_dist.train.checkpoint import (
     META_FILE,
     CheckpointError,
@@ -35,7 +36,7 @@ from ld4mrec_dist.train.checkpoint import (
     load_checkpoint,
     point_ray_snapshot_at,
 )
-from ld4mrec_dist.train.loop import ITEM_FACTORS_FILE, METRICS_FILE, train_loop_per_worker
+from ld4mrec_dist.train.loop import train_loop_per_worker
 
 # Ray Train's per-fit() start-up is 20-30 s on 2 cores (docs/design.md §8); the first three cut it
 # to ~20 s. The print patch tees each worker print to stdout *and* Train's logger, which

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from data_pipeline.dataset import open_dataset
+from ld4mrec_dist.build import build_model
 from ld4mrec_dist.eval.evaluator import EvalData, evaluate
 from ld4mrec_dist.train.checkpoint import CheckpointError, checkpoint_names, choose_resume_checkpoint
-from ld4mrec_dist.train.loop import build_model
 from ld4mrec_dist.train.trainer import latest_checkpoint_dir, run_training
 
 from .conftest import TINY_MODEL, make_config

@@ -22,7 +22,7 @@ from ld4mrec_dist.eval.baselines import (
     train_data_of,
 )
 from ld4mrec_dist.eval.evaluator import EvalData, evaluate
-from ld4mrec_dist.train.batches import to_torch_csr
+from ld4mrec_dist.rows import to_torch_csr
 
 # Small settings so every adapter fits in well under a second.
 TINY_PARAMS = {

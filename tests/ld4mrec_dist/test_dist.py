@@ -6,9 +6,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ld4mrec_dist import dist as sync
 from ld4mrec_dist.eval.evaluator import EvalData, evaluate
 from ld4mrec_dist.sampler import init_history, update_history
-from ld4mrec_dist.train import sync
 
 WORLD = 2
 CAP = 4  # batch capacity per rank

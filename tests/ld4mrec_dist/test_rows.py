@@ -1,7 +1,7 @@
 import numpy as np
 import pyarrow as pa
 
-from ld4mrec_dist.train.batches import concat_row_stores, epoch_order, minibatches, rows_from_arrow, to_dense
+from ld4mrec_dist.rows import concat_row_stores, epoch_order, minibatches, rows_from_arrow, to_dense
 
 
 def _table(users, items):

@@ -1,0 +1,77 @@
+"""What every rank builds before its first step: the model, its DDP wrapper, the optimizers.
+
+Shapes: I items, K SVD rank, D_m width of modality m's features, U users.
+The same code serves the trainer, scoring (`recommend.py`) and the benchmarks, so a
+benchmark times exactly what training runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from data_pipeline.dataset import PreparedDataset
+from ld4mrec_dist import dist
+from ld4mrec_dist.config import Config
+from ld4mrec_dist.model import LD4MRec
+
+
+class Optimizers(NamedTuple):
+    dense: torch.optim.Optimizer
+    """Adam over C-Net's parameters (DDP all-reduces their gradients)."""
+    z_in: torch.optim.Optimizer
+    """SparseAdam over z_in, whose gradient has the batch's rows only."""
+
+
+def build_model(cfg: Config, ds: PreparedDataset, item_factors_IK: np.ndarray,
+                device: torch.device) -> LD4MRec:
+    """LD4MRec on `device`, its random init identical on every rank (same seed)."""
+    torch.manual_seed(cfg.train.seed)
+    features = {m: read_only_tensor(ds.feature(m)) for m in ds.modalities}
+    model = LD4MRec(cfg.model, cfg.diffusion, ds.n_users, ds.n_items,
+                    item_factors=torch.from_numpy(item_factors_IK),
+                    item_features=features,
+                    item_degree=torch.from_numpy(ds.item_degree.astype(np.float32)))
+    return model.to(device)
+
+
+def read_only_tensor(array_ID: np.ndarray) -> torch.Tensor:
+    """A CPU tensor over a memory-mapped float32 array, without a copy: the workers of a
+    node share the file's pages (1 GB of features at Electronics scale). Never written."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(array_ID, dtype=np.float32))
+
+
+def wrap_cnet(model: LD4MRec, device: torch.device) -> torch.nn.Module:
+    """C-Net, in DDP when distributed: what `model(…, cnet=…)` runs.
+
+    Only C-Net's parameters are all-reduced. z_in (|U| × D) stays out: its rows are
+    synchronised sparsely by `dist.synced_sparse_grad`. The model's buffers (schedule, SVD
+    factors, item features) are identical on every rank by construction and are not
+    C-Net's, so DDP never broadcasts them (the features are a GB at Electronics scale).
+    """
+    if not dist.is_distributed():
+        return model.cnet
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model.cnet, device_ids=device_ids)
+
+
+def dense_parameters(model: LD4MRec) -> list[torch.nn.Parameter]:
+    """Every parameter but z_in (= C-Net's): what DDP all-reduces and Adam updates."""
+    return [p for n, p in model.named_parameters() if n != "z_in.weight"]
+
+
+def build_optimizers(model: LD4MRec, cfg: Config) -> Optimizers:
+    adam = torch.optim.Adam(dense_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return Optimizers(dense=adam, z_in=torch.optim.SparseAdam([model.z_in.weight], lr=cfg.train.lr))
+
+
+def item_factors_of(model: LD4MRec) -> torch.Tensor:
+    """V_k as scoring needs it again (the no_bd ablation has none: an empty tensor)."""
+    factors = getattr(model, "item_factors", None)
+    return torch.zeros(0, 0) if factors is None else factors.detach().cpu()
