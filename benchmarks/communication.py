@@ -30,13 +30,13 @@ WORLD, BATCH, HIDDEN = 2, 256, 256
 
 
 def build_model(n_users: int, n_items: int, d_text: int, d_image: int):
-    from ld4mrec_dist.config import DiffusionConfig, ModelConfig
+    from ld4mrec_dist.config import DiffusionSection, ModelSection
     from ld4mrec_dist.model import LD4MRec
 
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     feats = {"text": torch.randn(n_items, d_text, generator=g), "image": torch.randn(n_items, d_image, generator=g)}
-    return LD4MRec(ModelConfig(hidden=HIDDEN), DiffusionConfig(), n_users, n_items,
+    return LD4MRec(ModelSection(hidden=HIDDEN), DiffusionSection(), n_users, n_items,
                    item_factors=torch.randn(n_items, 64, generator=g) / 64, item_features=feats,
                    item_degree=torch.full((n_items,), 5.0))
 

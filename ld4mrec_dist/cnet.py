@@ -19,7 +19,7 @@ The paper leaves the σ of Eq. 16–17 unnamed (docs/design.md §3).
 Linear layers use Xavier-normal weights and zero biases (DiffRec's initialisation); the BG
 heads are initialised near the identity (see `AffineStage`).
 
-Ablations (ModelConfig.ablation): `no_bg` replaces the BG-Block by a second BD-Block;
+Ablations (ModelSection.ablation): `no_bg` replaces the BG-Block by a second BD-Block;
 `no_bd` replaces the BD-Block by DiffRec's act(W [h ; t_f] + b), without collaborative
 branch; `no_sr` does not change C-Net (it only changes the loss target, see model.py).
 """

@@ -35,7 +35,7 @@ def _check(cond: bool, msg: str) -> None:
 
 
 @dataclass
-class DataConfig:
+class DataSection:
     path: str = ""
     """A prepared dataset directory (see `jobs/prepare.py`). Empty: use `synthetic`."""
     synthetic: str = "small"
@@ -57,7 +57,7 @@ class DataConfig:
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionSection:
     steps: int = 5
     """T, the number of diffusion steps (the paper gives none; T = 1 works)."""
     noise_scale: float = 0.01
@@ -86,7 +86,7 @@ class DiffusionConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelSection:
     hidden: int = 256
     """d, the hidden width of C-Net (even: the sinusoidal time code needs pairs)."""
     svd_rank: int = 64
@@ -129,7 +129,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainSection:
     epochs: int = 1000
     """Most epochs; early stopping usually ends the run first."""
     batch_size: int = 256
@@ -158,7 +158,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalSection:
     ks: list[int] = field(default_factory=lambda: [10, 20])
     """Cut-offs K for Recall@K and NDCG@K."""
     select_metric: str = "recall@20"
@@ -179,7 +179,7 @@ class EvalConfig:
 
 
 @dataclass
-class ScalingConfig:
+class ScalingSection:
     num_workers: int = 2
     """Ray Train workers (DDP ranks). 0 runs the loop in the driver without Ray workers."""
     use_gpu: bool = False
@@ -202,7 +202,7 @@ class ScalingConfig:
 
 
 @dataclass
-class RunConfig:
+class RunSection:
     name: str = ""
     """Run name; empty: <dataset>-<ablation>-<timestamp>."""
     storage: str = "runs"
@@ -215,13 +215,13 @@ class RunConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    data: DataSection = field(default_factory=DataSection)
+    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    run: RunSection = field(default_factory=RunSection)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ld4mrec_dist.config import DiffusionConfig
+from ld4mrec_dist.config import DiffusionSection
 
 
 def schedule_values(steps: int, noise_scale: float, alpha_min: float) -> dict[str, Tensor]:
@@ -72,7 +72,7 @@ class NoiseSchedule(nn.Module):
     sqrt_alpha_bar: Tensor
     sqrt_one_minus_alpha_bar: Tensor
 
-    def __init__(self, cfg: DiffusionConfig):
+    def __init__(self, cfg: DiffusionSection):
         super().__init__()
         self.steps = cfg.steps
         v = schedule_values(cfg.steps, cfg.noise_scale, cfg.alpha_min)

@@ -66,7 +66,7 @@ def as_csr(rows_BI: Tensor) -> Tensor:
 
 def collaborative_signal(rows_BI: Tensor, v_Ik: Tensor, norm: str = "none") -> Tensor:
     """c_Bk = r_u V_k, float32 [B, k], from sparse CSR rows, scaled per `norm`
-    (ModelConfig.collab_norm): none; history, c_u / ‖r_u‖₂ (= / √|N_u| for 0/1 rows),
+    (ModelSection.collab_norm): none; history, c_u / ‖r_u‖₂ (= / √|N_u| for 0/1 rows),
     so that its size does not grow with the history length; unit, c_u / ‖c_u‖₂.
     A user without clicks keeps c_u = 0 in every case."""
     csr = as_csr(rows_BI)
@@ -124,7 +124,7 @@ FEATURE_CHUNK_ROWS = 65536
 
 
 def feature_scaling(feat_IDm: Tensor, norm: str) -> dict[str, Tensor]:
-    """Statistics that rescale raw item features without copying them (ModelConfig.feature_norm).
+    """Statistics that rescale raw item features without copying them (ModelSection.feature_norm).
 
     none: {}. standardize: {"mean": μ [D_m], "inv_std": 1/σ [D_m]} over items (population
     std; a constant column gets 1/σ = 0: it carries no signal). l2: {"inv_norm": 1/‖e_i‖₂ [I]}

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ld4mrec_dist.cnet import CNet, timestep_embedding
-from ld4mrec_dist.config import DiffusionConfig, ModelConfig
+from ld4mrec_dist.config import DiffusionSection, ModelSection
 from ld4mrec_dist.diffusion import NoiseSchedule, soft_reconstruct
 from ld4mrec_dist.encoders import as_csr, collaborative_signal, feature_scaling, normalized_rows, scaled_preference
 from ld4mrec_dist.sampler import importance_weights, sample_steps
@@ -82,7 +82,7 @@ class LD4MRec(nn.Module):
     item_factors: Tensor
     item_degree: Tensor
 
-    def __init__(self, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, n_users: int, n_items: int,
+    def __init__(self, model_cfg: ModelSection, diffusion_cfg: DiffusionSection, n_users: int, n_items: int,
                  item_factors: Tensor | None = None, item_features: Mapping[str, Tensor] | None = None,
                  item_degree: Tensor | None = None):
         super().__init__()

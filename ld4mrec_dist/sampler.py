@@ -2,7 +2,7 @@
 
 Shape legend
     T   diffusion steps (a step t is an integer in 1..T, row t − 1 of the table)
-    H   losses kept per step (DiffusionConfig.history, default 10)
+    H   losses kept per step (DiffusionSection.history, default 10)
     N   (t, L_rec) pairs in one update — with several workers, every rank's values
         concatenated in rank order, so that every rank applies the same update
     B   steps drawn for one batch

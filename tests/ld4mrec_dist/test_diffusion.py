@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ld4mrec_dist.config import DiffusionConfig
+from ld4mrec_dist.config import DiffusionSection
 from ld4mrec_dist.diffusion import NoiseSchedule, schedule_values, soft_reconstruct
 
 
@@ -29,7 +29,7 @@ def test_single_step_schedule():
     v = schedule_values(1, 0.01, 0.05)
     torch.testing.assert_close(v["alpha_bar"], torch.tensor([1 - 0.01 * 0.05], dtype=torch.float64))
     assert v["c0"].tolist() == [1.0] and v["ct"].tolist() == [0.0]
-    sched = NoiseSchedule(DiffusionConfig(steps=1))
+    sched = NoiseSchedule(DiffusionSection(steps=1))
     x = torch.rand(2, 3)
     torch.testing.assert_close(sched.posterior_mean(x, x * 2, torch.ones(2, dtype=torch.int64)), x * 2)
 
@@ -56,13 +56,13 @@ def test_posterior_mean_is_bayes_mean(steps):
     bayes = ab_prev.sqrt()[:, None] * x0 + (cov / var)[:, None] * (xt - ab.sqrt()[:, None] * x0)
     ours = v["c0"][:, None] * x0 + v["ct"][:, None] * xt
     torch.testing.assert_close(ours, bayes, rtol=1e-10, atol=1e-12)
-    sched = NoiseSchedule(DiffusionConfig(steps=steps, noise_scale=0.3, alpha_min=0.2))
+    sched = NoiseSchedule(DiffusionSection(steps=steps, noise_scale=0.3, alpha_min=0.2))
     t = torch.arange(1, steps + 1)
     torch.testing.assert_close(sched.posterior_mean(xt.float(), x0.float(), t), bayes.float(), rtol=1e-5, atol=1e-5)
 
 
 def test_q_sample_and_buffers():
-    cfg = DiffusionConfig(steps=4)
+    cfg = DiffusionSection(steps=4)
     sched = NoiseSchedule(cfg)
     v = schedule_values(4, cfg.noise_scale, cfg.alpha_min)
     x, eps = torch.rand(4, 6), torch.randn(4, 6)
@@ -74,7 +74,7 @@ def test_q_sample_and_buffers():
 
 
 def test_rec_loss_equals_mean_difference():
-    sched = NoiseSchedule(DiffusionConfig(steps=5))
+    sched = NoiseSchedule(DiffusionSection(steps=5))
     target, xhat, xt = torch.rand(5, 9), torch.randn(5, 9), torch.randn(5, 9)
     t = torch.arange(1, 6)
     mu_tilde = sched.posterior_mean(xt, target, t)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ld4mrec_dist.cnet import BDBlock, BGBlock, TimeConcatBlock, timestep_embedding
-from ld4mrec_dist.config import DiffusionConfig, ModelConfig
+from ld4mrec_dist.config import DiffusionSection, ModelSection
 from ld4mrec_dist.diffusion import soft_reconstruct
 from ld4mrec_dist.model import BatchLoss, LD4MRec, select_modalities
 from ld4mrec_dist.sampler import importance_weights, sample_steps
@@ -25,8 +25,8 @@ def _data(n_items=I, dims=(("text", 5), ("image", 7)), seed=0):
 
 def _model(ablation="none", hidden=8, steps=5, dims=(("text", 5), ("image", 7)), n_items=I, **kw):
     r, feats, v, deg = _data(n_items, dims)
-    mcfg = ModelConfig(hidden=hidden, svd_rank=4, ablation=ablation, **kw)
-    dcfg = DiffusionConfig(steps=steps)
+    mcfg = ModelSection(hidden=hidden, svd_rank=4, ablation=ablation, **kw)
+    dcfg = DiffusionSection(steps=steps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = LD4MRec(mcfg, dcfg, U, n_items, item_factors=v, item_features=feats, item_degree=deg)
@@ -53,7 +53,7 @@ def test_modality_selection():
         select_modalities(["video"], ["text"])
     r, feats, v, deg = _data()
     with pytest.warns(UserWarning, match="identity"):
-        model = LD4MRec(ModelConfig(hidden=4, modalities=[]), DiffusionConfig(), U, I, item_factors=v,
+        model = LD4MRec(ModelSection(hidden=4, modalities=[]), DiffusionSection(), U, I, item_factors=v,
                         item_features=feats, item_degree=deg)
     assert model.modalities == ()
 
@@ -93,7 +93,7 @@ def test_ablations_build_their_graphs():
     c, prefs = no_bd.conditions(r[users].to_sparse_csr())
     assert c is None and len(prefs) == 2
     with pytest.warns(UserWarning, match="identity"):   # no_bd needs no SVD at all
-        LD4MRec(ModelConfig(hidden=4, ablation="no_bd", modalities=[]), DiffusionConfig(), U, I)
+        LD4MRec(ModelSection(hidden=4, ablation="no_bd", modalities=[]), DiffusionSection(), U, I)
     no_sr, r = _model("no_sr")
     x = r[:4]
     no_sr.diffusion_cfg.sr_prob = full.diffusion_cfg.sr_prob = 0.5
@@ -238,4 +238,4 @@ def test_new_model_fields_are_validated():
     from ld4mrec_dist.config import ConfigError
     for field, bad in (("input_norm", "l1"), ("collab_norm", "sqrt"), ("feature_norm", "pca")):
         with pytest.raises(ConfigError, match=f"model.{field}"):
-            ModelConfig(**{field: bad})
+            ModelSection(**{field: bad})
