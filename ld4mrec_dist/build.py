@@ -67,7 +67,11 @@ def dense_parameters(model: LD4MRec) -> list[torch.nn.Parameter]:
 
 
 def build_optimizers(model: LD4MRec, cfg: Config) -> Optimizers:
-    adam = torch.optim.Adam(dense_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    """Adam over C-Net (PyTorch's fused kernel unless `train.fused_adam=false`: one pass per
+    parameter instead of ~10 on CPU), SparseAdam over z_in (no fused form exists; it
+    touches the batch's B rows only)."""
+    adam = torch.optim.Adam(dense_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                            fused=cfg.train.fused_adam or None)
     return Optimizers(dense=adam, z_in=torch.optim.SparseAdam([model.z_in.weight], lr=cfg.train.lr))
 
 

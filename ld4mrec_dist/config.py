@@ -115,6 +115,12 @@ class ModelSection:
     stage_slope: float = 0.2
     """LeakyReLU slope between consecutive BG stages (Eq. 22's text → image step); 1.0 makes
     it the identity."""
+    fused_forward: bool = True
+    """The training forward in few passes over [B, I] (issue 12 §3): the soft-reconstruction
+    mask drawn at its ≈ p·B·I chosen entries (geometric gaps, not one uniform per entry),
+    x_t built inside the noise tensor, the loss's squared error and its gradient one pass
+    each. Same math (tests), another random stream for the mask. false: the
+    straightforward one-tensor-per-operation form (the code before issue 12)."""
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 2 and self.hidden % 2 == 0, f"model.hidden={self.hidden}: must be an even number ≥ 2")
@@ -148,6 +154,10 @@ class TrainSection:
     """Clip the gradient norm to this value; 0 disables."""
     fail_at_step: int = -1
     """Fault injection for tests: worker rank 1 (or 0 alone) dies once at this global step."""
+    fused_adam: bool = True
+    """C-Net's Adam runs PyTorch's fused kernel (`Adam(fused=True)`: one pass per parameter,
+    CPU and CUDA); the same update as the default implementation to float rounding (tested).
+    false: PyTorch's default Adam (on CPU, a loop of ~10 element-wise passes per parameter)."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs={self.epochs}: must be ≥ 1")

@@ -14,9 +14,19 @@ Equations (docs/design.md §2 says where and why they differ from the printed pa
         (the paper's Eq. 7/9 print √ᾱ_t for ct_t: a typo, the standard DDPM √α_t is used)
     μ_θ = c0_t · x̂_θ + ct_t · x_t                               (Eq. 9)
     L_rec(u, t) = mean_i (μ̃ − μ_θ)² = c0_t² · mean_i (f_s(x_in) − x̂_θ)²   (Eq. 11)
+
+Passes over [B, I] (issue 12 §3): the soft-reconstruction mask is drawn at its chosen
+entries only (`bernoulli_positions`, ≈ p·B·I geometric gaps instead of B·I uniforms),
+`q_sample_` builds x_t inside the noise tensor, and `rec_loss` computes the squared error
+and its gradient in one pass each (`_RowMeanSquaredError`). Each has its straightforward
+form beside it (`dense_draw=True`, `q_sample`, `fused=False`): the same math, which the
+tests compare against.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -89,25 +99,118 @@ class NoiseSchedule(nn.Module):
         """x_t = √ᾱ_t · x + √(1 − ᾱ_t) · ε (Eq. 2)."""
         return self.q_mean(x_BI, t_B) + _at(self.sqrt_one_minus_alpha_bar, t_B) * noise_BI.float()
 
+    def q_sample_(self, x_BI: Tensor, t_B: Tensor, noise_BI: Tensor) -> Tensor:
+        """`q_sample` written over `noise_BI` (float32, not requiring grad), which it returns:
+        ε ← √(1 − ᾱ_t) · ε, then ε += √ᾱ_t · x; two in-place passes and no new [B, I] tensor."""
+        if noise_BI.dtype != torch.float32 or noise_BI.requires_grad:
+            raise ValueError("q_sample_ overwrites a float32 noise tensor that does not require grad")
+        noise_BI.mul_(_at(self.sqrt_one_minus_alpha_bar, t_B))
+        return noise_BI.addcmul_(x_BI.float(), _at(self.sqrt_alpha_bar, t_B))
+
     def posterior_mean(self, xt_BI: Tensor, x0_BI: Tensor, t_B: Tensor) -> Tensor:
         """μ̃(x_t, x_0, t) = c0_t · x_0 + ct_t · x_t; with x_0 := x̂_θ this is μ_θ (Eq. 9)."""
         return _at(self.c0, t_B) * x0_BI.float() + _at(self.ct, t_B) * xt_BI.float()
 
-    def rec_loss(self, target_BI: Tensor, xhat_BI: Tensor, t_B: Tensor) -> Tensor:
-        """L_rec per user [B] = c0_t² · mean_i (target − x̂_θ)², in float32."""
-        err_B = (target_BI.float() - xhat_BI.float()).square().mean(dim=1)
+    def rec_loss(self, target_BI: Tensor, xhat_BI: Tensor, t_B: Tensor, fused: bool = True) -> Tensor:
+        """L_rec per user [B] = c0_t² · mean_i (target − x̂_θ)², in float32.
+
+        `fused` (default): the squared error in one pass that keeps only x̂ − target, and a
+        backward that scales it in place (`_RowMeanSquaredError`); False: the plain formula.
+        """
+        if fused:
+            err_B = row_mean_squared_error(xhat_BI.float(), target_BI.float())
+        else:
+            err_B = (target_BI.float() - xhat_BI.float()).square().mean(dim=1)
         return self.c0[t_B - 1].square() * err_B
 
 
+class _RowMeanSquaredError(torch.autograd.Function):
+    """mean_i (x̂ − target)² per row, [B]; backward 2 (x̂ − target) · g_B / I.
+
+    Forward writes one [B, I] tensor (the difference, kept for backward) and reads it once
+    for the row sums; backward scales it in place into the gradient. A second backward
+    through the same graph therefore fails (autograd's version check on the saved tensor)
+    instead of returning a wrong gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xhat_BI: Tensor, target_BI: Tensor) -> Tensor:
+        diff_BI = xhat_BI - target_BI
+        ctx.save_for_backward(diff_BI)
+        # ‖·‖² of each row in one read (a vectorised reduction), no [B, I] temporary.
+        return torch.linalg.vector_norm(diff_BI, 2, dim=1).square_().div_(diff_BI.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_B: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        (diff_BI,) = ctx.saved_tensors
+        grad_BI = diff_BI.mul_((grad_B * (2.0 / diff_BI.shape[1])).unsqueeze(1))
+        if not ctx.needs_input_grad[1]:
+            return grad_BI, None
+        return (grad_BI, -grad_BI) if ctx.needs_input_grad[0] else (None, -grad_BI)
+
+
+def row_mean_squared_error(xhat_BI: Tensor, target_BI: Tensor) -> Tensor:
+    """mean_i (x̂ − target)² per row, [B], differentiable (see `_RowMeanSquaredError`)."""
+    if xhat_BI.dim() != 2 or xhat_BI.shape != target_BI.shape:
+        raise ValueError(f"x̂ {tuple(xhat_BI.shape)} and target {tuple(target_BI.shape)}: need equal [B, I]")
+    out: Tensor = _RowMeanSquaredError.apply(xhat_BI, target_BI)  # type: ignore[no-untyped-call]
+    return out
+
+
+def bernoulli_positions(numel: int, prob: float, generator: torch.Generator | None = None,
+                        device: torch.device | str | None = None, chunk: int | None = None) -> Tensor:
+    """The flat indices, int64 ascending, of the entries chosen by `numel` independent
+    Bernoulli(`prob`) trials, drawn at the chosen entries only.
+
+    The gaps between consecutive chosen entries of a Bernoulli process are i.i.d.
+    Geometric(p) on {1, 2, …} (the first index is G₁ − 1), so cumulative sums of geometric
+    draws give exactly the chosen set, at ≈ numel·p draws instead of numel. Gaps are
+    drawn in float64 (`Tensor.geometric_`, 53-bit uniforms) in chunks of `chunk` (default
+    mean + 6 sd + 16, so a second chunk is rare). `prob ≥ 1` chooses every entry, `prob ≤ 0`
+    none.
+    """
+    if prob <= 0 or numel <= 0:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    if prob >= 1:
+        return torch.arange(numel, dtype=torch.int64, device=device)
+    if chunk is None:
+        mean = numel * prob
+        chunk = int(mean + 6.0 * math.sqrt(mean * (1.0 - prob))) + 16
+    pieces: list[Tensor] = []
+    last = -1
+    while last < numel:
+        gaps = torch.empty(chunk, dtype=torch.float64, device=device).geometric_(prob, generator=generator)
+        # A gap past the end is as good as any longer one; the clamp also catches the
+        # (2⁻⁵³-probable) infinite gap of a zero uniform before the integer cast.
+        pos = gaps.clamp_(max=float(numel + 1)).to(torch.int64).cumsum_(0).add_(last)
+        pieces.append(pos)
+        last = int(pos[-1])
+    pos = torch.cat(pieces)
+    return pos[pos < numel]
+
+
 def soft_reconstruct(x_BI: Tensor, prob: float, gamma: float,
-                     generator: torch.Generator | None = None) -> Tensor:
+                     generator: torch.Generator | None = None, *, dense_draw: bool = False,
+                     inplace: bool = False) -> Tensor:
     """f_s(x) (Eq. 12): each entry is chosen independently with probability `prob`;
     a chosen clicked entry (x > 0.5) becomes 1 − γ, a chosen non-clicked one γ; the rest
-    keep their value. One uniform draw per entry serves both sets (they are disjoint).
-    `prob = 0` or `gamma = 0` returns `x_BI` itself (no random numbers are drawn).
+    keep their value. `prob = 0` or `gamma = 0` returns `x_BI` itself (no random numbers
+    are drawn).
+
+    The chosen entries are drawn by `bernoulli_positions` (≈ p·B·I draws) and written into
+    a copy of `x_BI` (into `x_BI` itself with `inplace`). `dense_draw=True` is the
+    straightforward form: one uniform per entry, chosen where it is < p, two [B, I]
+    `where`s. Both choose each entry independently with probability p (the same law,
+    tested), from different random streams.
     """
     if prob <= 0 or gamma <= 0:
         return x_BI
-    chosen_BI = torch.rand(x_BI.shape, generator=generator, device=x_BI.device) < prob
-    smoothed_BI = torch.where(x_BI > 0.5, 1.0 - gamma, gamma).to(x_BI.dtype)
-    return torch.where(chosen_BI, smoothed_BI, x_BI)
+    if dense_draw:
+        chosen_BI = torch.rand(x_BI.shape, generator=generator, device=x_BI.device) < prob
+        smoothed_BI = torch.where(x_BI > 0.5, 1.0 - gamma, gamma).to(x_BI.dtype)
+        return torch.where(chosen_BI, smoothed_BI, x_BI)
+    out_BI = x_BI if inplace and x_BI.is_contiguous() else x_BI.clone(memory_format=torch.contiguous_format)
+    flat = out_BI.view(-1)
+    pos_Z = bernoulli_positions(flat.numel(), prob, generator, flat.device)
+    flat[pos_Z] = torch.where(flat[pos_Z] > 0.5, 1.0 - gamma, gamma).to(flat.dtype)
+    return out_BI

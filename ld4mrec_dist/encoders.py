@@ -64,6 +64,15 @@ def as_csr(rows_BI: Tensor) -> Tensor:
     return rows_BI.to(torch.float32)
 
 
+def dense_rows(rows_BI: Tensor) -> Tensor:
+    """The CSR rows as a dense float32 [B, I] tensor, written once: one zero fill and a
+    scatter of the Z entries (`Tensor.to_dense` of a CSR tensor fills two [B, I] buffers)."""
+    csr = as_csr(rows_BI)
+    dense_BI = torch.zeros(csr.shape, dtype=torch.float32, device=csr.device)
+    dense_BI.index_put_((_row_of_entries(csr), csr.col_indices()), csr.values(), accumulate=True)
+    return dense_BI
+
+
 def collaborative_signal(rows_BI: Tensor, v_Ik: Tensor, norm: str = "none") -> Tensor:
     """c_Bk = r_u V_k, float32 [B, k], from sparse CSR rows, scaled per `norm`
     (ModelSection.collab_norm): none; history, c_u / ‖r_u‖₂ (= / √|N_u| for 0/1 rows),

@@ -31,7 +31,14 @@ from torch import Tensor, nn
 from ld4mrec_dist.cnet import CNet, timestep_embedding
 from ld4mrec_dist.config import DiffusionSection, ModelSection
 from ld4mrec_dist.diffusion import NoiseSchedule, soft_reconstruct
-from ld4mrec_dist.encoders import as_csr, collaborative_signal, feature_scaling, normalized_rows, scaled_preference
+from ld4mrec_dist.encoders import (
+    as_csr,
+    collaborative_signal,
+    dense_rows,
+    feature_scaling,
+    normalized_rows,
+    scaled_preference,
+)
 from ld4mrec_dist.sampler import importance_weights, sample_steps
 
 DEFAULT_MODALITY_ORDER = ("text", "image")
@@ -161,15 +168,19 @@ class LD4MRec(nn.Module):
                      for j in range(len(self.modalities))]
         return c_BK, prefs
 
-    def reconstruction_target(self, x_BI: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """f_s(x_in) (Eq. 12), or x_in itself for `no_sr` (and when p = 0 or γ = 0)."""
+    def reconstruction_target(self, x_BI: Tensor, generator: torch.Generator | None = None,
+                              inplace: bool = False) -> Tensor:
+        """f_s(x_in) (Eq. 12), or x_in itself for `no_sr` (and when p = 0 or γ = 0).
+        `inplace`: written into `x_BI` (the forward's own dense copy of the rows)."""
         if self.model_cfg.ablation == "no_sr":
             return x_BI
-        return soft_reconstruct(x_BI, self.diffusion_cfg.sr_prob, self.diffusion_cfg.sr_gamma, generator)
+        return soft_reconstruct(x_BI, self.diffusion_cfg.sr_prob, self.diffusion_cfg.sr_gamma, generator,
+                                dense_draw=not self.model_cfg.fused_forward, inplace=inplace)
 
     def _inputs(self, rows_BI: Tensor) -> tuple[Tensor, Tensor]:
+        """(the rows as CSR on the model's device, a new dense float32 copy [B, I])."""
         csr_BI = as_csr(rows_BI).to(self.device)
-        return csr_BI, csr_BI.to_dense()
+        return csr_BI, dense_rows(csr_BI) if self.model_cfg.fused_forward else csr_BI.to_dense()
 
     # ----------------------------------------------------------------- training
     def forward(self, rows_BI: Tensor, users_B: Tensor, step_probs: Tensor | None = None,
@@ -181,8 +192,13 @@ class LD4MRec(nn.Module):
         t, the soft-reconstruction mask and ε, in this order; it must live on the model's
         device (the step probabilities are moved to it). `cnet`: the module that runs C-Net,
         default `self.cnet`; the trainer passes its DDP wrapper (`build.wrap_cnet`).
+
+        `model.fused_forward` (default) makes the same computation in fewer passes over
+        [B, I]: f_s written into the dense copy of the rows, x_t into the noise tensor, the
+        loss through `rec_loss(fused=True)`; only the mask's random stream differs.
         """
         device = self.device
+        fused = self.model_cfg.fused_forward
         with _no_autocast(device):
             csr_BI, x_BI = self._inputs(rows_BI)
             steps = self.schedule.steps
@@ -190,14 +206,15 @@ class LD4MRec(nn.Module):
             p_T = p_T.to(generator.device if generator is not None else device)
             t_B = sample_steps(p_T, x_BI.shape[0], generator).to(device)
             w_B = importance_weights(p_T, t_B)
-            target_BI = self.reconstruction_target(x_BI, generator)
+            target_BI = self.reconstruction_target(x_BI, generator, inplace=fused)
             noise_BI = torch.randn(x_BI.shape, generator=generator, device=device)
-            xt_BI = self.schedule.q_sample(target_BI, t_B, noise_BI)
+            q_sample = self.schedule.q_sample_ if fused else self.schedule.q_sample
+            xt_BI = q_sample(target_BI, t_B, noise_BI)
             c_BK, prefs = self.conditions(csr_BI)
             tf_BD = timestep_embedding(t_B, self.hidden) + self.z_in_rows(users_B)
         xhat_BI = (cnet or self.cnet)(xt_BI, tf_BD, c_BK, prefs)
         with _no_autocast(device):
-            rec_B = self.schedule.rec_loss(target_BI, xhat_BI.float(), t_B)
+            rec_B = self.schedule.rec_loss(target_BI, xhat_BI.float(), t_B, fused=fused)
             loss = (w_B * rec_B).mean()
         return BatchLoss(loss=loss, t=t_B, rec_loss=rec_B.detach())
 

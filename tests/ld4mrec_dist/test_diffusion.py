@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from ld4mrec_dist.config import DiffusionSection
-from ld4mrec_dist.diffusion import NoiseSchedule, schedule_values, soft_reconstruct
+from ld4mrec_dist.diffusion import (
+    NoiseSchedule,
+    bernoulli_positions,
+    row_mean_squared_error,
+    schedule_values,
+    soft_reconstruct,
+)
 
 
 def test_schedule_hand_computed_small_case():
@@ -82,11 +88,12 @@ def test_rec_loss_equals_mean_difference():
     torch.testing.assert_close(sched.rec_loss(target, xhat, t), (mu_tilde - mu_theta).square().mean(1))
 
 
-def test_soft_reconstruction_statistics_and_values():
+@pytest.mark.parametrize("dense_draw", [False, True])
+def test_soft_reconstruction_statistics_and_values(dense_draw):
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(200, 500, generator=g) < 0.3).float()
     p, gamma = 0.2, 0.05
-    y = soft_reconstruct(x, p, gamma, g)
+    y = soft_reconstruct(x, p, gamma, g, dense_draw=dense_draw)
     changed = y != x
     clicked = x == 1
     n_c, n_n = clicked.sum().item(), (~clicked).sum().item()
@@ -101,3 +108,87 @@ def test_soft_reconstruction_off():
     x = (torch.rand(4, 10) < 0.5).float()
     assert soft_reconstruct(x, 0.0, 0.1) is x
     assert soft_reconstruct(x, 0.5, 0.0) is x
+
+
+def test_soft_reconstruction_in_place_only_when_asked():
+    x = (torch.rand(30, 40, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    before = x.clone()
+    y = soft_reconstruct(x, 0.5, 0.1, torch.Generator().manual_seed(2))
+    assert torch.equal(x, before) and not torch.equal(y, x)
+    z = soft_reconstruct(x, 0.5, 0.1, torch.Generator().manual_seed(2), inplace=True)
+    assert z is x and torch.equal(z, y)                       # same stream, same f_s, written into x
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_bernoulli_positions_are_independent_bernoulli_trials(chunk):
+    """Every entry chosen with probability p, pairs with p² (independence), the count per
+    row Binomial(n, p): checked on 20,000 rows of n = 10 entries drawn as one flat range.
+    `chunk=3` forces many rounds of gaps (the loop that a default chunk rarely needs)."""
+    rows, n, p = 20_000, 10, 0.3
+    pos = bernoulli_positions(rows * n, p, torch.Generator().manual_seed(0), chunk=chunk)
+    assert pos.dtype == torch.int64 and torch.all(pos.diff() > 0) and 0 <= pos.min() and pos.max() < rows * n
+    chosen = torch.zeros(rows * n)
+    chosen[pos] = 1.0
+    chosen = chosen.reshape(rows, n)
+    sd1 = math.sqrt(p * (1 - p) / rows)
+    assert torch.all((chosen.mean(0) - p).abs() < 5 * sd1), chosen.mean(0)   # index 0 and n − 1 too
+    pairs = (chosen.T @ chosen / rows)[~torch.eye(n, dtype=torch.bool)]
+    sd2 = math.sqrt(p * p * (1 - p * p) / rows)
+    assert torch.all((pairs - p * p).abs() < 5 * sd2), pairs
+    counts = torch.bincount(chosen.sum(1).long(), minlength=n + 1).double() / rows
+    pmf = torch.tensor([math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)], dtype=torch.float64)
+    assert torch.all((counts - pmf).abs() < 5 * (pmf * (1 - pmf) / rows).sqrt() + 1e-4), (counts, pmf)
+
+
+def test_bernoulli_positions_edge_cases():
+    assert bernoulli_positions(7, 0.0).numel() == 0 and bernoulli_positions(0, 0.5).numel() == 0
+    assert torch.equal(bernoulli_positions(7, 1.0), torch.arange(7))
+    g = torch.Generator().manual_seed(3)
+    assert all(bernoulli_positions(5, 1e-9, g).numel() == 0 for _ in range(20))
+    # the ends of a range, over separate calls: the first gap starts before index 0
+    draws, p = 4000, 0.3
+    freq = torch.zeros(3)
+    for _ in range(draws):
+        freq[bernoulli_positions(3, p, g)] += 1.0 / draws
+    assert torch.all((freq - p).abs() < 5 * math.sqrt(p * (1 - p) / draws)), freq
+
+
+def test_q_sample_in_place_equals_closed_form():
+    cfg = DiffusionSection(steps=4)
+    sched = NoiseSchedule(cfg)
+    x, eps = torch.rand(4, 6), torch.randn(4, 6)
+    t = torch.tensor([1, 2, 3, 4])
+    want = sched.q_sample(x, t, eps)                           # √ᾱ·x + √(1 − ᾱ)·ε, checked above
+    noise = eps.clone()
+    got = sched.q_sample_(x, t, noise)
+    assert got is noise
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="noise"):
+        sched.q_sample_(x, t, eps.clone().requires_grad_())
+
+
+def test_fused_rec_loss_has_the_formulas_value_and_gradients():
+    sched = NoiseSchedule(DiffusionSection(steps=5))
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(5, 9, generator=g).requires_grad_()
+    xhat = torch.randn(5, 9, generator=g).requires_grad_()
+    t, w = torch.arange(1, 6), torch.rand(5, generator=g)
+    grads = []
+    for fused in (False, True):
+        rec = sched.rec_loss(target, xhat, t, fused=fused)
+        grads.append((rec.detach(), *torch.autograd.grad((w * rec).sum(), [xhat, target])))
+    for plain, fast in zip(*grads, strict=True):
+        torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-7)
+    # closed form of the gradient: ∂/∂x̂ Σ_b w_b c0_b² mean_i (x̂ − y)² = 2 w_b c0_b² (x̂ − y) / I
+    c0 = sched.c0[t - 1][:, None]
+    torch.testing.assert_close(grads[1][1], 2 * w[:, None] * c0**2 * (xhat - target).detach() / 9)
+
+
+def test_fused_squared_error_refuses_a_second_backward():
+    xhat = torch.randn(3, 4, requires_grad=True)
+    err = row_mean_squared_error(xhat * 1.0, torch.zeros(3, 4))
+    err.sum().backward(retain_graph=True)                       # backward scales its saved tensor in place…
+    with pytest.raises(RuntimeError, match="inplace"):          # …so a second one must fail, not be wrong
+        err.sum().backward()
+    with pytest.raises(ValueError):
+        row_mean_squared_error(torch.zeros(3, 4), torch.zeros(3, 5))

@@ -12,6 +12,7 @@ import torch
 
 from ld4mrec_dist.encoders import (
     collaborative_signal,
+    dense_rows,
     feature_scaling,
     modality_preference,
     normalized_rows,
@@ -160,3 +161,16 @@ def test_scaled_preference_equals_formula_on_rescaled_features(norm):
     want = modality_preference(r.to_sparse_csr(), deg, feat_s)           # Eq. 14 on e'_i
     got = scaled_preference(normalized_rows(r.to_sparse_csr(), deg), feat, feature_scaling(feat, norm))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_rows_equals_to_dense():
+    rng = np.random.default_rng(0)
+    rows = sp.random(9, 13, density=0.3, format="csr", random_state=rng, dtype=np.float32)
+    rows[4] = 0.0                                                       # an empty row
+    rows.eliminate_zeros()
+    csr = torch.sparse_csr_tensor(torch.from_numpy(rows.indptr).long(), torch.from_numpy(rows.indices).long(),
+                                  torch.from_numpy(rows.data), size=rows.shape)
+    got = dense_rows(csr)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(got, csr.to_dense()) and torch.equal(got, torch.from_numpy(rows.toarray()))
+    assert torch.equal(dense_rows(torch.from_numpy(rows.toarray())), got)   # dense input is accepted too

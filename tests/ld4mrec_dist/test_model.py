@@ -101,29 +101,69 @@ def test_ablations_build_their_graphs():
     assert not torch.equal(full.reconstruction_target(x), x)  # f_s(x_in)
 
 
-def test_loss_matches_manual_computation():
-    """Same generator, same draw order (t, mask, ε): the loss is Σ w·c0²·mean((f_s(x) − x̂)²)/B."""
-    model, r = _model(steps=4)
+def _grads(model: LD4MRec, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: (q.grad.to_dense() if q.grad.is_sparse else q.grad).clone() for n, q in model.named_parameters()
+            if q.grad is not None}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_loss_and_gradients_match_manual_computation(fused):
+    """Same generator, same draw order (t, mask, ε): the loss is Σ w·c0²·mean((f_s(x) − x̂)²)/B
+    with x_t = √ᾱ f_s(x) + √(1 − ᾱ) ε, and so are its gradients, in the fused forward
+    (model.fused_forward, the default) and in the straightforward one."""
+    model, r = _model(steps=4, fused_forward=fused)
     model.diffusion_cfg.sr_prob = 0.3
     users = torch.tensor([0, 2, 5, 6, 11])
     p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
     out = model(r[users].to_sparse_csr(), users, step_probs=p, generator=torch.Generator().manual_seed(5))
+    got = _grads(model, out.loss)
     g = torch.Generator().manual_seed(5)
     x = r[users]
     t = sample_steps(p, 5, g)
-    target = soft_reconstruct(x, 0.3, model.diffusion_cfg.sr_gamma, g)
+    target = soft_reconstruct(x, 0.3, model.diffusion_cfg.sr_gamma, g, dense_draw=not fused)
     eps = torch.randn(x.shape, generator=g)
     ab = model.schedule.alpha_bar[t - 1][:, None]
     xt = ab.sqrt() * target + (1 - ab).sqrt() * eps
     c, prefs = model.conditions(x.to_sparse_csr())
-    tf = timestep_embedding(t, 8) + model.z_in.weight[users]
+    tf = timestep_embedding(t, 8) + model.z_in(users)
     xhat = model.cnet(xt, tf, c, prefs)
     rec = model.schedule.c0[t - 1] ** 2 * (target - xhat).square().mean(1)
     assert torch.equal(out.t, t)
     torch.testing.assert_close(out.rec_loss, rec.detach())
-    torch.testing.assert_close(out.loss, (importance_weights(p, t) * rec).mean())
+    loss = (importance_weights(p, t) * rec).mean()
+    torch.testing.assert_close(out.loss, loss)
+    want = _grads(model, loss)
+    assert set(got) == set(want) == {n for n, _ in model.named_parameters()}
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
     uniform = model(x, users, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(uniform.loss, uniform.rec_loss.mean())
+
+
+@pytest.mark.parametrize("sr_prob", [0.0, 0.3])
+def test_fused_forward_equals_the_straightforward_one(sr_prob):
+    """Without soft reconstruction both forms draw the same numbers (t, then ε): equal
+    loss, L_rec and gradients. With it, only the mask's stream differs: every other
+    number is the same once the fused form's mask is fed to the straightforward formulas
+    (the test above); here the two L_rec agree in law only, so only shapes are compared."""
+    outs, grads = [], []
+    for fused in (False, True):
+        torch.manual_seed(0)                                # the same initial weights
+        model, r = _model(steps=4, fused_forward=fused)
+        model.diffusion_cfg.sr_prob = sr_prob
+        users = torch.tensor([1, 3, 4, 8])
+        out = model(r[users].to_sparse_csr(), users, generator=torch.Generator().manual_seed(9))
+        outs.append(out)
+        grads.append(_grads(model, out.loss))
+    assert torch.equal(outs[0].t, outs[1].t)
+    if sr_prob == 0.0:
+        torch.testing.assert_close(outs[1].rec_loss, outs[0].rec_loss, rtol=1e-6, atol=1e-8)
+        for name in grads[0]:
+            torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
+    else:
+        assert outs[0].rec_loss.shape == outs[1].rec_loss.shape and set(grads[0]) == set(grads[1])
 
 
 def test_loss_falls_over_100_steps():

@@ -1,0 +1,316 @@
+"""(7) The training step against its GEMM roofline (issue 12 §3), one thread, Baby shape.
+
+Question: how close does one `train_step` (the function the loop runs) come to the time of
+its unavoidable matrix products? Reference, measured bare in the same process, in blocks
+alternating with the steps: the five [B, I]×[I, D]-sized GEMMs of a step (FC_in forward
+and weight gradient; FC_out forward, weight gradient and input gradient; x_t needs no
+gradient), and, beside it, every GEMM of the step (the five plus the BD and BG layers: the
+image MLPs' 4096-wide inputs make those a large share). The GEMM shapes are read off the
+model's own `nn.Linear` calls (forward hooks), not written down here.
+
+Variants (same init, same batches): `before` = `model.fused_forward=false,
+train.fused_adam=false` (the code path before issue 12), each optimisation alone, and
+`after` = the defaults. Per variant: ms per step, the ratio five-GEMMs / step, the
+per-piece split `train_step` reports through its `timer`, and a torch.profiler split
+(GEMMs, random numbers, optimizer, other ops, and the Python/dispatch rest). Rows go to
+`<results dir>/roofline.jsonl`; the ratios, not the absolute times, are what survives a
+loaded machine.
+
+    python benchmarks/run.py --quick --only roofline          # with the other benchmarks
+    python -m benchmarks.roofline [--full] [--results-dir DIR]  # alone, no Ray
+
+Shapes: U users, I items, B batch, D hidden, K SVD rank, D_m feature widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS_DIR, Context, Timer, append_results, machine, row
+
+BENCH = "roofline"
+# Baby (data_pipeline.synthetic.SHAPES): users, items, text and image widths; the train
+# rows hold 160,792 · 0.8 / 19,445 ≈ 6.6 items per user.
+USERS, ITEMS, D_TEXT, D_IMAGE, PER_USER = 19_445, 7_050, 384, 4_096, 6.6
+BATCH, HIDDEN, SVD_RANK = 256, 256, 64
+TARGET = 0.7
+VARIANTS: dict[str, list[str]] = {
+    "before": ["model.fused_forward=false", "train.fused_adam=false"],
+    "fused Adam only": ["model.fused_forward=false", "train.fused_adam=true"],
+    "fused forward only": ["model.fused_forward=true", "train.fused_adam=false"],
+    "after": [],
+}
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul"}
+RNG_OPS = {"aten::normal_", "aten::uniform_", "aten::geometric_", "aten::multinomial", "aten::random_",
+           "aten::exponential_", "aten::bernoulli_"}
+
+
+@dataclass
+class Sizes:
+    rounds: int  # alternating blocks (bare GEMMs, each variant's steps)
+    steps: int  # steps per block
+    warmup: int
+    profile_steps: int
+
+
+QUICK, FULL = Sizes(rounds=5, steps=3, warmup=3, profile_steps=3), Sizes(rounds=15, steps=4, warmup=4, profile_steps=6)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def _inputs(seed: int = 0) -> dict[str, Any]:
+    """Item features of the real widths, V_K, degrees, and a few Baby-like batches (CSR)."""
+    import scipy.sparse as sp
+
+    from ld4mrec_dist.rows import to_torch_csr
+
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(8):
+        users = np.sort(rng.choice(USERS, BATCH, replace=False))
+        rows = sp.random(BATCH, ITEMS, density=PER_USER / ITEMS, format="csr", random_state=rng, dtype=np.float32)
+        rows.data[:] = 1.0
+        batches.append((torch.from_numpy(users), to_torch_csr(rows)))
+    return {"features": {"text": torch.randn(ITEMS, D_TEXT, generator=g),
+                         "image": torch.randn(ITEMS, D_IMAGE, generator=g)},
+            "factors": torch.randn(ITEMS, SVD_RANK, generator=g) / SVD_RANK,
+            "degree": torch.full((ITEMS,), 5.0), "batches": batches}
+
+
+class Trainee:
+    """One variant: model, optimizers, sampler history and generator, as the loop holds them."""
+
+    def __init__(self, overrides: list[str], inputs: dict[str, Any], seed: int = 0):
+        from ld4mrec_dist.build import build_optimizers
+        from ld4mrec_dist.config import load_config
+        from ld4mrec_dist.model import LD4MRec
+        from ld4mrec_dist.train.step import SamplerHistory
+
+        self.cfg = load_config(None, [f"model.hidden={HIDDEN}", f"train.batch_size={BATCH}", *overrides])
+        torch.manual_seed(seed)  # same init in every variant
+        self.model = LD4MRec(self.cfg.model, self.cfg.diffusion, USERS, ITEMS, item_factors=inputs["factors"],
+                             item_features=inputs["features"], item_degree=inputs["degree"])
+        self.model.train()
+        self.opts = build_optimizers(self.model, self.cfg)
+        self.history = SamplerHistory.empty(self.model, self.cfg)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.batches = inputs["batches"]
+        self.done = 0
+
+    def step(self, timer: Callable[[str], Any] | None = None) -> None:
+        from ld4mrec_dist.train.step import train_step
+
+        users_B, rows_BI = self.batches[self.done % len(self.batches)]
+        train_step(self.model, self.model.cnet, self.opts, self.history, users_B, rows_BI, self.gen, self.cfg,
+                   timer=timer)
+        self.done += 1
+
+
+@dataclass
+class Gemm:
+    """One matrix product of a step: [m, k] × [k, n] (+ a bias row when `bias`)."""
+
+    name: str
+    m: int
+    k: int
+    n: int
+    bias: bool = False
+
+    @property
+    def big(self) -> bool:
+        """[B, I]×[I, D]-sized: one of the three dimensions is the item count."""
+        return ITEMS in (self.m, self.k, self.n)
+
+
+def step_gemms(trainee: Trainee) -> list[Gemm]:
+    """Every dense GEMM of a training step, from C-Net's `nn.Linear` calls: forward
+    (addmm), weight gradient, and input gradient where the input requires one."""
+    seen: list[tuple[str, torch.Size, int, bool]] = []
+    hooks = [mod.register_forward_hook(
+        lambda m, args, _out, name=name: seen.append((name, args[0].shape, m.out_features, args[0].requires_grad)))
+        for name, mod in trainee.model.cnet.named_modules() if isinstance(mod, torch.nn.Linear)]
+    try:
+        trainee.step()
+    finally:
+        for h in hooks:
+            h.remove()
+    gemms = []
+    for name, shape, n_out, needs_input_grad in seen:
+        b, n_in = shape[0], shape[-1]
+        gemms.append(Gemm(f"{name} forward", b, n_in, n_out, bias=True))
+        gemms.append(Gemm(f"{name} weight grad", n_out, b, n_in))
+        if needs_input_grad:
+            gemms.append(Gemm(f"{name} input grad", b, n_out, n_in))
+    return gemms
+
+
+def bare(gemms: list[Gemm]) -> Callable[[], None]:
+    """The products alone on random operands, fresh outputs as in the model."""
+    ops = []
+    for g in gemms:
+        a, b = torch.randn(g.m, g.k), torch.randn(g.k, g.n)
+        ops.append((torch.randn(g.n) if g.bias else None, a, b))
+
+    def run() -> None:
+        for bias, a, b in ops:
+            if bias is None:
+                torch.mm(a, b)
+            else:
+                torch.addmm(bias, a, b)
+
+    return run
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def _block(fn: Callable[[], None], n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def profile_split(trainee: Trainee, steps: int) -> dict[str, Any]:
+    """ms per step by kind (an op's self time, attributed to `optimizer` when it runs under
+    an optimizer's step), the rest of the wall time as `python/dispatch`, and the top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainee.step()
+        wall = time.perf_counter() - t0
+    split = {"GEMM": 0.0, "random numbers": 0.0, "optimizer": 0.0, "other ops": 0.0}
+    for ev in prof.events():
+        self_ms = ev.self_cpu_time_total / 1e3
+        parent, in_opt = ev, False
+        while parent is not None:
+            if parent.name.startswith("Optimizer.step#"):
+                in_opt = True
+                break
+            parent = parent.cpu_parent
+        kind = ("optimizer" if in_opt else "GEMM" if ev.name in GEMM_OPS
+                else "random numbers" if ev.name in RNG_OPS else "other ops")
+        split[kind] += self_ms
+    split = {k: v / steps for k, v in split.items()}
+    split["python/dispatch"] = max(wall * 1e3 / steps - sum(split.values()), 0.0)
+    top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
+    ops = [{"op": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps}
+           for e in top]
+    return {"split_ms": split, "top_ops": ops, "wall_ms": wall * 1e3 / steps}
+
+
+def measure(sizes: Sizes, variants: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Everything, side by side in this process, with one torch thread."""
+    variants = variants or VARIANTS
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inputs = _inputs()
+        trainees = {name: Trainee(over, inputs) for name, over in variants.items()}
+        gemms = step_gemms(next(iter(trainees.values())))
+        big = [g for g in gemms if g.big]
+        assert len(big) == 5, f"expected the five [B, I]×[I, D] GEMMs, found {[g.name for g in big]}"
+        refs = {"five GEMMs": bare(big), "all GEMMs": bare(gemms)}
+        for fn in refs.values():
+            fn()
+        timers = {name: Timer() for name in trainees}
+        for tr in trainees.values():
+            for _ in range(sizes.warmup):
+                tr.step()
+        samples: dict[str, list[float]] = {name: [] for name in [*refs, *trainees]}
+        for _ in range(sizes.rounds):
+            for name, fn in refs.items():
+                samples[name].append(_block(fn, sizes.steps))
+            for name, tr in trainees.items():
+                samples[name].append(_block(functools.partial(tr.step, timers[name]), sizes.steps))
+        n_timed = sizes.rounds * sizes.steps
+        five, every = samples["five GEMMs"], samples["all GEMMs"]
+        out: dict[str, Any] = {
+            "gemms": [vars(g) | {"big": g.big} for g in gemms],
+            "five_gemms_ms": 1e3 * statistics.median(five), "all_gemms_ms": 1e3 * statistics.median(every),
+            "variants": {}}
+        for name, tr in trainees.items():
+            steps = samples[name]
+            out["variants"][name] = {
+                "overrides": variants[name],
+                "step_ms": 1e3 * statistics.median(steps),
+                # per round, the ratio of blocks run back to back, then the median
+                "ratio_five": statistics.median(f / s for f, s in zip(five, steps, strict=True)),
+                "ratio_all": statistics.median(a / s for a, s in zip(every, steps, strict=True)),
+                "pieces_ms": {k: 1e3 * v / n_timed for k, v in timers[name].total.items()},
+                "profile": profile_split(tr, sizes.profile_steps),
+            }
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- report
+
+
+def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
+    shape = {"shape": "baby", "users": USERS, "items": ITEMS, "batch": BATCH, "hidden": HIDDEN, "threads": 1}
+    out = [row(BENCH, "five [B,I]x[I,D] GEMMs of a step, bare", res["five_gemms_ms"], "ms", **shape),
+           row(BENCH, "all GEMMs of a step, bare", res["all_gemms_ms"], "ms", gemms=res["gemms"], **shape)]
+    for name, v in res["variants"].items():
+        out.append(row(BENCH, f"train_step, {name}", v["step_ms"], "ms", ratio=v["ratio_five"],
+                       target=TARGET if name in ("before", "after") else None,
+                       reference="five GEMMs bare (roofline)", ratio_all_gemms=v["ratio_all"],
+                       overrides=v["overrides"], pieces_ms=v["pieces_ms"], profile=v["profile"], **shape))
+    return out
+
+
+def report(res: dict[str, Any]) -> str:
+    lines = [f"bare: five [B,I]x[I,D] GEMMs {res['five_gemms_ms']:.1f} ms, all GEMMs of the step "
+             f"{res['all_gemms_ms']:.1f} ms (Baby, B = {BATCH}, D = {HIDDEN}, 1 thread)", "",
+             f"{'variant':<20s} {'step ms':>8s} {'five/step':>10s} {'all/step':>9s}   pieces (train_step timer, ms)"]
+    for name, v in res["variants"].items():
+        pieces = ", ".join(f"{k} {t:.1f}" for k, t in v["pieces_ms"].items())
+        lines.append(f"{name:<20s} {v['step_ms']:8.1f} {v['ratio_five']:9.2f}x {v['ratio_all']:8.2f}x   {pieces}")
+    lines.append("")
+    for name, v in res["variants"].items():
+        split = ", ".join(f"{k} {t:.1f}" for k, t in v["profile"]["split_ms"].items())
+        lines.append(f"profile, {name} (ms/step, under the profiler): {split}")
+        if name in ("before", "after"):
+            lines += [f"    {o['op']:<38s} {o['calls_per_step']:6.1f}/step {o['self_ms_per_step']:8.2f} ms"
+                      for o in v["profile"]["top_ops"]]
+    return "\n".join(lines)
+
+
+def run(ctx: Context) -> list[dict[str, Any]]:
+    res = measure(QUICK if ctx.quick else FULL)
+    print(report(res), flush=True)
+    return rows_of(res)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true", help="more rounds (default: the --quick sizes)")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                   help="where roofline.jsonl is appended (default runs/benchmarks/, untracked)")
+    args = p.parse_args(argv)
+    ctx = Context(mode="full" if args.full else "quick", run_id=time.strftime("%Y%m%d-%H%M%S"),
+                  results_dir=args.results_dir)
+    rows = run(ctx)
+    path = append_results(ctx, BENCH, rows, machine())
+    print(f"[bench] {BENCH}: {len(rows)} rows appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
