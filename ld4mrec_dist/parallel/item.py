@@ -1,0 +1,343 @@
+"""Item-parallel LD4MRec: C-Net's two |I|-sized layers sharded over the items (docs/design.md §6.1).
+
+Shapes (legend in ld4mrec_dist/__init__.py): B users in the batch, I items, L = hi − lo the
+items of this rank's slice, D hidden width, K SVD rank, T diffusion steps.
+
+The ranks form a 2-D mesh ("data", "item"). The W_item ranks of an item group see the same
+users; rank i owns items [lo, hi) = the i-th `torch.chunk` of range(I), the split DTensor's
+`Shard` uses. `shard_items` parallelises the model's own CNet in place with torch's
+tensor-parallel API: FC_in (input = items) is `RowwiseParallel`, its weight [D, I] split by
+columns and its output all-reduced (B·D); FC_out (output = items) is `ColwiseParallel`, its
+weight [I, D] and bias split by rows, so C-Net returns this slice of x̂ [B, L], and in
+backward the gradient of FC_out's input is all-reduced (B·D). Everything between (BD and BG
+blocks, z_in) is replicated and gets identical gradients on every rank of the group.
+`CNet.forward` itself runs unchanged.
+
+What DTensor does not express is done here with plain collectives over the item group:
+- the forward process is elementwise: each rank draws ε and the soft-reconstruction mask for
+  its own slice (`draw_slice`); t must be equal across the group (its generator is seeded
+  from the data rank only, `slice_generators`);
+- the conditions (c_u, e_{u,m}) read sparse rows: every rank computes them from the full
+  batch rows with `LD4MRec.conditions` (O(non-zeros · (K + ΣD_m)), no communication);
+- L_rec = c0² · mean over all I items: each rank's `rec_loss` over its slice, times L / I,
+  is its share; the shares sum to L_rec. Each rank back-propagates its own share (their
+  sum is the loss, and FC_out's backward all-reduce adds the shares' gradients up), and one
+  all-reduce of [B + 1] floats gives every rank the batch's L_rec values and the loss.
+
+Per step and rank the item group moves 2·B·D·4 + (B + 1)·4 bytes, whatever I; the C-Net
+parameters a rank holds are 2·L·D + L + O(D²). With W_data > 1 the dense gradients are
+then averaged over the data group (the sharded layers' local shards: 2·L·D floats).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from ld4mrec_dist import dist
+from ld4mrec_dist.build import Optimizers, dense_parameters
+from ld4mrec_dist.cnet import timestep_embedding
+from ld4mrec_dist.config import Config
+from ld4mrec_dist.encoders import as_csr
+from ld4mrec_dist.model import LD4MRec
+from ld4mrec_dist.sampler import importance_weights, sample_steps
+from ld4mrec_dist.train.step import SamplerHistory
+
+# timer("piece") -> a context manager that times the piece (benchmarks); None: not timed.
+StepTimer = Callable[[str], contextlib.AbstractContextManager[object]]
+
+MESH_DIMS = ("data", "item")
+
+
+def item_mesh(data: int, item: int, device_type: str = "cpu") -> DeviceMesh:
+    """The 2-D ("data", "item") mesh over the default process group (W = data · item);
+    world rank r is data rank r // item and item rank r % item."""
+    return init_device_mesh(device_type, (data, item), mesh_dim_names=MESH_DIMS)
+
+
+def item_slice(n_items: int, parts: int, part: int) -> tuple[int, int]:
+    """[lo, hi) of slice `part` of `parts`: `torch.chunk`'s split, as DTensor's `Shard` has it."""
+    size = -(-n_items // parts)
+    lo = min(part * size, n_items)
+    return lo, min(lo + size, n_items)
+
+
+@dataclass(frozen=True)
+class ItemLayout:
+    """Where this rank sits: its data and item coordinates and its item slice [lo, hi)."""
+
+    mesh: DeviceMesh
+    n_items: int
+
+    @property
+    def item_world(self) -> int:
+        return self.mesh.size(1)
+
+    @property
+    def data_world(self) -> int:
+        return self.mesh.size(0)
+
+    @property
+    def item_rank(self) -> int:
+        return self.mesh.get_local_rank("item")
+
+    @property
+    def data_rank(self) -> int:
+        return self.mesh.get_local_rank("data")
+
+    @property
+    def item_group(self) -> tdist.ProcessGroup:
+        return self.mesh.get_group("item")
+
+    @property
+    def data_group(self) -> tdist.ProcessGroup:
+        return self.mesh.get_group("data")
+
+    @property
+    def lo(self) -> int:
+        return item_slice(self.n_items, self.item_world, self.item_rank)[0]
+
+    @property
+    def hi(self) -> int:
+        return item_slice(self.n_items, self.item_world, self.item_rank)[1]
+
+
+def shard_items(model: LD4MRec, mesh: DeviceMesh) -> ItemLayout:
+    """Parallelise `model.cnet` in place over the mesh's "item" dimension (FC_in rowwise,
+    FC_out colwise); returns the rank's layout. Every rank must hold the same initial model
+    (build it from the same seed); the other parameters stay plain, replicated tensors.
+
+    Refused: `model.input_norm=l2` (the row norm of x_t spans every slice; CNet would need
+    the norm passed in) and a mesh with an empty item slice (I < W_item chunks).
+    """
+    if tuple(mesh.mesh_dim_names or ()) != MESH_DIMS:
+        raise ValueError(f"item-parallel needs a mesh with dimensions {MESH_DIMS}, got {mesh.mesh_dim_names}")
+    if model.model_cfg.input_norm != "none":
+        raise NotImplementedError("item-parallel C-Net needs model.input_norm=none: the l2 row norm of x_t "
+                                  "spans all item slices")
+    layout = ItemLayout(mesh, model.n_items)
+    slices = [item_slice(model.n_items, layout.item_world, p) for p in range(layout.item_world)]
+    empty = [p for p, (lo, hi) in enumerate(slices) if hi == lo]
+    if empty:
+        raise ValueError(f"{model.n_items} items split {layout.item_world} ways leave slices {empty} empty")
+    cnet = model.cnet
+    parallelize_module(cnet, mesh["item"], {"fc_in": RowwiseParallel(), "fc_out": ColwiseParallel()})
+    n_items, group_mesh = model.n_items, mesh["item"]
+
+    def as_item_sharded(_: nn.Module, args: tuple[Tensor, ...]) -> tuple[DTensor]:
+        # RowwiseParallel infers the global width as L · W_item; give DTensor the true I
+        # (slices differ by one when W_item does not divide I).
+        (x_BL,) = args
+        return (DTensor.from_local(x_BL, group_mesh, [Shard(1)], run_check=False,
+                                   shape=torch.Size((x_BL.shape[0], n_items)), stride=(n_items, 1)),)
+
+    cnet.fc_in.register_forward_pre_hook(as_item_sharded, prepend=True)
+    local = local_tensor(cnet.fc_out.weight)
+    if local.shape[0] != layout.hi - layout.lo:
+        raise AssertionError(f"FC_out's shard has {local.shape[0]} rows, slice [{layout.lo}, {layout.hi})")
+    return layout
+
+
+def build_item_optimizers(model: LD4MRec, cfg: Config) -> Optimizers:
+    """`build.build_optimizers` for a sharded model: the same Adam (fused per
+    `train.fused_adam`) with the DTensor shards and the plain replicated parameters in two
+    parameter groups (a fused or foreach kernel takes one kind per call), same SparseAdam."""
+    params = dense_parameters(model)
+    groups: list[dict[str, Any]] = [{"params": [p for p in params if isinstance(p, DTensor)]},
+              {"params": [p for p in params if not isinstance(p, DTensor)]}]
+    adam = torch.optim.Adam(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                            fused=cfg.train.fused_adam or None)
+    return Optimizers(dense=adam, z_in=torch.optim.SparseAdam([model.z_in.weight], lr=cfg.train.lr))
+
+
+def local_tensor(x: Tensor) -> Tensor:
+    """A DTensor's shard on this rank (the tensor itself when it is a plain one)."""
+    return x.to_local() if isinstance(x, DTensor) else x
+
+
+def column_slice(rows_BI: Tensor, lo: int, hi: int) -> Tensor:
+    """Columns [lo, hi) of a batch's sparse rows, dense float32 [B, L] (never [B, I])."""
+    csr = as_csr(rows_BI)
+    crow_B1, col_Z, val_Z = csr.crow_indices(), csr.col_indices(), csr.values()
+    row_Z = torch.repeat_interleave(torch.arange(csr.shape[0], device=val_Z.device), crow_B1.diff(),
+                                    output_size=val_Z.numel())
+    keep_Z = (col_Z >= lo) & (col_Z < hi)
+    out_BL = torch.zeros(csr.shape[0], hi - lo, dtype=torch.float32, device=val_Z.device)
+    out_BL[row_Z[keep_Z], col_Z[keep_Z] - lo] = val_Z[keep_Z]
+    return out_BL
+
+
+def slice_generators(seed: int, epoch: int, layout: ItemLayout,
+                     device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """(t generator, slice generator) of an epoch. The first is seeded from (seed, epoch,
+    data rank), so every rank of an item group draws the same t (and with W_item = 1 the
+    same stream as the trainer's `reseed`); the second also from the item rank: ε and the
+    soft-reconstruction mask of different slices are independent."""
+    def gen(*key: int) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(int(np.random.default_rng(list(key)).integers(2**62)))
+
+    return gen(seed, epoch, layout.data_rank), gen(seed, epoch, layout.data_rank, 1 + layout.item_rank)
+
+
+class SliceDraw(NamedTuple):
+    """The forward process of one slice (Alg. 1 l.3-6): t [B] (equal on the item group), the
+    target f_s(x_in) and the noise ε, each [B, L]."""
+
+    t: Tensor
+    target: Tensor
+    noise: Tensor
+
+
+def draw_slice(model: LD4MRec, x_BL: Tensor, p_T: Tensor, step_generator: torch.Generator,
+               slice_generator: torch.Generator) -> SliceDraw:
+    """t ~ p_T from the group's shared stream, then the mask and ε of this slice, drawn as
+    `LD4MRec.forward` draws them (same functions, same order) but over L items."""
+    t_B = sample_steps(p_T.to(step_generator.device), x_BL.shape[0], step_generator).to(model.device)
+    target_BL = model.reconstruction_target(x_BL, slice_generator)
+    noise_BL = torch.randn(x_BL.shape, generator=slice_generator, device=model.device)
+    return SliceDraw(t_B, target_BL, noise_BL)
+
+
+class SliceLoss(NamedTuple):
+    share: Tensor
+    """Scalar: this slice's share of the batch loss (differentiable; the shares sum to the loss)."""
+    t: Tensor
+    """int64 [B]."""
+    rec_share: Tensor
+    """float32 [B], this slice's share of L_rec (detached)."""
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def slice_loss(model: LD4MRec, layout: ItemLayout, rows_BI: Tensor, x_BL: Tensor, users_B: Tensor,
+               draw: SliceDraw, p_T: Tensor) -> SliceLoss:
+    """Alg. 1 l.6-10 on one slice, with `LD4MRec`'s own pieces: x_t of the slice, the
+    conditions from the full sparse rows, C-Net (sharded by `shard_items`) → x̂ [B, L], and
+    the slice's share of the importance-weighted loss. Runs FC_in's and FC_out's collectives."""
+    device = model.device
+    with _no_autocast(device):
+        xt_BL = model.schedule.q_sample(draw.target, draw.t, draw.noise)
+        c_BK, prefs = model.conditions(as_csr(rows_BI).to(device))
+        tf_BD = timestep_embedding(draw.t, model.hidden) + model.z_in_rows(users_B)
+    xhat_BL = model.cnet(xt_BL, tf_BD, c_BK, prefs)
+    with _no_autocast(device):
+        # rec_loss averages over the L items it sees; × L / I makes it this slice's share.
+        rec_B = model.schedule.rec_loss(draw.target, xhat_BL.float(), draw.t) * (x_BL.shape[1] / layout.n_items)
+        share = (importance_weights(p_T, draw.t) * rec_B).mean()
+    return SliceLoss(share, draw.t, rec_B.detach())
+
+
+def reduce_losses(out: SliceLoss, layout: ItemLayout) -> tuple[Tensor, Tensor]:
+    """(the batch's loss, L_rec [B]) summed over the item group: one all-reduce of B + 1 floats."""
+    packed = torch.cat([out.rec_share.float(), out.share.detach().float().reshape(1)])
+    tdist.all_reduce(packed, group=layout.item_group)
+    return packed[-1], packed[:-1]
+
+
+def clip_grad_norm(params: Sequence[Tensor], max_norm: float, layout: ItemLayout) -> Tensor:
+    """`clip_grad_norm_` over the full (unsharded) parameters: the squares of the shards are
+    summed over the item group, the replicated parameters are counted once."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [local_tensor(g) for g in grads if isinstance(g, DTensor)]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
+    sq = torch.zeros((), dtype=torch.float32)
+    for g in sharded:
+        sq = sq + g.float().square().sum().cpu()
+    tdist.all_reduce(sq, group=layout.item_group)
+    for g in plain:
+        sq = sq + g.float().square().sum().cpu()
+    norm = sq.sqrt()
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for g in sharded + plain:
+        g.mul_(scale.to(g.device))
+    return norm
+
+
+def average_over_data(params: Iterable[Tensor], layout: ItemLayout) -> None:
+    """Average the dense gradients (local shards for the sharded layers) over the data group;
+    a no-op when W_data = 1. (z_in's sparse rows go through `dist.synced_sparse_grad`.)"""
+    if layout.data_world == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            g = local_tensor(p.grad)
+            tdist.all_reduce(g, group=layout.data_group)
+            g.div_(layout.data_world)
+
+
+def _untimed(_: str) -> contextlib.AbstractContextManager[object]:
+    return contextlib.nullcontext()
+
+
+def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, history: SamplerHistory,
+                       users_B: Tensor, rows_BI: Tensor, generators: tuple[torch.Generator, torch.Generator],
+                       cfg: Config, timer: StepTimer | None = None, draw: SliceDraw | None = None) -> Tensor:
+    """Alg. 1 l.3-13 for one batch on a rank of a ("data", "item") mesh: what `train_step`
+    does, item-parallel. `rows_BI`: the batch's full sparse rows (the same on the item group),
+    `generators`: `slice_generators`; `draw`, when given, is the forward process to use
+    instead of drawing one (tests, replays). Returns the batch's loss (detached scalar)."""
+    timed = timer or _untimed
+    with timed("forward"):
+        p_T = history.probabilities(cfg)
+        x_BL = column_slice(rows_BI, layout.lo, layout.hi).to(model.device)
+        if draw is None:
+            draw = draw_slice(model, x_BL, p_T, *generators)
+        out = slice_loss(model, layout, rows_BI, x_BL, users_B, draw, p_T)
+        loss, rec_B = reduce_losses(out, layout)
+        if not torch.isfinite(loss):
+            raise FloatingPointError("non-finite training loss: lower train.lr or enable train.grad_clip")
+    with timed("backward"):
+        opts.dense.zero_grad(set_to_none=True)
+        opts.z_in.zero_grad(set_to_none=True)
+        torch.autograd.backward(out.share)
+    with timed("sync"):
+        dense = [p for group in opts.dense.param_groups for p in group["params"]]
+        average_over_data(dense, layout)
+        # Every rank of an item group holds the same z_in rows: over the whole world the
+        # gathered mean is the mean over data ranks (W_item copies of each, divided by W).
+        dist.synced_sparse_grad(model.z_in.weight, cfg.train.batch_size)
+    with timed("optimizer"):
+        if cfg.train.grad_clip > 0:
+            clip_grad_norm(dense, cfg.train.grad_clip, layout)
+        opts.dense.step()
+        opts.z_in.step()
+    with timed("history"):
+        # Only item rank 0 of each data group contributes: the history sees each user once,
+        # in data-rank order, as with DDP.
+        n = out.t.shape[0] if layout.item_rank == 0 else 0
+        history.record(*dist.gather_step_losses(out.t[:n], rec_B[:n], cfg.train.batch_size))
+    return loss
+
+
+@torch.no_grad()
+def score_slice(model: LD4MRec, rows_BI: Tensor, x_BL: Tensor, users_B: Tensor) -> Tensor:
+    """Alg. 2 on one slice: x̂_θ(x_in, t_f = z_in, m) for items [lo, hi), float32 [B, L], as
+    `LD4MRec.score` computes it (conditions from the full sparse rows). Runs FC_in's all-reduce."""
+    with _no_autocast(model.device):
+        c_BK, prefs = model.conditions(as_csr(rows_BI).to(model.device))
+        tf_BD = model.z_in_rows(users_B)
+    return model.cnet(x_BL, tf_BD, c_BK, prefs, dropout=False).float()
+
+
+def item_parallel_bytes_per_step(batch: int, hidden: int, grad_clip: bool = False) -> dict[str, int]:
+    """Bytes each rank contributes per step to the item group's collectives, by the counting
+    convention of `comm.CollectiveBytes` (the tensor all-reduced, an all-gather's output):
+    FC_in's forward and FC_out's backward all-reduce B·D float32 each, the loss one of B + 1,
+    gradient clipping one float. The z_in rows and the sampler's (t, L_rec) are gathered as in
+    data parallel (`dist.zin_bytes_per_step`, `dist.sampler_bytes_per_step`) over all W ranks.
+    For W_item ≥ 2 (and W_data = 1: a data group adds its all-reduce of the local gradients)."""
+    return {"activations": 2 * batch * hidden * 4, "loss": (batch + 1) * 4, "clip": 4 if grad_clip else 0}

@@ -1,0 +1,284 @@
+"""Item-parallel LD4MRec (ld4mrec_dist/parallel/) against the single-process model, on 2 real
+gloo processes (benchmarks.harness.gloo_spawn): the same forward process gives the same loss,
+gradients, updated parameters and sampler history to 1e-5; the merged top-k equals the
+single-process one; checkpoints load across the 1-rank and 2-rank layouts; the bytes each
+rank moves are counted and equal the formula."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.harness import free_port, gloo_spawn
+from ld4mrec_dist import dist as sync
+from ld4mrec_dist.build import build_optimizers
+from ld4mrec_dist.config import Config, DiffusionSection, ModelSection, TrainSection
+from ld4mrec_dist.eval.metrics import mask_items
+from ld4mrec_dist.model import LD4MRec
+from ld4mrec_dist.parallel.checkpoint import load_sharded, save_sharded
+from ld4mrec_dist.parallel.topk import merge_topk, topk_ordered
+from ld4mrec_dist.sampler import sample_steps
+from ld4mrec_dist.train.step import SamplerHistory, train_step
+
+U, I, D, K, B = 9, 11, 8, 3, 4  # 11 items on 2 ranks: slices of 6 and 5
+FEATS = (("text", 5), ("image", 4))
+WORLD = 2
+USERS = torch.tensor([1, 4, 7, 8])
+SEEDS = (11, 12)  # forward-process seeds of step 1 and step 2
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _cfg() -> Config:
+    # sr_prob large enough that the soft-reconstruction mask hits entries of both slices;
+    # grad_clip small enough that clipping is active.
+    return Config(model=ModelSection(hidden=D, svd_rank=K),
+                  diffusion=DiffusionSection(steps=5, sr_prob=0.3, sr_gamma=0.1, history=2),
+                  train=TrainSection(batch_size=B, grad_clip=0.05, lr=0.01))
+
+
+def _data() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    r = (torch.rand(U, I, generator=g) < 0.3).float()
+    r[USERS, torch.arange(B)] = 1.0  # every batch user has a click
+    feats = {name: torch.randn(I, d, generator=g) for name, d in FEATS}
+    return r, feats, torch.randn(I, K, generator=g), r.sum(0)
+
+
+def _model(cfg: Config) -> LD4MRec:
+    r, feats, v, deg = _data()
+    torch.manual_seed(cfg.train.seed)
+    return LD4MRec(cfg.model, cfg.diffusion, U, I, item_factors=v, item_features=feats, item_degree=deg)
+
+
+def _history(model: LD4MRec, cfg: Config) -> SamplerHistory:
+    """A full history, so that p_t is not uniform and the importance weights differ from 1."""
+    h = SamplerHistory.empty(model, cfg)
+    t_N = torch.arange(1, 6).repeat(2)
+    h.record(t_N, torch.linspace(0.1, 2.0, 10, dtype=torch.float64))
+    return h
+
+
+def _rows() -> torch.Tensor:
+    return _data()[0][USERS].to_sparse_csr()
+
+
+def _full_draw(model: LD4MRec, p_T: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """t, f_s(x_in) and ε over all I items, drawn as LD4MRec.forward draws them from a
+    generator seeded `seed` (same functions, same order)."""
+    g = torch.Generator().manual_seed(seed)
+    t_B = sample_steps(p_T, B, g)
+    target_BI = model.reconstruction_target(_rows().to_dense(), g)
+    return t_B, target_BI, torch.randn((B, I), generator=g)
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to_dense().numpy().copy()
+
+
+def _state(model: LD4MRec, opts) -> dict[str, np.ndarray]:
+    """Parameters and both optimizers' moments (local shards on a sharded rank), as numpy."""
+    from ld4mrec_dist.parallel.item import local_tensor
+
+    out = {f"param/{n}": _np(local_tensor(p)) for n, p in model.named_parameters()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for opt in opts:
+        for p, st in opt.state.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                out[f"{key}/{names[id(p)]}"] = _np(local_tensor(st[key]))
+    return out
+
+
+# ---------------------------------------------------------------- 2 ranks
+
+
+def _rank(rank: int, world: int, ck1: str, ck2: str) -> dict:
+    """Step 1 on a fresh item-parallel model (the full draw sliced), save; a fresh model
+    loads the single-process checkpoint `ck1` and runs step 2; top-k of a fresh model."""
+    from ld4mrec_dist.parallel.comm import CollectiveBytes
+    from ld4mrec_dist.parallel.item import (
+        SliceDraw,
+        build_item_optimizers,
+        item_mesh,
+        item_parallel_bytes_per_step,
+        item_parallel_step,
+        shard_items,
+    )
+    from ld4mrec_dist.parallel.topk import item_parallel_topk
+
+    warnings.simplefilter("ignore")
+    cfg = _cfg()
+    mesh = item_mesh(1, world)
+
+    def sharded() -> tuple[LD4MRec, object, object]:
+        model = _model(cfg)
+        layout = shard_items(model, mesh)
+        return model, layout, build_item_optimizers(model, cfg)
+
+    def step(model, layout, opts, history, seed):
+        t_B, target_BI, noise_BI = _full_draw(model, history.probabilities(cfg), seed)
+        lo, hi = layout.lo, layout.hi
+        draw = SliceDraw(t_B, target_BI[:, lo:hi], noise_BI[:, lo:hi])
+        with CollectiveBytes() as counted:
+            loss = item_parallel_step(model, layout, opts, history, USERS, _rows(), (None, None), cfg, draw=draw)
+        return float(loss), counted
+
+    model, layout, opts = sharded()
+    history = _history(model, cfg)
+    loss1, counted = step(model, layout, opts, history, SEEDS[0])
+    grads = {n: _np(p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad)
+             for n, p in model.named_parameters()}
+    state1 = _state(model, opts)
+    save_sharded(ck2, model, opts)
+    expected_bytes = (sum(item_parallel_bytes_per_step(B, D, grad_clip=True).values())
+                      + sync.zin_bytes_per_step(world, B, D) + sync.sampler_bytes_per_step(world, B))
+
+    # Resume in this layout from the single-process checkpoint, then step 2.
+    model2, layout2, opts2 = sharded()
+    load_sharded(ck1, model2, opts2)
+    loaded = _state(model2, opts2)
+    loss2, _ = step(model2, layout2, opts2, history, SEEDS[1])
+
+    # Top-k of a fresh model: k = 3, k = 8 (more than a slice holds) and k = I (every masked
+    # item, all −inf, ranked by index).
+    fresh, fresh_layout, _ = sharded()
+    tops = {k: tuple(_np(x) for x in item_parallel_topk(fresh, fresh_layout, _rows(), USERS, k, mask_BI=_rows()))
+            for k in (3, 8, I)}
+    return {"lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2, "grads": grads, "state1": state1,
+            "loaded": loaded, "state2": _state(model2, opts2), "history": _np(history.table_TH),
+            "bytes": counted.total, "expected_bytes": expected_bytes, "calls": counted.calls, "tops": tops}
+
+
+def _reference_step(model: LD4MRec, opts, history: SamplerHistory, cfg: Config, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    return float(train_step(model, model.cnet, opts, history, USERS, _rows(), g, cfg))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The single-process reference (two steps, a checkpoint after the first) and the 2-rank run."""
+    tmp: Path = tmp_path_factory.mktemp("item_parallel")
+    warnings.simplefilter("ignore")
+    cfg = _cfg()
+    model = _model(cfg)
+    opts = build_optimizers(model, cfg)
+    history = _history(model, cfg)
+    loss1 = _reference_step(model, opts, history, cfg, SEEDS[0])
+    ref = {"loss1": loss1, "grads": {n: _np(p.grad) for n, p in model.named_parameters()},
+           "state1": _state(model, opts)}
+    save_sharded(tmp / "ck1", model, opts)
+    ref["loss2"] = _reference_step(model, opts, history, cfg, SEEDS[1])
+    ref["state2"], ref["history"] = _state(model, opts), _np(history.table_TH)
+    ranks = gloo_spawn(_rank, WORLD, (str(tmp / "ck1"), str(tmp / "ck2")), free_port())
+    # The 2-rank checkpoint, loaded by one process.
+    model1 = _model(cfg)
+    opts1 = build_optimizers(model1, cfg)
+    load_sharded(tmp / "ck2", model1, opts1)
+    fresh = _model(cfg)
+    scores = mask_items(fresh.score(_rows(), USERS), _rows().to_dense())
+    return {"ref": ref, "ranks": ranks, "loaded1": _state(model1, opts1), "scores": scores}
+
+
+def _slice(name: str, full: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The part of a full tensor that the rank owning items [lo, hi) holds."""
+    if name.endswith("fc_in.weight"):
+        return full[:, lo:hi]
+    if ".fc_out." in name or name.startswith("fc_out."):
+        return full[lo:hi]
+    return full
+
+
+def _assert_state_matches(sharded: dict, full: dict, lo: int, hi: int) -> None:
+    assert sharded.keys() == full.keys()
+    for name, value in full.items():
+        np.testing.assert_allclose(sharded[name], _slice(name, value, lo, hi), **TOL, err_msg=name)
+
+
+def test_layout_splits_items_like_torch_chunk(runs):
+    assert [(r["lo"], r["hi"]) for r in runs["ranks"]] == [(0, 6), (6, 11)]
+
+
+def test_loss_and_gradients_equal_single_process(runs):
+    ref = runs["ref"]
+    for r in runs["ranks"]:
+        assert r["loss1"] == pytest.approx(ref["loss1"], rel=1e-5, abs=1e-7)
+        assert r["grads"].keys() == ref["grads"].keys()
+        for name, g in ref["grads"].items():
+            np.testing.assert_allclose(r["grads"][name], _slice(name, g, r["lo"], r["hi"]), **TOL, err_msg=name)
+        # clipped and updated, Adam moments included (and z_in's SparseAdam)
+        _assert_state_matches(r["state1"], ref["state1"], r["lo"], r["hi"])
+        np.testing.assert_allclose(r["history"], ref["history"], **TOL)
+    # the replicated layers got bitwise-equal updates on both ranks
+    s0, s1 = runs["ranks"][0]["state2"], runs["ranks"][1]["state2"]
+    for name in s0:
+        if "fc_in" not in name and "fc_out" not in name:
+            assert np.array_equal(s0[name], s1[name]), name
+
+
+def test_checkpoints_load_across_layouts(runs):
+    ref = runs["ref"]
+    # 1 rank -> 2 ranks: each rank loads its shards of the single-process state, and the next
+    # step (same draw) gives the single-process loss and state.
+    for r in runs["ranks"]:
+        _assert_state_matches(r["loaded"], ref["state1"], r["lo"], r["hi"])
+        assert r["loss2"] == pytest.approx(ref["loss2"], rel=1e-5, abs=1e-7)
+        _assert_state_matches(r["state2"], ref["state2"], r["lo"], r["hi"])
+    # 2 ranks -> 1 rank: the whole state, both shards joined.
+    _assert_state_matches(runs["loaded1"], ref["state1"], 0, I)
+
+
+def test_merged_topk_equals_single_process(runs):
+    for k in (3, 8, I):
+        want_val, want_item = topk_ordered(runs["scores"], k)
+        for r in runs["ranks"]:
+            val, item = r["tops"][k]
+            assert np.array_equal(item, want_item.numpy()), k
+            np.testing.assert_allclose(val, want_val.numpy(), **TOL)
+
+
+def test_item_group_moves_activations_not_gradients(runs):
+    for r in runs["ranks"]:
+        assert r["bytes"] == r["expected_bytes"], r["calls"]
+        fc_bytes = 4 * (2 * I * D + I)
+        # FC_in/FC_out's gradients never cross ranks: 2 all-reduces of B·D floats do.
+        assert [n for n, c in r["calls"] if c == 4 * B * D].count("_c10d_functional.all_reduce.default") == 2
+        assert all(c < fc_bytes / 2 for _, c in r["calls"])
+
+
+# ---------------------------------------------------------------- top-k, one process
+
+
+def _brute_topk(scores: torch.Tensor, k: int) -> list[list[int]]:
+    return [sorted(range(len(row)), key=lambda i: (-row[i], i))[:k] for row in scores.tolist()]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 4])
+@pytest.mark.parametrize("k", [1, 5, 12, 23, 30])
+def test_merge_topk_over_slices_with_ties(parts, k):
+    g = torch.Generator().manual_seed(parts * 100 + k)
+    scores = torch.randint(0, 3, (6, 23), generator=g).float()  # many ties
+    scores[0] = 1.0  # a row that is all one tie
+    scores[1, ::2] = float("-inf")  # masked items
+    from ld4mrec_dist.parallel.item import item_slice
+
+    vals, items = [], []
+    for p in range(parts):
+        lo, hi = item_slice(23, parts, p)
+        v, i = topk_ordered(scores[:, lo:hi], k, offset=lo)
+        vals.append(v)
+        items.append(i)
+    merged_val, merged_item = merge_topk(torch.cat(vals, 1), torch.cat(items, 1), k)
+    want_val, want_item = topk_ordered(scores, k)
+    assert merged_item.tolist() == want_item.tolist() == _brute_topk(scores, k)
+    assert torch.equal(merged_val, want_val)
+    assert torch.equal(want_val, torch.topk(scores, min(k, 23), dim=1).values)
+
+
+def test_topk_ordered_would_catch_an_unordered_tie_break():
+    """A tie at the cut-off goes to the smallest index even when torch.topk picks another."""
+    scores = torch.tensor([[0.0, 5.0, 1.0, 5.0, 5.0, 2.0]])
+    assert topk_ordered(scores, 2)[1].tolist() == [[1, 3]]
+    assert topk_ordered(scores, 4, offset=10)[1].tolist() == [[11, 13, 14, 15]]
