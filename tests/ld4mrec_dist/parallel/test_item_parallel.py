@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.harness import free_port, gloo_spawn
 from ld4mrec_dist import dist as sync
-from ld4mrec_dist.build import build_optimizers
+from ld4mrec_dist.build import build_optimizers, wrap_cnet
 from ld4mrec_dist.config import Config, DiffusionSection, ModelSection, TrainSection
 from ld4mrec_dist.eval.metrics import mask_items
 from ld4mrec_dist.model import LD4MRec
@@ -28,22 +28,25 @@ U, I, D, K, B = 9, 11, 8, 3, 4  # 11 items on 2 ranks: slices of 6 and 5
 FEATS = (("text", 5), ("image", 4))
 WORLD = 2
 USERS = torch.tensor([1, 4, 7, 8])
+DATA_USERS = (torch.tensor([0, 2, 4, 5]), torch.tensor([3, 4, 6, 8]))  # a (2, 1) mesh: user 4 on both
 SEEDS = (11, 12)  # forward-process seeds of step 1 and step 2
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def _cfg() -> Config:
     # sr_prob large enough that the soft-reconstruction mask hits entries of both slices;
-    # grad_clip small enough that clipping is active.
+    # grad_clip small enough that clipping is active. Adam's first step moves every parameter
+    # by about lr (≫ the 1e-5 tolerance); a larger lr would turn the float noise of the
+    # near-zero gradients (g / (|g| + eps)) into differences above it.
     return Config(model=ModelSection(hidden=D, svd_rank=K),
                   diffusion=DiffusionSection(steps=5, sr_prob=0.3, sr_gamma=0.1, history=2),
-                  train=TrainSection(batch_size=B, grad_clip=0.05, lr=0.01))
+                  train=TrainSection(batch_size=B, grad_clip=0.05, lr=1e-3))
 
 
 def _data() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     r = (torch.rand(U, I, generator=g) < 0.3).float()
-    r[USERS, torch.arange(B)] = 1.0  # every batch user has a click
+    r[:, 0] = 1.0  # every user has a click
     feats = {name: torch.randn(I, d, generator=g) for name, d in FEATS}
     return r, feats, torch.randn(I, K, generator=g), r.sum(0)
 
@@ -62,16 +65,17 @@ def _history(model: LD4MRec, cfg: Config) -> SamplerHistory:
     return h
 
 
-def _rows() -> torch.Tensor:
-    return _data()[0][USERS].to_sparse_csr()
+def _rows(users: torch.Tensor = USERS) -> torch.Tensor:
+    return _data()[0][users].to_sparse_csr()
 
 
-def _full_draw(model: LD4MRec, p_T: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _full_draw(model: LD4MRec, p_T: torch.Tensor, seed: int,
+               users: torch.Tensor = USERS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """t, f_s(x_in) and ε over all I items, drawn as LD4MRec.forward draws them from a
     generator seeded `seed` (same functions, same order)."""
     g = torch.Generator().manual_seed(seed)
     t_B = sample_steps(p_T, B, g)
-    target_BI = model.reconstruction_target(_rows().to_dense(), g)
+    target_BI = model.reconstruction_target(_rows(users).to_dense(), g)
     return t_B, target_BI, torch.randn((B, I), generator=g)
 
 
@@ -147,8 +151,25 @@ def _rank(rank: int, world: int, ck1: str, ck2: str) -> dict:
     fresh, fresh_layout, _ = sharded()
     tops = {k: tuple(_np(x) for x in item_parallel_topk(fresh, fresh_layout, _rows(), USERS, k, mask_BI=_rows()))
             for k in (3, 8, I)}
-    return {"lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2, "grads": grads, "state1": state1,
-            "loaded": loaded, "state2": _state(model2, opts2), "history": _np(history.table_TH),
+
+    # A ("data", "item") = (2, 1) mesh against the trainer's own DDP step: each data rank its
+    # own users and forward process.
+    users, seed = DATA_USERS[rank], SEEDS[0] + 10 * rank
+    data_model = _model(cfg)
+    data_layout = shard_items(data_model, item_mesh(world, 1))
+    data_opts, data_history = build_item_optimizers(data_model, cfg), _history(data_model, cfg)
+    draw = SliceDraw(*_full_draw(data_model, data_history.probabilities(cfg), seed, users))
+    data_loss = item_parallel_step(data_model, data_layout, data_opts, data_history, users, _rows(users),
+                                   (None, None), cfg, draw=draw)
+    ddp_model = _model(cfg)
+    ddp_opts, ddp_history = build_optimizers(ddp_model, cfg), _history(ddp_model, cfg)
+    ddp_loss = train_step(ddp_model, wrap_cnet(ddp_model, torch.device("cpu")), ddp_opts, ddp_history, users,
+                          _rows(users), torch.Generator().manual_seed(seed), cfg)
+    data = {"loss": float(data_loss), "state": _state(data_model, data_opts), "history": _np(data_history.table_TH),
+            "ddp_loss": float(ddp_loss), "ddp_state": _state(ddp_model, ddp_opts),
+            "ddp_history": _np(ddp_history.table_TH)}
+    return {"data": data, "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2, "grads": grads,
+            "state1": state1, "loaded": loaded, "state2": _state(model2, opts2), "history": _np(history.table_TH),
             "bytes": counted.total, "expected_bytes": expected_bytes, "calls": counted.calls, "tops": tops}
 
 
@@ -216,6 +237,16 @@ def test_loss_and_gradients_equal_single_process(runs):
     for name in s0:
         if "fc_in" not in name and "fc_out" not in name:
             assert np.array_equal(s0[name], s1[name]), name
+
+
+def test_data_dimension_equals_ddp(runs):
+    """On a (2, 1) mesh the item-parallel step is data parallel: the same update as DDP."""
+    for r in runs["ranks"]:
+        d = r["data"]
+        assert d["loss"] == pytest.approx(d["ddp_loss"], rel=1e-5, abs=1e-7)
+        _assert_state_matches(d["state"], d["ddp_state"], 0, I)
+        np.testing.assert_allclose(d["history"], d["ddp_history"], **TOL)
+    assert runs["ranks"][0]["data"]["loss"] != runs["ranks"][1]["data"]["loss"]  # different batches
 
 
 def test_checkpoints_load_across_layouts(runs):
