@@ -106,10 +106,13 @@ def _rank(rank: int, world: int, ck1: str, ck2: str) -> dict:
     from ld4mrec_dist.parallel.item import (
         SliceDraw,
         build_item_optimizers,
+        column_slice,
+        draw_slice,
         item_mesh,
         item_parallel_bytes_per_step,
         item_parallel_step,
         shard_items,
+        slice_generators,
     )
     from ld4mrec_dist.parallel.topk import item_parallel_topk
 
@@ -146,6 +149,12 @@ def _rank(rank: int, world: int, ck1: str, ck2: str) -> dict:
     loaded = _state(model2, opts2)
     loss2, _ = step(model2, layout2, opts2, history, SEEDS[1])
 
+    # The production draw: t shared by the item group, ε and the mask of the slice only.
+    gens = slice_generators(cfg.train.seed, 3, layout, torch.device("cpu"))
+    x_BL = column_slice(_rows(), layout.lo, layout.hi)
+    own = draw_slice(model, x_BL, history.probabilities(cfg), *gens)
+    draws = {"t": _np(own.t), "noise": _np(own.noise), "changed": _np(own.target != x_BL)}
+
     # Top-k of a fresh model: k = 3, k = 8 (more than a slice holds) and k = I (every masked
     # item, all −inf, ranked by index).
     fresh, fresh_layout, _ = sharded()
@@ -168,8 +177,9 @@ def _rank(rank: int, world: int, ck1: str, ck2: str) -> dict:
     data = {"loss": float(data_loss), "state": _state(data_model, data_opts), "history": _np(data_history.table_TH),
             "ddp_loss": float(ddp_loss), "ddp_state": _state(ddp_model, ddp_opts),
             "ddp_history": _np(ddp_history.table_TH)}
-    return {"data": data, "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2, "grads": grads,
-            "state1": state1, "loaded": loaded, "state2": _state(model2, opts2), "history": _np(history.table_TH),
+    return {"draws": draws, "data": data, "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2,
+            "grads": grads, "state1": state1, "loaded": loaded, "state2": _state(model2, opts2),
+            "history": _np(history.table_TH),
             "bytes": counted.total, "expected_bytes": expected_bytes, "calls": counted.calls, "tops": tops}
 
 
@@ -220,6 +230,14 @@ def _assert_state_matches(sharded: dict, full: dict, lo: int, hi: int) -> None:
 
 def test_layout_splits_items_like_torch_chunk(runs):
     assert [(r["lo"], r["hi"]) for r in runs["ranks"]] == [(0, 6), (6, 11)]
+
+
+def test_slices_draw_their_own_noise_and_share_t(runs):
+    d0, d1 = (r["draws"] for r in runs["ranks"])
+    assert np.array_equal(d0["t"], d1["t"])
+    assert d0["noise"].shape == (B, 6) and d1["noise"].shape == (B, 5)
+    assert not np.allclose(d0["noise"][:, :5], d1["noise"])
+    assert d0["changed"].any() or d1["changed"].any()  # sr_prob = 0.3 smooths some entries
 
 
 def test_loss_and_gradients_equal_single_process(runs):
