@@ -4,10 +4,11 @@ Shapes: B users per step, I items, D hidden, U users.
 
 - `ideal_steps`: LD4MRec forward / backward / Adam+SparseAdam on batches sliced from one
   pre-densified in-memory tensor [U, I] in a plain loop (the reference of throughput).
-- `profiled_steps`: the step of `train_loop_per_worker`, piece by piece and timed: rows
-  slicing from the RowStore, `to_torch_csr`, densify (the model's `_inputs`, timed on
-  the side), sampler (p_t + history update + gather), forward, backward, z_in sync,
-  optimizer. With W > 1 (gloo) the collectives are timed too.
+- `profiled_steps`: the training loop's own step function (`train.step.train_step`) and
+  batch feed (`rows.torch_minibatches`), timed piece by piece through the step's timer:
+  data (RowStore slice → torch CSR), forward (densify, encoders, C-Net, loss), backward
+  (+ DDP all-reduce), z_in sync, optimizer, history (gather + update). With W > 1
+  (gloo) the collectives are timed too.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from benchmarks.common import Timer
 
 
 def make_config(dataset: str, overrides: list[str] | None = None):
@@ -76,71 +75,41 @@ def ideal_steps(model, opts, x_UI: torch.Tensor, users_U: torch.Tensor, batch: i
     return {"users_per_s": steps * batch / wall, "step_s": wall / steps, "steps": steps}
 
 
-def profiled_steps(model, opts, store, cfg, steps: int, warmup: int = 3, ddp_model=None,
+def profiled_steps(model, opts, store, cfg, steps: int, warmup: int = 3, cnet=None,
                    bf16: bool = False) -> dict[str, Any]:
-    """The loop's step, timed piece by piece. Returns seconds per step of each piece."""
-    from ld4mrec_dist import dist as sync
-    from ld4mrec_dist.rows import epoch_order, minibatches, to_torch_csr
-    from ld4mrec_dist.sampler import init_history, step_probabilities, update_history
+    """The loop's own step (`train.step.train_step`, fed by `rows.torch_minibatches`), timed
+    piece by piece through its timer. Returns seconds per step of each piece."""
+    from ld4mrec_dist import dist
+    from ld4mrec_dist.rows import epoch_order, torch_minibatches
+    from ld4mrec_dist.timing import PieceTimer
+    from ld4mrec_dist.train.step import SamplerHistory, train_step
 
-    device = str(model.device)
-    ddp_model = ddp_model or model.cnet
+    device = model.device
+    cnet = cnet or model.cnet
     batch = cfg.train.batch_size
-    table, counts = init_history(cfg.diffusion.steps, cfg.diffusion.history)
-    gen = torch.Generator(device=model.device).manual_seed(cfg.train.seed)
-    n_rows = sync.all_reduce_min_int(len(store), model.device)
+    sampler = SamplerHistory.empty(model, cfg)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    n_rows = dist.all_reduce_min_int(len(store), device)
     model.train()
-    timer = Timer()
+    timer = PieceTimer()
     done, t_start = 0, None
     while done < warmup + steps:
-        order = epoch_order(len(store), cfg.train.seed, done, sync.rank())
-        it = minibatches(store, order, batch, n_rows - n_rows % batch)  # full batches only
-        while done < warmup + steps:
+        order = epoch_order(len(store), cfg.train.seed, done, dist.rank())
+        # full batches only: every timed step has the same shape
+        batches = torch_minibatches(store, order, batch, n_rows - n_rows % batch, device, timer)
+        for users_B, rows_BI in batches:
+            if done == warmup + steps:
+                break
             if done == warmup:
-                timer, t_start = Timer(), time.perf_counter()
-                _sync(device)
-            with timer("1 rows: slice RowStore (scipy)"):
-                nxt = next(it, None)
-                if nxt is None:
-                    break
-                users_np, rows = nxt
-                users_B = torch.from_numpy(users_np).to(device)
-            with timer("2 to_torch_csr"):
-                rows_BI = to_torch_csr(rows, device)
-            with timer("3 densify (model._inputs, measured aside)"):
-                model._inputs(rows_BI)
-                _sync(device)
-            with timer("4 sampler: p_t"):
-                p_T = step_probabilities(table, counts, cfg.diffusion.uniform_floor,
-                                         enabled=cfg.diffusion.importance_sampling)
-            with timer("5 forward (incl. densify, encoders)"):
-                with _autocast(device, bf16):
-                    out = model(rows_BI, users_B, step_probs=p_T, generator=gen, cnet=ddp_model)
-                finite = bool(torch.isfinite(out.loss))
-                _sync(device)
-            assert finite
-            with timer("6 backward (+ DDP all-reduce)"):
-                for opt in opts:
-                    opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                _sync(device)
-            with timer("7 z_in sync (all_gather)"):
-                sync.synced_sparse_grad(model.z_in.weight, batch)
-            with timer("8 optimizer step"):
-                for opt in opts:
-                    opt.step()
-                _sync(device)
-            with timer("9 sampler: gather + update history"):
-                t_N, loss_N = sync.gather_step_losses(out.t, out.rec_loss, batch)
-                table, counts = update_history(table, counts, t_N, loss_N)
-            with timer("10 loss.item()"):
-                out.loss.item()
+                _sync(str(device))
+                timer, t_start = PieceTimer(), time.perf_counter()
+            train_step(model, cnet, opts, sampler, users_B, rows_BI, gen, cfg, autocast=bf16, timer=timer)
+            _sync(str(device))
             done += 1
     assert t_start is not None, "no timed step ran"
     wall = time.perf_counter() - t_start
-    pieces = {k: v / steps for k, v in sorted(timer.total.items(), key=lambda kv: int(kv[0].split()[0]))}
-    step_s = (wall - timer.total.get("3 densify (model._inputs, measured aside)", 0.0)) / steps
-    return {"step_s": step_s, "users_per_s": batch / step_s, "pieces_s": pieces, "steps": steps}
+    return {"step_s": wall / steps, "users_per_s": batch * steps / wall,
+            "pieces_s": {k: v / steps for k, v in timer.total.items()}, "steps": steps}
 
 
 # ---------------------------------------------------------------- 2-process gloo

@@ -96,15 +96,14 @@ def _profile_rank(rank: int, world: int, cfg_dict: dict, dataset: str, v_IK: np.
     from data_pipeline.dataset import open_dataset
     from ld4mrec_dist.build import wrap_cnet
     from ld4mrec_dist.config import config_from_dict
-    from ld4mrec_dist.rows import rows_of_users, users_with_rows
+    from ld4mrec_dist.partition import read_rank_rows
 
     cfg = config_from_dict(cfg_dict)
     ds = open_dataset(dataset)
     model, opts = build(cfg, ds, v_IK)
     ddp = wrap_cnet(model, torch.device("cpu"))
-    csr = ds.split_csr("train")
-    users = users_with_rows(csr)[rank::world]  # a disjoint shard, as streaming_split gives
-    return profiled_steps(model, opts, rows_of_users(csr, users), cfg, steps, ddp_model=ddp)
+    rows = read_rank_rows(ds, rank, world)  # the rank's own users, as in training
+    return profiled_steps(model, opts, rows.train_store(), cfg, steps, cnet=ddp)
 
 
 def full_path(cfg, workers: int, storage: Path, tag: str) -> dict:

@@ -92,6 +92,23 @@ class PreparedDataset:
                                 f"n_items={self.n_items}")
         return pairs_to_csr(users, items, self.n_users, self.n_items)
 
+    def split_rows(self, split: str, users: range) -> sp.csr_matrix:
+        """Binary float32 CSR [len(users), n_items]: the split's rows of the users in the
+        contiguous range `users` (row r is user users.start + r). Only the shards and row
+        groups whose user statistics overlap the range are read (the shards are sorted by
+        user), so a rank holding a 1/W range reads about 1/W of the split."""
+        if users.step != 1:
+            raise ValueError(f"users={users}: a contiguous range (step 1) is needed")
+        lo, hi = max(users.start, 0), min(users.stop, self.n_users)
+        files = self.split_files(split)
+        if not files or hi <= lo:
+            return sp.csr_matrix((max(hi - lo, 0), self.n_items), dtype=np.float32)
+        users_in, items = read_pairs(files, user_range=(lo, hi))
+        if items.size and (items.min() < 0 or items.max() >= self.n_items):
+            raise self._damaged(f"the {split} shards hold item index {int(items.max())}, the manifest says "
+                                f"n_items={self.n_items}")
+        return pairs_to_csr(users_in - lo, items, hi - lo, self.n_items)
+
     @cached_property
     def user_ids(self) -> np.ndarray:
         """str [n_users]: index -> original user id."""

@@ -43,12 +43,16 @@ def write_shards(table: pa.Table, folder: Path, rows_per_shard: int) -> list[dic
     return written
 
 
-def read_pairs(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(user [n] int64, item [n] int64) of every (user, item) in the shards."""
+def read_pairs(files: list[str], user_range: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(user [n] int64, item [n] int64) of every (user, item) in the shards; with
+    `user_range=(lo, hi)` only those of users lo ≤ u < hi, read with predicate pushdown
+    (files and row groups outside the range, by their min/max statistics, are skipped)."""
     if not files:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     fs, _ = storage.filesystem(files[0])  # one dataset: every shard on the same filesystem
-    table = pq.read_table([storage.filesystem(f)[1] for f in files], schema=SCHEMA, filesystem=fs)
+    filters = None if user_range is None else [("user", ">=", user_range[0]), ("user", "<", user_range[1])]
+    table = pq.read_table([storage.filesystem(f)[1] for f in files], schema=SCHEMA, filesystem=fs,
+                          filters=filters)
     lists = table.column("items").combine_chunks()
     parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
     users = table.column("user").to_numpy().astype(np.int64)[parent]

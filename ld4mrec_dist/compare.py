@@ -31,7 +31,7 @@ from ld4mrec_dist.eval.baselines import (
     most_popular,
     train_data_of,
 )
-from ld4mrec_dist.eval.evaluator import EvalData, ScoreFn, evaluate, split_eval_data
+from ld4mrec_dist.eval.evaluator import EvalData, ScoreFn, dataset_eval_data, evaluate
 from ld4mrec_dist.train.trainer import resolve_dataset, run_training
 
 Log = Callable[[str], None]
@@ -147,11 +147,10 @@ def compare(base: Config, variants: list[str], seeds: list[int], baselines: list
     baselines = list(baselines or [])
     check_available(baselines)  # a missing extra fails before any training
     ds = open_dataset(resolve_dataset(base))
-    train = ds.split_csr("train")
-    splits = split_eval_data(ds, train, base.eval.mask_valid_at_test)
+    splits = dataset_eval_data(ds, base.eval.mask_valid_at_test)
     rows = [] if "mostpop" in baselines else [most_popular_row(ds, splits, base)]
     if baselines:
-        data = train_data_of(ds, train)
+        data = train_data_of(ds, splits["valid"].inputs)
         rows += [baseline_row(baseline(name), data, splits, base, seeds, quick, log) for name in baselines]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows += [ld4mrec_row(base, variant, seeds, stamp, log) for variant in variants]

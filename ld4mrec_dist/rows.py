@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
+from ld4mrec_dist.timing import StepTimer
+
 # torch.sparse CSR is marked beta; we rely only on construction, to_dense and sparse.mm.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
@@ -91,6 +93,20 @@ def to_dense(csr: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Te
 def epoch_order(n: int, seed: int, epoch: int, rank: int) -> np.ndarray:
     """A permutation of a rank's rows for an epoch: deterministic in (seed, epoch, rank)."""
     return np.random.default_rng([seed, epoch, rank]).permutation(n)
+
+
+def torch_minibatches(store: RowStore, order: np.ndarray, batch_size: int, n_rows: int,
+                      device: torch.device, timer: StepTimer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`minibatches` as (users_B int64, rows_BI torch CSR) on `device`, timed as "data"."""
+    batches = minibatches(store, order, batch_size, n_rows)
+    while True:
+        with timer("data"):
+            nxt = next(batches, None)
+            if nxt is None:
+                return
+            users_np, rows = nxt
+            batch = torch.from_numpy(users_np).to(device), to_torch_csr(rows, device)
+        yield batch
 
 
 def minibatches(store: RowStore, order: np.ndarray, batch_size: int,

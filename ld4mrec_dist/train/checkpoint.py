@@ -39,7 +39,7 @@ class CheckpointError(RuntimeError):
 def quiet_report_logs() -> None:
     """Ray Train's worker logs every report ("Reporting training result …" with the whole
     metrics dict) at INFO on a logger named after its source file, outside `ray.train`, so
-    RunSection.logging_config does not reach it: raise that one logger to WARNING."""
+    Ray's RunConfig.logging_config does not reach it: raise that one logger to WARNING."""
     try:
         from ray.train.v2._internal.execution import context
     except ImportError:  # another Ray version: nothing to quiet

@@ -7,9 +7,6 @@ N = W·B (t, L_rec) pairs gathered over the W ranks.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +17,7 @@ from ld4mrec_dist.build import Optimizers
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.sampler import init_history, step_probabilities, update_history
-
-# timer("piece") -> a context manager that times the piece (benchmarks); None: not timed.
-StepTimer = Callable[[str], AbstractContextManager[object]]
+from ld4mrec_dist.timing import StepTimer, untimed
 
 
 @dataclass
@@ -46,10 +41,6 @@ class SamplerHistory:
         self.table_TH, self.counts_T = update_history(self.table_TH, self.counts_T, t_N, loss_N)
 
 
-def _untimed(_: str) -> AbstractContextManager[object]:
-    return contextlib.nullcontext()
-
-
 def train_step(model: LD4MRec, cnet: nn.Module, opts: Optimizers, history: SamplerHistory,
                users_B: Tensor, rows_BI: Tensor, generator: torch.Generator, cfg: Config,
                autocast: bool = False, timer: StepTimer | None = None) -> Tensor:
@@ -58,7 +49,7 @@ def train_step(model: LD4MRec, cnet: nn.Module, opts: Optimizers, history: Sampl
     `cnet`: C-Net or its DDP wrapper (`build.wrap_cnet`). `rows_BI`: torch CSR [B, I] on
     the model's device. Raises FloatingPointError on a non-finite loss, before any update.
     """
-    timed = timer or _untimed
+    timed = timer or untimed
     device = model.device
     # l.3-8: t ~ p_t, forward process q(x_t | f_s(x_in)), C-Net's prediction, loss (Eq. 13).
     with timed("forward"):

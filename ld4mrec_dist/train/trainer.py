@@ -18,14 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
 from ld4mrec_dist.config import Config, config_to_dict, config_to_yaml
 from ld4mrec_dist.encoders import svd_item_factors
 from ld4mrec_dist.report import format_table, plot_training_curves, read_metrics
-from ld4mrec_dist.run_dir import ITEM_FACTORS_FILE, METRICS_FILE
+from ld4mrec_dist.run_dir import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    FINAL_METRICS_FILE,
+    ITEM_FACTORS_FILE,
+    METRICS_FILE,
+    RunDir,
+    file_in,
+    run_location,
+    write_item_factors,
+)
 from ld4mrec_dist.train.checkpoint import (
     META_FILE,
     CheckpointError,
@@ -47,18 +55,8 @@ RAY_TRAIN_FAST_ENV = {
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
-# The console shows one line per epoch (rank 0) and our own messages: Ray Data's progress
-# logs and bars, its INFO lines and colour codes in redirected output are turned down
-# through Ray's own settings (Ray Train's own lines: RunConfig.logging_config; they all
-# stay in the session's logs/train/*.log files).
-RAY_QUIET_ENV = {
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    "RAY_DATA_LOG_LEVEL": "WARNING",
-}
 WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 DEFAULT_START_TIMEOUT_S = 60.0  # Ray Train's own default per start attempt
-# Ray Data's Parquet read tasks (before fit) each ask for one whole CPU.
-READ_TASK_CPUS = 1.0
 # Ray's temporary copy of `ray job submit --working-dir`: relative paths would land there.
 RAY_JOB_WORKING_DIR_MARK = "runtime_resources/working_dir_files/_ray_pkg_"
 HOME_ENV = "LD4MREC_HOME"
@@ -87,14 +85,6 @@ class TrainingResult:
     wall_time_s: float
     replica_fingerprints: list[dict[str, str]]
     """Per rank, sha256 of the sampler history, z_in and C-Net: all equal when in sync."""
-
-
-RunDir = Path | str  # a local directory, or an object-store URI string
-
-
-def run_location(location: str) -> RunDir:
-    """Path for a local location (so callers may use `/`), the URI string otherwise."""
-    return location if storage.is_uri(location) else Path(location)
 
 
 def in_ray_job_working_dir() -> bool:
@@ -189,7 +179,7 @@ def trained_in_process(run_dir: RunDir) -> bool:
     """Whether the run's saved config.yaml ran it without Ray workers (no checkpoints)."""
     from ld4mrec_dist.config import load_config
 
-    saved = storage.join(run_dir, "config.yaml")
+    saved = file_in(run_dir, CONFIG_FILE)
     try:
         return storage.is_file(saved) and load_config(saved).scaling.num_workers == 0
     except Exception:  # noqa: BLE001 - an unreadable config is reported elsewhere
@@ -198,12 +188,12 @@ def trained_in_process(run_dir: RunDir) -> bool:
 
 def item_factors_for_run(ds: PreparedDataset, cfg: Config, run_dir: RunDir) -> None:
     """V_k of the train matrix, fitted once per run in the driver and shared by file."""
-    path = storage.join(run_dir, ITEM_FACTORS_FILE)
+    path = file_in(run_dir, ITEM_FACTORS_FILE)
     if storage.exists(path):
         return
     t0 = time.perf_counter()
     v_IK = svd_item_factors(ds.split_csr("train"), cfg.model.svd_rank, cfg.train.seed)
-    storage.write_bytes(path, storage.bytes_of_npy(np.ascontiguousarray(v_IK, dtype=np.float32)))
+    write_item_factors(run_dir, v_IK)
     print(f"[ld4mrec] randomized SVD (k={v_IK.shape[1]}) of the train matrix "
           f"{ds.n_users}×{ds.n_items}: {time.perf_counter() - t0:.1f}s", flush=True)
 
@@ -227,7 +217,7 @@ def prepare_run(cfg: Config) -> tuple[PreparedDataset, RunDir]:
     run_dir = resolve_run_dir(cfg, ds)
     if cfg.run.resume:
         RESUME_POINTS[str(run_dir)] = check_resumable(run_dir, cfg, ds).path
-    storage.write_text(storage.join(run_dir, "config.yaml"), config_to_yaml(cfg))
+    storage.write_text(file_in(run_dir, CONFIG_FILE), config_to_yaml(cfg))
     item_factors_for_run(ds, cfg, run_dir)
     print(f"[ld4mrec] dataset {ds.location} ({ds.n_users} users × {ds.n_items} items, "
           f"modalities {ds.modalities}); run directory {run_dir}", flush=True)
@@ -293,8 +283,6 @@ def cluster_shortfall(cfg: Config, total: dict[str, float], nodes: list[dict[str
             problems.append(f"{key} {amount * n:g} for {n} workers × {amount:g}, the cluster has {have:g}")
         elif biggest + 1e-9 < amount:
             problems.append(f"{key} {amount:g} per worker on one node, the largest node has {biggest:g}")
-    if total.get("CPU", 0.0) + 1e-9 < READ_TASK_CPUS:
-        problems.append(f"CPU {READ_TASK_CPUS:g} for Ray Data's read tasks, the cluster has {total.get('CPU', 0):g}")
     return problems
 
 
@@ -321,24 +309,6 @@ def check_cluster_fits(cfg: Config) -> None:
             f"scaling asks for more than the cluster has ({_fmt(total)}): {'; '.join(problems)}. Lower "
             "scaling.num_workers / scaling.cpus_per_worker (or set scaling.use_gpu=false), or, on an "
             "autoscaling cluster that will add nodes, set scaling.wait_for_resources_s=<seconds>")
-
-
-def wait_for_read_cpu(cfg: Config) -> None:
-    """Ray Data's read tasks need one free CPU; when something else holds them (other jobs,
-    placement groups left behind) the read would wait for ever: wait, bounded, then fail."""
-    patience = max(cfg.scaling.wait_for_resources_s, DEFAULT_START_TIMEOUT_S)
-    deadline = time.monotonic() + patience
-    while True:
-        free = cluster_cpu_gpu("free").get("CPU", 0.0)
-        if free + 1e-9 >= READ_TASK_CPUS:
-            return
-        if time.monotonic() > deadline:
-            total = cluster_cpu_gpu("total").get("CPU", 0.0)
-            raise ResourceError(
-                f"Ray Data's read of the train split needs {READ_TASK_CPUS:g} free CPU; only {free:g} of "
-                f"{total:g} CPU was free for {patience:g}s (the rest is held by other jobs or leftover "
-                "placement groups: `ray list placement-groups`): free them, or add CPUs")
-        time.sleep(0.5)
 
 
 def start_timeout_s(cfg: Config) -> float:
@@ -375,13 +345,12 @@ def init_ray() -> None:
 def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callbacks: list[Any] | None = None) -> Any:
     """The TorchTrainer of a run: its workers, checkpoints, failure policy and train shards."""
     import ray
-    import ray.data
     from ray.train.torch import TorchTrainer
 
     # The V2 classes that `ray.train` exports at run time (its static types are V1's).
     from ray.train.v2.api.config import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
-    for key, value in {**RAY_TRAIN_FAST_ENV, **RAY_QUIET_ENV}.items():
+    for key, value in RAY_TRAIN_FAST_ENV.items():
         os.environ.setdefault(key, value)  # a local Ray started below inherits them
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in redirected output
@@ -390,12 +359,6 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callba
     if not ray.is_initialized():
         init_ray()
     check_cluster_fits(cfg)
-    wait_for_read_cpu(cfg)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    # ray.data may have configured its loggers before RAY_DATA_LOG_LEVEL was set above.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-    train_rows = ray.data.read_parquet(ds.split_files("train")).materialize()
     select = f"valid/{cfg.eval.select_metric}"
     return TorchTrainer(
         train_loop_per_worker,  # type: ignore[arg-type]
@@ -416,7 +379,6 @@ def make_torch_trainer(cfg: Config, ds: PreparedDataset, run_dir: RunDir, callba
             # Ray's warnings with tracebacks for every rank and retry.
             logging_config=LoggingConfig(log_level="ERROR"),
         ),
-        datasets={"train": train_rows},
     )
 
 
@@ -493,7 +455,7 @@ def worker_failure_summary(err: Exception) -> str:
 
 
 def finish_run(cfg: Config, run_dir: RunDir, out: dict[str, Any], wall: float) -> TrainingResult:
-    path = storage.join(run_dir, METRICS_FILE)
+    path = file_in(run_dir, METRICS_FILE)
     history = read_metrics(storage.read_text(path)) if storage.exists(path) else []
     best = out.get("best") or {}
     valid = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("valid/")}
@@ -503,10 +465,10 @@ def finish_run(cfg: Config, run_dir: RunDir, out: dict[str, Any], wall: float) -
              "test_masking": "train+valid" if cfg.eval.mask_valid_at_test else "train",
              "valid": valid, "test": test, "wall_time_s": wall,
              "replicas_in_sync": len({json.dumps(f, sort_keys=True) for f in out.get("replica_fingerprints", [])}) <= 1}
-    storage.write_text(storage.join(run_dir, "final_metrics.json"), json.dumps(final, indent=2))
+    storage.write_text(file_in(run_dir, FINAL_METRICS_FILE), json.dumps(final, indent=2))
     if history:
         png = plot_training_curves(history, title=storage.name_of(run_dir))
-        storage.write_bytes(storage.join(run_dir, "curves.png"), png)
+        storage.write_bytes(file_in(run_dir, CURVES_FILE), png)
     names = [f"{m}@{k}" for k in cfg.eval.ks for m in ("recall", "ndcg")]
     print(f"\n[ld4mrec] best epoch {final['best_epoch']} of {final['epochs_run']} "
           f"(selected on valid {cfg.eval.select_metric}); {wall:.0f}s")

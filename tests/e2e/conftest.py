@@ -21,8 +21,8 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_uneven(data_root) -> Path:
-    """The tiny synthetic dataset written as deliberately uneven train shards (13 rows each,
-    the last one short), so that Ray Data hands the workers unequal blocks."""
+    """The tiny synthetic dataset written as deliberately small, uneven train shards (13 rows
+    each, the last one short), so that each worker's user range cuts across shard files."""
     raw = generate_mmrec("tiny", data_root / "tiny-raw", seed=7, progress=False)
     return prepare_dataset(read_mmrec(raw), "clean", data_root / "tiny-uneven", seed=7,
                            rows_per_shard=13, progress=False)

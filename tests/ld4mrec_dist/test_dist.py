@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 
 from ld4mrec_dist import dist as sync
 from ld4mrec_dist.eval.evaluator import EvalData, evaluate
+from ld4mrec_dist.partition import user_range
 from ld4mrec_dist.sampler import init_history, update_history
 
 WORLD = 2
@@ -56,7 +57,9 @@ def _worker_body(r, init_file, out):
     table, counts = init_history(3, 2)
     t_N, loss_N = sync.gather_step_losses(t_B, loss_B, CAP)
     table, counts = update_history(table, counts, t_N, loss_N)
-    metrics = evaluate(_score_fn(), _eval_data(), [2, 5], batch_size=4, device=torch.device("cpu"))
+    # each rank holds only its own users' rows (partition.user_range), as in training
+    mine = _eval_data().of_users(user_range(30, r, WORLD))
+    metrics = evaluate(_score_fn(), mine, [2, 5], batch_size=4, device=torch.device("cpu"))
     # numpy, not tensors: a tensor in a queue is shared through a file that dies with its process
     out.put((r, *(x.numpy() for x in (emb.weight.grad.to_dense(), table, counts, t_B, loss_B)), metrics))
     dist.barrier()

@@ -5,7 +5,6 @@ missing CUDA, and relative paths inside a Ray job's temporary working directory.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -22,28 +21,15 @@ from ld4mrec_dist.config import load_config
 from ld4mrec_dist.train import trainer
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["data.synthetic=tiny", "train.batch_size=32", "model.hidden=32", "model.svd_rank=8", "eval.batch_size=64"]
-
-
-def _job(name: str):
-    spec = importlib.util.spec_from_file_location(f"job_{name}_errors", REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    return prepare_synthetic("tiny", "clean", tmp_path_factory.mktemp("errors-data"), progress=False)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
+def trained(job, tiny_settings, tmp_path_factory) -> tuple[Path, Path]:
     """(run dir, dataset) of an in-process run on a private copy of the tiny dataset."""
     root = tmp_path_factory.mktemp("errors-run")
     data = prepare_synthetic("tiny", "clean", root / "data", progress=False)
-    code = _job("train").main([*TINY, "train.epochs=1", "scaling.num_workers=0", f"data.path={data}",
-                               f"run.storage={root / 'runs'}", "run.name=r"])
+    code = job("train").main([*tiny_settings, "train.epochs=1", "scaling.num_workers=0", f"data.path={data}",
+                              f"run.storage={root / 'runs'}", "run.name=r"])
     assert code == 0
     return root / "runs" / "r", data
 
@@ -72,14 +58,14 @@ def test_used_up_restarts_end_in_one_line_with_the_resume_command(tmp_path):
     assert "worker rank 0 raised FloatingPointError: non-finite loss" in trainer.failure_message(one, cfg, tmp_path)
 
 
-def test_ctrl_c_of_a_ray_run_prints_the_resume_command(tiny_data, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_of_a_ray_run_prints_the_resume_command(job, tiny_settings, tiny_data, tmp_path, monkeypatch, capsys):
     def interrupted_fit(_trainer, _cfg, run_dir):
         (Path(run_dir) / "checkpoint_2026-01-01_00-00-00.000000").mkdir()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "make_torch_trainer", lambda *a, **k: None)
     monkeypatch.setattr(trainer, "fit", interrupted_fit)
-    code = _job("train").main([*TINY, f"data.path={tiny_data}", f"run.storage={tmp_path}", "run.name=r",
+    code = job("train").main([*tiny_settings, f"data.path={tiny_data}", f"run.storage={tmp_path}", "run.name=r",
                                "scaling.num_workers=1"])
     assert code == 130
     assert f"python jobs/train.py --resume {tmp_path / 'r'}" in capsys.readouterr().err
@@ -94,9 +80,9 @@ def test_ray_trains_own_sigint_exit_counts_as_ctrl_c(tmp_path):
         trainer.fit(AbortedTrainer(), load_config(), tmp_path)
 
 
-def test_ctrl_c_of_an_in_process_run_exits_130_and_says_there_is_nothing_to_resume(tiny_data, tmp_path):
-    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), *TINY, "train.epochs=100000", "scaling.num_workers=0",
-           f"data.path={tiny_data}", f"run.storage={tmp_path}", "run.name=r"]
+def test_ctrl_c_of_an_in_process_run_exits_130_and_says_there_is_nothing_to_resume(tiny_settings, tiny_data, tmp_path):
+    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), *tiny_settings, "train.epochs=100000",
+           "scaling.num_workers=0", f"data.path={tiny_data}", f"run.storage={tmp_path}", "run.name=r"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:  # wait until training is under way, however slow the host
@@ -112,12 +98,12 @@ def test_ctrl_c_of_an_in_process_run_exits_130_and_says_there_is_nothing_to_resu
 
 
 @pytest.mark.slow
-def test_ctrl_c_of_a_ray_run_then_resume(tiny_data, tmp_path):
+def test_ctrl_c_of_a_ray_run_then_resume(tiny_settings, tiny_data, tmp_path):
     """jobs/train.py with its own local Ray: SIGINT once the first epochs are checkpointed
     gives exit 130 and the resume command, which then continues the run."""
     env = {**os.environ, "RAY_ADDRESS": "local"}
     train = [sys.executable, str(REPO / "jobs" / "train.py")]
-    cmd = [*train, *TINY, "train.epochs=100000", "scaling.num_workers=1", f"data.path={tiny_data}",
+    cmd = [*train, *tiny_settings, "train.epochs=100000", "scaling.num_workers=1", f"data.path={tiny_data}",
            f"run.storage={tmp_path}", "run.name=c"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -138,12 +124,12 @@ def test_ctrl_c_of_a_ray_run_then_resume(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_ray_run_console_is_quiet_and_ends_in_one_line(tiny_data, tmp_path):
+def test_failed_ray_run_console_is_quiet_and_ends_in_one_line(tiny_settings, tiny_data, tmp_path):
     """jobs/train.py as a user runs it (its own local Ray, output redirected): rank 0 dies
     at step 6 (epoch 2, after the first checkpoint) with no restart allowed."""
     env = {**os.environ, "RAY_ADDRESS": "local"}
     env.pop("RAY_COLOR_PREFIX", None)
-    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), *TINY, "train.epochs=3", "scaling.num_workers=1",
+    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), *tiny_settings, "train.epochs=3", "scaling.num_workers=1",
            "train.fail_at_step=6", "scaling.max_failures=0", f"data.path={tiny_data}", f"run.storage={tmp_path}",
            "run.name=f"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540)
@@ -163,30 +149,30 @@ def test_failed_ray_run_console_is_quiet_and_ends_in_one_line(tiny_data, tmp_pat
 # ---------------------------------------------------------------- recommend.py
 
 
-def test_recommend_on_a_mistyped_run_dir(tmp_path, capsys):
-    assert _job("recommend").main([str(tmp_path / "runs" / "typo")]) == 2
+def test_recommend_on_a_mistyped_run_dir(job, tmp_path, capsys):
+    assert job("recommend").main([str(tmp_path / "runs" / "typo")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such run directory" in err
 
 
-def test_recommend_after_the_dataset_moved_points_to_dataset(trained, tmp_path, capsys):
+def test_recommend_after_the_dataset_moved_points_to_dataset(job, trained, tmp_path, capsys):
     run_dir, data = trained
     moved = tmp_path / "moved"
     shutil.move(str(data), moved)
     try:
-        assert _job("recommend").main([str(run_dir), "--out", str(tmp_path / "a.parquet")]) == 2
+        assert job("recommend").main([str(run_dir), "--out", str(tmp_path / "a.parquet")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is gone" in err and "--dataset" in err
         again = [str(run_dir), "--dataset", str(moved), "--out", str(tmp_path / "b.parquet")]
-        assert _job("recommend").main(again) == 0
+        assert job("recommend").main(again) == 0
     finally:
         shutil.move(str(moved), data)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
-def test_recommend_on_cuda_without_cuda(trained, capsys):
+def test_recommend_on_cuda_without_cuda(job, trained, capsys):
     run_dir, _ = trained
-    assert _job("recommend").main([str(run_dir), "--device", "cuda"]) == 2
+    assert job("recommend").main([str(run_dir), "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no CUDA GPU" in err and "--device cpu" in err
 
@@ -194,7 +180,7 @@ def test_recommend_on_cuda_without_cuda(trained, capsys):
 # ---------------------------------------------------------------- Ray jobs
 
 
-def test_relative_paths_in_a_ray_job_land_in_a_persistent_place(tmp_path, monkeypatch, capsys):
+def test_relative_paths_in_a_ray_job_land_in_a_persistent_place(job, tiny_settings, tmp_path, monkeypatch, capsys):
     """`ray job submit --working-dir .` runs the script in a temporary copy that Ray deletes:
     the default relative data.root / run.storage must not end up there."""
     pkg = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
@@ -202,7 +188,8 @@ def test_relative_paths_in_a_ray_job_land_in_a_persistent_place(tmp_path, monkey
     home = tmp_path / "home"
     monkeypatch.chdir(pkg)
     monkeypatch.setenv("LD4MREC_HOME", str(home))
-    assert _job("train").main([*TINY, "train.epochs=1", "scaling.num_workers=0", "run.name=r"]) == 0
+    overrides = [*tiny_settings, "data.synthetic=tiny", "train.epochs=1", "scaling.num_workers=0", "run.name=r"]
+    assert job("train").main(overrides) == 0
     assert (home / "runs" / "r" / "final_metrics.json").is_file()
     assert any((home / "data").iterdir())  # the synthetic dataset too
     assert not any(p.name != "__pycache__" for p in pkg.iterdir())

@@ -6,7 +6,6 @@ and Ray Train's run snapshot is made to agree, so it no longer refuses to start
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.prepare import prepare_synthetic
 from ld4mrec_dist.config import Config, config_to_dict, load_config
 from ld4mrec_dist.train.checkpoint import (
     RAY_SNAPSHOT_FILE,
@@ -24,16 +22,6 @@ from ld4mrec_dist.train.checkpoint import (
     save_checkpoint,
 )
 from ld4mrec_dist.train.trainer import run_training
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = ["data.synthetic=tiny", "train.batch_size=32", "model.hidden=32", "model.svd_rank=8", "eval.batch_size=64"]
-
-
-def _train_job():
-    spec = importlib.util.spec_from_file_location("job_train_resume", REPO / "jobs" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _entry(name: str, epoch: int) -> dict:
@@ -111,32 +99,33 @@ def test_no_intact_checkpoint_says_so(tmp_path):
         choose_resume_checkpoint(tmp_path)
 
 
-def test_from_checkpoint_needs_resume(capsys):
-    assert _train_job().main(["--from-checkpoint", "checkpoint_x"]) == 2
+def test_from_checkpoint_needs_resume(job, capsys):
+    assert job("train").main(["--from-checkpoint", "checkpoint_x"]) == 2
     assert "--from-checkpoint NAME needs --resume RUN_DIR" in capsys.readouterr().err
 
 
-def test_resume_of_a_mistyped_run_dir(tmp_path, capsys):
-    assert _train_job().main(["--resume", str(tmp_path / "no-such-run")]) == 2
+def test_resume_of_a_mistyped_run_dir(job, tmp_path, capsys):
+    assert job("train").main(["--resume", str(tmp_path / "no-such-run")]) == 2
     assert "no such run directory" in capsys.readouterr().err
 
 
-def test_resume_of_an_in_process_run_says_it_has_no_checkpoints(tmp_path, capsys):
-    common = [*TINY, "train.epochs=1", "scaling.num_workers=0", f"data.root={tmp_path / 'data'}"]
-    assert _train_job().main([*common, f"run.storage={tmp_path / 'runs'}", "run.name=r"]) == 0
+def test_resume_of_an_in_process_run_says_it_has_no_checkpoints(job, tiny_settings, tmp_path, capsys):
+    common = [*tiny_settings, "data.synthetic=tiny", "train.epochs=1", "scaling.num_workers=0",
+              f"data.root={tmp_path / 'data'}"]
+    assert job("train").main([*common, f"run.storage={tmp_path / 'runs'}", "run.name=r"]) == 0
     capsys.readouterr()
-    assert _train_job().main(["--resume", str(tmp_path / "runs" / "r")]) == 2
+    assert job("train").main(["--resume", str(tmp_path / "runs" / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "in-process runs do not checkpoint" in err
 
 
 @pytest.mark.slow
-def test_resume_after_newest_checkpoint_deleted_or_partial(ray_local, tmp_path_factory):
+def test_resume_after_newest_checkpoint_deleted_or_partial(tiny_settings, tiny_data, ray_local, tmp_path_factory):
     """A real run; then two newer checkpoints in Ray's snapshot: one deleted by the user,
     one without meta.json (the newest). Resume must start from the real one, up front."""
     root = tmp_path_factory.mktemp("resume")
-    data = prepare_synthetic("tiny", "clean", root / "data", progress=False)
-    base = [f"data.path={data}", f"run.storage={root / 'runs'}", "run.name=r", *TINY, "scaling.num_workers=1"]
+    base = [f"data.path={tiny_data}", f"run.storage={root / 'runs'}", "run.name=r", *tiny_settings,
+            "scaling.num_workers=1"]
     first = run_training(load_config(overrides=[*base, "train.epochs=2"]))
     run_dir = Path(first.run_dir)
     snap = _snapshot(run_dir)

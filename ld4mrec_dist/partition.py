@@ -1,0 +1,58 @@
+"""The one data path: which users a rank owns, and the rows it reads for them, once.
+
+Shapes: U users, I items, W ranks, R = |users of a rank| (≈ U / W).
+
+Rank r of W owns the contiguous user range [r·U/W, (r+1)·U/W): a pure function of the
+dataset and W, so a resumed W-worker run sees exactly the rows the uninterrupted one saw.
+The rank reads its users' train, valid and test rows from the user-sorted Parquet shards
+(predicate pushdown skips the others) and uses them for everything: train rows are the
+training input, the evaluation input and the mask; valid/test rows are the targets.
+Per-rank memory is O(Z / W) for Z non-zeros; no rank holds another rank's users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from data_pipeline.dataset import PreparedDataset
+from ld4mrec_dist.rows import RowStore, rows_with_items
+
+
+def user_range(n_users: int, rank: int, world: int) -> range:
+    """The users of `rank` of `world`: a contiguous block, sizes differing by at most one."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} of world size {world}")
+    return range(rank * n_users // world, (rank + 1) * n_users // world)
+
+
+@dataclass
+class RankRows:
+    """A rank's users and their rows; row r of each matrix is user `users.start + r`."""
+
+    users: range
+    train: sp.csr_matrix  # [R, I]
+    valid: sp.csr_matrix  # [R, I]
+    test: sp.csr_matrix  # [R, I]
+
+    def users_with_items(self, split: str) -> np.ndarray:
+        """int64, global ids: this rank's users with ≥ 1 item in `split`."""
+        csr: sp.csr_matrix = getattr(self, split)
+        return np.flatnonzero(np.diff(csr.indptr)).astype(np.int64) + self.users.start
+
+    def train_store(self) -> RowStore:
+        """The train rows of this rank's users with ≥ 1 train item, by global user id."""
+        store = rows_with_items(self.train)
+        return RowStore(store.users + self.users.start, store.csr)
+
+    def eval_users(self, split: str) -> np.ndarray:
+        """int64, global ids: users with ≥ 1 item in `split` and ≥ 1 train item."""
+        return np.intersect1d(self.users_with_items(split), self.users_with_items("train"))
+
+
+def read_rank_rows(ds: PreparedDataset, rank: int, world: int) -> RankRows:
+    """The rows of `rank`'s users in the three splits (the whole dataset for world = 1)."""
+    users = user_range(ds.n_users, rank, world)
+    return RankRows(users, *(ds.split_rows(split, users) for split in ("train", "valid", "test")))

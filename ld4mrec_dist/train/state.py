@@ -1,0 +1,68 @@
+"""What a rank's loop carries from epoch to epoch, and its checkpoint form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ld4mrec_dist.build import Optimizers, item_factors_of
+from ld4mrec_dist.config import Config, config_to_dict
+from ld4mrec_dist.model import LD4MRec
+from ld4mrec_dist.train.step import SamplerHistory
+
+
+@dataclass
+class LoopState:
+    """Everything that must survive a restart, besides model and optimizer weights."""
+
+    epoch: int = 0  # next epoch to run
+    global_step: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    bad_evals: int = 0  # evaluations since the last improvement (early-stopping patience)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per evaluation
+
+    def select(self, metric: float) -> bool:
+        """Record an evaluation's valid metric; True if it is the best so far."""
+        if metric > self.best_metric:
+            self.best_metric, self.best_epoch, self.bad_evals = metric, self.epoch, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    def best_row(self) -> dict[str, Any]:
+        return next((r for r in self.history if r["epoch"] == self.best_epoch), {})
+
+
+def checkpoint_state(model: LD4MRec, opts: Optimizers, sampler: SamplerHistory, state: LoopState,
+                     cfg: Config, manifest_sha256: str) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "item_factors": item_factors_of(model),
+        "optimizer": opts.dense.state_dict(),
+        "zin_optimizer": opts.z_in.state_dict(),
+        "sampler_table": sampler.table_TH, "sampler_counts": sampler.counts_T,
+        "epoch": state.epoch, "global_step": state.global_step,
+        "best_metric": state.best_metric, "best_epoch": state.best_epoch,
+        "bad_evals": state.bad_evals, "history": state.history,
+        # No RNG state: every stream is reseeded from (seed, epoch, rank) at each epoch
+        # start (see loop.reseed), so the seed in the config and the epoch restore them.
+        "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,
+    }
+
+
+def restore(model: LD4MRec, opts: Optimizers, saved: dict[str, Any]) -> tuple[SamplerHistory, LoopState]:
+    model.load_state_dict(saved["model"])
+    opts.dense.load_state_dict(saved["optimizer"])
+    opts.z_in.load_state_dict(saved["zin_optimizer"])
+    state = LoopState(epoch=saved["epoch"], global_step=saved["global_step"],
+                      best_metric=saved["best_metric"], best_epoch=saved["best_epoch"],
+                      bad_evals=saved["bad_evals"], history=list(saved["history"]))
+    return SamplerHistory(saved["sampler_table"], saved["sampler_counts"]), state
+
+
+def best_model_state(model: LD4MRec, cfg: Config, manifest_sha256: str, row: dict[str, Any]) -> dict[str, Any]:
+    """best_model.pt: the best weights, with what scoring needs."""
+    return {"model": model.state_dict(), "item_factors": item_factors_of(model),
+            "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,
+            "epoch": row["epoch"], "metrics": row}
