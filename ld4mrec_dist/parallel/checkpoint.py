@@ -1,4 +1,5 @@
-"""Checkpoints that load across layouts (docs/design.md §6.1): torch.distributed.checkpoint (DCP).
+"""Checkpoints that load across layouts (docs/design.md §6.1): torch.distributed.checkpoint (DCP),
+or the trainer's own single-process format gathered from and resharded into the shards.
 
 DCP stores every tensor by its fully qualified name and global shape, with each rank
 writing its own shards; a load reads, for each tensor of the target state dict, the part
@@ -11,6 +12,12 @@ z_in's SparseAdam is saved beside it as plain tensors (its state is not sharded,
 The data-derived buffers (V_K, item features, degrees) are not saved, as in the single-
 process checkpoint format (docs/design.md §7): rebuild the model from the dataset first.
 Works without a process group (one process) and with one (every rank calls it).
+
+`plain_state` / `load_plain_state` instead gather the shards into the exact dictionaries a
+single-process run checkpoints (model, Adam, SparseAdam `state_dict`s) and reshard them on
+load, so the trainer's checkpoint and best_model.pt formats (train/state.py) serve every
+layout, a DDP run's checkpoint resumes item-parallel and the other way round. The price is
+the full C-Net state on rank 0 while it is written (the DCP form never gathers it).
 """
 
 from __future__ import annotations
@@ -19,7 +26,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+    set_state_dict,
+)
 from torch.distributed.checkpoint.state_dict_loader import load
 from torch.distributed.checkpoint.state_dict_saver import save
 
@@ -65,3 +80,41 @@ def load_sharded(directory: str | Path, model: LD4MRec, opts: Optimizers) -> Non
                                    "exp_avg_sq": z_in["exp_avg_sq"]}
     else:
         opts.z_in.state.pop(weight, None)
+
+
+# ---------------------------------------------------------------- the single-process format
+
+
+def _dense_names(model: LD4MRec) -> list[str]:
+    """C-Net's parameter names in `build.dense_parameters` order: the indices of the
+    single-process Adam's state."""
+    return [n for n, _ in model.named_parameters() if n != "z_in.weight"]
+
+
+def plain_state(model: LD4MRec, opts: Optimizers) -> dict[str, Any]:
+    """{"model", "optimizer", "zin_optimizer"} exactly as a single-process run holds them
+    (`model.state_dict()`, Adam's and SparseAdam's `state_dict()`, one Adam group indexed
+    in `dense_parameters` order), gathered from the shards: what the trainer's own
+    checkpoint format (train/state.py) stores. Every rank calls it; rank 0 receives the
+    full tensors (on CPU), the other ranks empty model and Adam states."""
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=full)
+    optim_sd = get_optimizer_state_dict(model, opts.dense, options=full)
+    names = _dense_names(model)
+    fqn_state = cast(dict[str, Any], optim_sd.get("state", {}))  # empty off rank 0
+    hyper = {k: v for k, v in opts.dense.param_groups[0].items() if k != "params"}
+    adam = {"state": {i: fqn_state[n] for i, n in enumerate(names) if n in fqn_state},
+            "param_groups": [{**hyper, "params": list(range(len(names)))}]}
+    return {"model": model_sd, "optimizer": adam, "zin_optimizer": opts.z_in.state_dict()}
+
+
+def load_plain_state(model: LD4MRec, opts: Optimizers, saved: dict[str, Any]) -> None:
+    """Load `plain_state`'s form (or a single-process / DDP run's checkpoint) into this
+    layout: every rank passes the full state and keeps its shards."""
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, saved["model"], options=full)
+    names = _dense_names(model)
+    groups = cast(list[dict[str, Any]], get_optimizer_state_dict(model, opts.dense)["param_groups"])
+    fqn_state = {names[int(i)]: st for i, st in saved["optimizer"]["state"].items()}
+    set_optimizer_state_dict(model, opts.dense, {"state": fqn_state, "param_groups": groups}, options=full)
+    opts.z_in.load_state_dict(saved["zin_optimizer"])

@@ -19,7 +19,7 @@ from ld4mrec_dist.build import build_optimizers, wrap_cnet
 from ld4mrec_dist.config import Config, DiffusionSection, ModelSection, TrainSection
 from ld4mrec_dist.eval.metrics import mask_items
 from ld4mrec_dist.model import LD4MRec
-from ld4mrec_dist.parallel.checkpoint import load_sharded, save_sharded
+from ld4mrec_dist.parallel.checkpoint import load_plain_state, load_sharded, plain_state, save_sharded
 from ld4mrec_dist.parallel.topk import merge_topk, topk_ordered
 from ld4mrec_dist.sampler import sample_steps
 from ld4mrec_dist.train.step import SamplerHistory, train_step
@@ -83,6 +83,20 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().to_dense().numpy().copy()
 
 
+def _flat(tree, prefix: str = "") -> dict:
+    """A nested state dict as {"a/b/c": numpy array or plain value}."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}/").items()}
+    if isinstance(tree, torch.Tensor):
+        return {prefix[:-1]: _np(tree)}
+    return {prefix[:-1]: tree.tolist() if isinstance(tree, np.ndarray) else tree}
+
+
+def _plain(model: LD4MRec, opts) -> dict:
+    """The single-process checkpoint entries (train/state.py's form)."""
+    return {"model": model.state_dict(), "optimizer": opts.dense.state_dict(), "zin_optimizer": opts.z_in.state_dict()}
+
+
 def _state(model: LD4MRec, opts) -> dict[str, np.ndarray]:
     """Parameters and both optimizers' moments (local shards on a sharded rank), as numpy."""
     from ld4mrec_dist.parallel.item import local_tensor
@@ -99,7 +113,7 @@ def _state(model: LD4MRec, opts) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- 2 ranks
 
 
-def _rank(rank: int, world: int, ck1: str, ck2: str) -> dict:
+def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     """Step 1 on a fresh item-parallel model (the full draw sliced), save; a fresh model
     loads the single-process checkpoint `ck1` and runs step 2; top-k of a fresh model."""
     from ld4mrec_dist.parallel.comm import CollectiveBytes
@@ -140,6 +154,10 @@ def _rank(rank: int, world: int, ck1: str, ck2: str) -> dict:
              for n, p in model.named_parameters()}
     state1 = _state(model, opts)
     save_sharded(ck2, model, opts)
+    gathered = _flat(plain_state(model, opts))
+    plain_model, _, plain_opts = sharded()
+    load_plain_state(plain_model, plain_opts, torch.load(plain1, weights_only=True))
+    plain_loaded = _state(plain_model, plain_opts)
     expected_bytes = (sum(item_parallel_bytes_per_step(B, D, grad_clip=True).values())
                       + sync.zin_bytes_per_step(world, B, D) + sync.sampler_bytes_per_step(world, B))
 
@@ -177,7 +195,8 @@ def _rank(rank: int, world: int, ck1: str, ck2: str) -> dict:
     data = {"loss": float(data_loss), "state": _state(data_model, data_opts), "history": _np(data_history.table_TH),
             "ddp_loss": float(ddp_loss), "ddp_state": _state(ddp_model, ddp_opts),
             "ddp_history": _np(ddp_history.table_TH)}
-    return {"draws": draws, "data": data, "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2,
+    return {"gathered": gathered, "plain_loaded": plain_loaded, "draws": draws, "data": data,
+            "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2,
             "grads": grads, "state1": state1, "loaded": loaded, "state2": _state(model2, opts2),
             "history": _np(history.table_TH),
             "bytes": counted.total, "expected_bytes": expected_bytes, "calls": counted.calls, "tops": tops}
@@ -201,9 +220,11 @@ def runs(tmp_path_factory):
     ref = {"loss1": loss1, "grads": {n: _np(p.grad) for n, p in model.named_parameters()},
            "state1": _state(model, opts)}
     save_sharded(tmp / "ck1", model, opts)
+    torch.save(_plain(model, opts), tmp / "plain1.pt")
+    ref["plain1"] = _flat(_plain(model, opts))
     ref["loss2"] = _reference_step(model, opts, history, cfg, SEEDS[1])
     ref["state2"], ref["history"] = _state(model, opts), _np(history.table_TH)
-    ranks = gloo_spawn(_rank, WORLD, (str(tmp / "ck1"), str(tmp / "ck2")), free_port())
+    ranks = gloo_spawn(_rank, WORLD, (str(tmp / "ck1"), str(tmp / "ck2"), str(tmp / "plain1.pt")), free_port())
     # The 2-rank checkpoint, loaded by one process.
     model1 = _model(cfg)
     opts1 = build_optimizers(model1, cfg)
@@ -277,6 +298,22 @@ def test_checkpoints_load_across_layouts(runs):
         _assert_state_matches(r["state2"], ref["state2"], r["lo"], r["hi"])
     # 2 ranks -> 1 rank: the whole state, both shards joined.
     _assert_state_matches(runs["loaded1"], ref["state1"], 0, I)
+
+
+def test_single_process_format_gathers_and_reshards(runs):
+    """plain_state gives rank 0 the very dictionaries a single-process run checkpoints;
+    load_plain_state puts such a checkpoint into the shards."""
+    want = runs["ref"]["plain1"]
+    got = runs["ranks"][0]["gathered"]
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_allclose(got[key], value, **TOL, err_msg=key)
+        else:
+            assert got[key] == value, key
+    assert not any(k.startswith("model/") for k in runs["ranks"][1]["gathered"])  # rank 0 only
+    for r in runs["ranks"]:
+        _assert_state_matches(r["plain_loaded"], runs["ref"]["state1"], r["lo"], r["hi"])
 
 
 def test_merged_topk_equals_single_process(runs):
