@@ -58,6 +58,11 @@ class PreparedDataset:
         return (f"PreparedDataset({str(self.path)!r}, users={self.n_users}, items={self.n_items}, "
                 f"modalities={self.modalities})")
 
+    @property
+    def feature_dims(self) -> list[int]:
+        """D_m of each modality, in `modalities` order (from the manifest: nothing is read)."""
+        return [int(m["dim"]) for m in self.manifest["modalities"]]
+
     def feature(self, name: str) -> np.ndarray:
         """float32 [n_items, d_m], memory-mapped."""
         if name not in self.modalities:

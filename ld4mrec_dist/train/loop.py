@@ -28,6 +28,7 @@ from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.partition import read_rank_rows
 from ld4mrec_dist.rows import RowStore, epoch_order, torch_minibatches
 from ld4mrec_dist.run_dir import BEST_MODEL_FILE, file_in, read_item_factors, rewrite_metrics
+from ld4mrec_dist.strategy import resolve_strategy
 from ld4mrec_dist.timing import PieceTimer
 from ld4mrec_dist.train.checkpoint import check_compatible, load_checkpoint, quiet_report_logs, state_bytes
 from ld4mrec_dist.train.context import WorkerContext, worker_context
@@ -87,7 +88,8 @@ def setup(config: dict[str, Any], worker: WorkerContext) -> Run:
     run_dir = config["run_dir"]  # a local path or an object-store URI
     ds = open_dataset(config["dataset"], verify="sizes")  # the driver hashed it; here only a cheap listing
     model = build_model(cfg, ds, read_item_factors(run_dir), worker.device)
-    cnet = wrap_cnet(model, worker.device)
+    strategy, _ = resolve_strategy(cfg, ds.n_items, worker.world, ds.feature_dims)  # the driver printed why
+    cnet = wrap_cnet(model, worker.device, strategy)
     opts = build_optimizers(model, cfg)
     sampler, state = SamplerHistory.empty(model, cfg), LoopState()
     # Ray's latest checkpoint; else the one a --resume verified in the driver (Ray's snapshot may not list it)

@@ -34,6 +34,7 @@ from ld4mrec_dist.run_dir import (
     run_location,
     write_item_factors,
 )
+from ld4mrec_dist.strategy import describe_choice
 from ld4mrec_dist.train.checkpoint import (
     META_FILE,
     CheckpointError,
@@ -221,6 +222,7 @@ def prepare_run(cfg: Config) -> tuple[PreparedDataset, RunDir]:
     item_factors_for_run(ds, cfg, run_dir)
     print(f"[ld4mrec] dataset {ds.location} ({ds.n_users} users × {ds.n_items} items, "
           f"modalities {ds.modalities}); run directory {run_dir}", flush=True)
+    print(describe_choice(cfg, ds.n_items, max(cfg.scaling.num_workers, 1), ds.feature_dims), flush=True)
     return ds, run_dir
 
 
