@@ -1,18 +1,19 @@
 """(2) The loader alone: Parquet shards → dense minibatches per second, at the `baby` shape.
 
-What a worker does, without the model: read its rows (Ray Data `iter_batches` of the
-materialized train dataset, or plain pyarrow), `rows_from_arrow` → one CSR RowStore,
-then per step: slice a permuted minibatch, `to_torch_csr`, densify (`.to_dense()`, what
-the model's `_inputs` does). Rate = minibatches / (read + all batches), one epoch, one
-thread (as a 0.5-CPU Ray worker). Reference: the training step rate of the 1-worker full
-path measured by `throughput` in the same run (else the ideal loop's).
+What a worker does, without the model: read its rows — the trainer's one data path,
+`partition.read_rank_rows` (its users' train/valid/test rows through pyarrow, rank 0 of
+W = 1 and of W = 2) — then per step: slice a permuted minibatch, `to_torch_csr`, densify
+(`.to_dense()`, what the model does). For comparison, the path the trainer used before:
+Ray Data `iter_batches` of the materialized train split → one CSR row store. Rate =
+minibatches / (read + all batches), one epoch, one thread (as a 0.5-CPU Ray worker).
+Reference: the training step rate of the 1-worker full path measured by `throughput` in
+the same run (else the ideal loop's).
 """
 
 from __future__ import annotations
 
 import time
 
-import pyarrow.parquet as pq
 import torch
 
 from benchmarks.common import Context, dataset_path, row
@@ -36,24 +37,32 @@ def epoch_batches(store, batch: int, seed: int = 0) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def read_pyarrow(files: list[str], n_items: int):
-    from ld4mrec_dist.rows import concat_row_stores, rows_from_arrow
-
-    stores = [rows_from_arrow(pq.read_table(f), n_items) for f in files]
-    return concat_row_stores(stores, n_items)
-
-
 def read_ray_data(materialized, n_items: int):
-    from ld4mrec_dist.rows import concat_row_stores, rows_from_arrow
+    """The former Ray Data path: Arrow batches of user rows → one CSR row store, by user."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import scipy.sparse as sp
 
-    stores = [rows_from_arrow(b, n_items) for b in materialized.iter_batches(batch_size=8192, batch_format="pyarrow")]
-    return concat_row_stores(stores, n_items)
+    from ld4mrec_dist.rows import RowStore
+
+    users, rows = [], []
+    for table in materialized.iter_batches(batch_size=8192, batch_format="pyarrow"):
+        items = table.column("items").combine_chunks()
+        indices = pc.list_flatten(items).to_numpy(zero_copy_only=False).astype(np.int32)
+        indptr = np.concatenate([[0], np.cumsum(pc.list_value_length(items).to_numpy(zero_copy_only=False))])
+        users.append(table.column("user").to_numpy().astype(np.int64))
+        rows.append(sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr),
+                                  shape=(len(users[-1]), n_items)))
+    user_R = np.concatenate(users)
+    order = np.argsort(user_R, kind="stable")
+    return RowStore(user_R[order], sp.vstack(rows, format="csr")[order])
 
 
 def run(ctx: Context) -> list[dict]:
     import ray.data
 
     from data_pipeline.dataset import open_dataset
+    from ld4mrec_dist.partition import read_rank_rows
 
     ds = open_dataset(dataset_path(SHAPE, ctx.data_root))
     files = ds.split_files("train")
@@ -66,12 +75,12 @@ def run(ctx: Context) -> list[dict]:
     out = []
     try:
         repeats = 1 if ctx.quick else 3
-        for source in ("pyarrow", "ray_data"):
+        for source in ("rank rows W=1", "rank rows W=2", "ray_data (former path)"):
             best = None
             for rep in range(repeats):
                 t0 = time.perf_counter()
-                if source == "pyarrow":
-                    store = read_pyarrow(files, ds.n_items)
+                if source.startswith("rank rows"):
+                    store = read_rank_rows(ds, 0, int(source[-1])).train_store()
                 else:
                     mat = ray.data.read_parquet(files).materialize()  # as make_torch_trainer does, once
                     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""User rows: from Arrow shards to CSR row stores to dense/sparse minibatches.
+"""User rows: CSR row stores and the dense/sparse minibatches cut from them.
 
 Shapes: B users in a batch, I items, R rows of a store, Z non-zeros. A row store holds a
 set of users' train rows in CSR form (memory O(Z)); a minibatch is a torch CSR tensor [B, I] that
@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
@@ -34,33 +32,6 @@ class RowStore:
         return len(self.users)
 
 
-def rows_from_arrow(table: pa.Table, n_items: int) -> RowStore:
-    """A row store from an Arrow table with `user: int32` and `items: list<int32>`."""
-    items = table.column("items").combine_chunks()
-    indices = pc.list_flatten(items).to_numpy(zero_copy_only=False).astype(np.int32)
-    lengths = pc.list_value_length(items).to_numpy(zero_copy_only=False).astype(np.int64)
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    users = table.column("user").to_numpy().astype(np.int64)
-    csr = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(users), n_items))
-    order = np.argsort(users, kind="stable")  # rank-local order independent of arrival order
-    return RowStore(users[order], csr[order])
-
-
-def concat_row_stores(stores: list[RowStore], n_items: int) -> RowStore:
-    if not stores:
-        return RowStore(np.zeros(0, np.int64), sp.csr_matrix((0, n_items), dtype=np.float32))
-    users = np.concatenate([s.users for s in stores])
-    csr = sp.vstack([s.csr for s in stores], format="csr")
-    order = np.argsort(users, kind="stable")
-    return RowStore(users[order], csr[order])
-
-
-def rows_of_users(csr: sp.csr_matrix, users: np.ndarray) -> RowStore:
-    """The rows of `users` taken from a full-matrix CSR."""
-    users = np.asarray(users, dtype=np.int64)
-    return RowStore(users, csr[users])
-
-
 def users_with_rows(csr: sp.csr_matrix) -> np.ndarray:
     """int64: the users (rows) of a full-matrix CSR with ≥ 1 item."""
     return np.flatnonzero(np.diff(csr.indptr)).astype(np.int64)
@@ -68,7 +39,8 @@ def users_with_rows(csr: sp.csr_matrix) -> np.ndarray:
 
 def rows_with_items(csr: sp.csr_matrix) -> RowStore:
     """The row store of every user with ≥ 1 item in a full-matrix CSR."""
-    return rows_of_users(csr, users_with_rows(csr))
+    users = users_with_rows(csr)
+    return RowStore(users, csr[users])
 
 
 def to_torch_csr(csr: sp.csr_matrix, device: torch.device | str = "cpu") -> torch.Tensor:
