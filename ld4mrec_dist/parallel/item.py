@@ -285,18 +285,21 @@ def _untimed(_: str) -> contextlib.AbstractContextManager[object]:
 
 def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, history: SamplerHistory,
                        users_B: Tensor, rows_BI: Tensor, generators: tuple[torch.Generator, torch.Generator],
-                       cfg: Config, timer: StepTimer | None = None, draw: SliceDraw | None = None) -> Tensor:
+                       cfg: Config, autocast: bool = False, timer: StepTimer | None = None,
+                       draw: SliceDraw | None = None) -> Tensor:
     """Alg. 1 l.3-13 for one batch on a rank of a ("data", "item") mesh: what `train_step`
     does, item-parallel. `rows_BI`: the batch's full sparse rows (the same on the item group),
-    `generators`: `slice_generators`; `draw`, when given, is the forward process to use
-    instead of drawing one (tests, replays). Returns the batch's loss (detached scalar)."""
+    `generators`: `slice_generators`; `autocast`: C-Net in bf16, as in `train_step` (FC_in's
+    all-reduce then sums bf16 partial products); `draw`, when given, is the forward process
+    to use instead of drawing one (tests, replays). Returns the batch's loss (detached scalar)."""
     timed = timer or _untimed
     with timed("forward"):
         p_T = history.probabilities(cfg)
         x_BL = column_slice(rows_BI, layout.lo, layout.hi).to(model.device)
         if draw is None:
             draw = draw_slice(model, x_BL, p_T, *generators)
-        out = slice_loss(model, layout, rows_BI, x_BL, users_B, draw, p_T)
+        with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = slice_loss(model, layout, rows_BI, x_BL, users_B, draw, p_T)
         loss, rec_B = reduce_losses(out, layout)
         if not torch.isfinite(loss):
             raise FloatingPointError("non-finite training loss: lower train.lr or enable train.grad_clip")

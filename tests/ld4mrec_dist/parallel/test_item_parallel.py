@@ -167,6 +167,14 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     loaded = _state(model2, opts2)
     loss2, _ = step(model2, layout2, opts2, history, SEEDS[1])
 
+    # bf16 autocast runs through the sharded layers (a fresh model, one step).
+    bf16_model, bf16_layout, bf16_opts = sharded()
+    bf16_history = _history(bf16_model, cfg)
+    t_B, target_BI, noise_BI = _full_draw(bf16_model, bf16_history.probabilities(cfg), SEEDS[1])
+    bf16_draw = SliceDraw(t_B, target_BI[:, layout.lo:layout.hi], noise_BI[:, layout.lo:layout.hi])
+    bf16_loss = float(item_parallel_step(bf16_model, bf16_layout, bf16_opts, bf16_history, USERS, _rows(),
+                                         (None, None), cfg, autocast=True, draw=bf16_draw))
+
     # The production draw: t shared by the item group, ε and the mask of the slice only.
     gens = slice_generators(cfg.train.seed, 3, layout, torch.device("cpu"))
     x_BL = column_slice(_rows(), layout.lo, layout.hi)
@@ -195,7 +203,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     data = {"loss": float(data_loss), "state": _state(data_model, data_opts), "history": _np(data_history.table_TH),
             "ddp_loss": float(ddp_loss), "ddp_state": _state(ddp_model, ddp_opts),
             "ddp_history": _np(ddp_history.table_TH)}
-    return {"gathered": gathered, "plain_loaded": plain_loaded, "draws": draws, "data": data,
+    return {"bf16_loss": bf16_loss, "gathered": gathered, "plain_loaded": plain_loaded, "draws": draws, "data": data,
             "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2,
             "grads": grads, "state1": state1, "loaded": loaded, "state2": _state(model2, opts2),
             "history": _np(history.table_TH),
@@ -224,6 +232,9 @@ def runs(tmp_path_factory):
     ref["plain1"] = _flat(_plain(model, opts))
     ref["loss2"] = _reference_step(model, opts, history, cfg, SEEDS[1])
     ref["state2"], ref["history"] = _state(model, opts), _np(history.table_TH)
+    fresh_model = _model(cfg)  # the float32 loss of the bf16 smoke test's model and draw
+    ref["fresh_loss"] = _reference_step(fresh_model, build_optimizers(fresh_model, cfg),
+                                        _history(fresh_model, cfg), cfg, SEEDS[1])
     ranks = gloo_spawn(_rank, WORLD, (str(tmp / "ck1"), str(tmp / "ck2"), str(tmp / "plain1.pt")), free_port())
     # The 2-rank checkpoint, loaded by one process.
     model1 = _model(cfg)
@@ -286,6 +297,13 @@ def test_data_dimension_equals_ddp(runs):
         _assert_state_matches(d["state"], d["ddp_state"], 0, I)
         np.testing.assert_allclose(d["history"], d["ddp_history"], **TOL)
     assert runs["ranks"][0]["data"]["loss"] != runs["ranks"][1]["data"]["loss"]  # different batches
+
+
+def test_bf16_autocast_runs_sharded(runs):
+    """Smoke: the bf16 step gives the float32 loss of the same draw to bf16 precision."""
+    fp32 = runs["ref"]["fresh_loss"]
+    for r in runs["ranks"]:
+        assert r["bf16_loss"] == pytest.approx(fp32, rel=2e-2) and r["bf16_loss"] != fp32
 
 
 def test_checkpoints_load_across_layouts(runs):
