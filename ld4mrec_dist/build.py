@@ -47,18 +47,27 @@ def read_only_tensor(array_ID: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(array_ID, dtype=np.float32))
 
 
-def wrap_cnet(model: LD4MRec, device: torch.device) -> torch.nn.Module:
+def wrap_cnet(model: LD4MRec, device: torch.device, strategy: str = "ddp") -> torch.nn.Module:
     """C-Net, in DDP when distributed: what `model(…, cnet=…)` runs.
 
     Only C-Net's parameters are all-reduced. z_in (|U| × D) stays out: its rows are
     synchronised sparsely by `dist.synced_sparse_grad`. The model's buffers (schedule, SVD
     factors, item features) are identical on every rank by construction and are not
     C-Net's, so DDP never broadcasts them (the features are a GB at Electronics scale).
+    `strategy`: how the gradients cross ranks, a resolved `scaling.strategy` (`ddp`,
+    `ddp_bf16`, `powersgd`: `strategy.register_comm_hook`; `auto` is resolved before, by
+    `strategy.resolve_strategy`). Checked even in one process, so a strategy the trainer
+    cannot run fails on a laptop as it would on a cluster.
     """
+    from ld4mrec_dist import strategy as strategies
+
+    strategies.check_available(strategy)
     if not dist.is_distributed():
         return model.cnet
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model.cnet, device_ids=device_ids)
+    ddp = DistributedDataParallel(model.cnet, device_ids=device_ids)
+    strategies.register_comm_hook(ddp, strategy)
+    return ddp
 
 
 def dense_parameters(model: LD4MRec) -> list[torch.nn.Parameter]:

@@ -203,12 +203,23 @@ class ScalingSection:
     """0: the cluster must hold the workers' CPUs/GPUs when the run starts (checked before
     any worker starts). > 0: an autoscaling cluster may still add them; the worker group
     waits up to this long for them (per start attempt) before the run fails."""
+    strategy: str = "ddp"
+    """How C-Net's gradients cross ranks (ld4mrec_dist/strategy.py, docs/design.md §9):
+    ddp (float32 all-reduce, exact); ddp_bf16 (bfloat16 all-reduce, half the bytes);
+    powersgd (rank-4 PowerSGD with error feedback, ~64× fewer bytes for the item layers);
+    item_parallel (item-sharded C-Net: accepted here, refused at start-up until it is
+    wired); auto (picked by the scaling model from W and the catalogue size, printed at
+    start-up). No effect with one worker."""
 
     def __post_init__(self) -> None:
+        from ld4mrec_dist.strategy import STRATEGIES
+
         _check(self.num_workers >= 0, f"scaling.num_workers={self.num_workers}: must be ≥ 0")
         _check(self.cpus_per_worker > 0, f"scaling.cpus_per_worker={self.cpus_per_worker}: must be > 0")
         _check(self.wait_for_resources_s >= 0,
                f"scaling.wait_for_resources_s={self.wait_for_resources_s}: must be ≥ 0")
+        _check(self.strategy in STRATEGIES,
+               f"scaling.strategy={self.strategy!r}: choose one of {STRATEGIES}")
 
 
 @dataclass

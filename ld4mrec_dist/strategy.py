@@ -1,0 +1,509 @@
+"""How C-Net's gradients cross ranks (`scaling.strategy`), and the scaling model that
+chooses between the strategies (`auto`) and that `benchmarks/scaling.py` tabulates.
+
+Shapes: I items, D hidden width d, B users per rank and step (train.batch_size), W ranks,
+G ranks of an item-parallel group, K SVD rank, D_m width of modality m's features.
+The design is docs/design.md §9.
+
+Strategies (all but `auto` are exact names of `scaling.strategy`):
+
+- `ddp`: DDP's own all-reduce of C-Net's float32 gradients, 4·P bytes per step where
+  P ≈ 2·I·D is C-Net's parameter count (FC_in and FC_out hold I·D each).
+- `ddp_bf16`: torch's `bf16_compress_hook`: each bucket is cast to bfloat16 (and divided by
+  W) before the all-reduce and cast back after: 2·P bytes, gradients rounded to 8 bits of
+  mantissa.
+- `powersgd`: torch's `powerSGD_hook` (Vogels et al., 2019): every gradient matrix n × m
+  that compresses at least `min_compression_rate` = 2× is replaced by a rank-r
+  factorisation P [n, r] Q [m, r] (two all-reduces), the other tensors (biases) are
+  all-reduced as they are; error feedback keeps the residual for the next step and warm
+  start reuses Q. Bytes per step: 4·(Σ_compressed (n + m)·r + Σ_uncompressed numel),
+  ≈ 4·2·(I + D)·r instead of 4·2·I·D for the two item layers (D / r times less). Rank
+  r = `POWERSGD_RANK`; the first `POWERSGD_START_ITER` steps run plain all-reduce
+  (torch's documented warm-up; its minimum with error feedback is 2).
+- `item_parallel`: a *model* row until ld4mrec_dist/parallel/ is wired (asking for it fails,
+  see `check_available`): FC_in's rows and FC_out's columns are sharded over an item
+  group of G ranks, which exchange [G·B, D] activations (reduce-scatter after FC_in,
+  all-gather before FC_out, and their mirrors in backward) instead of all-reducing the
+  I·D gradients; only the I-independent parameters are all-reduced.
+- `auto`: `choose_strategy` from the scaling model below, given W and the shapes.
+
+The scaling model (pure functions of the shapes, documented in docs/design.md §9):
+a ring all-reduce of S bytes over W ranks takes 2(W − 1)/W · S / bw + 2(W − 1)·α, a ring
+all-gather (reduce-scatter) whose result is S bytes (W − 1)/W · S / bw + (W − 1)·α; a step
+takes compute + communication (no overlap credited: DDP overlaps the all-reduce with
+backward, so this is an upper bound on step time); users/s = W·B / step; efficiency =
+users/s / (W · users/s of one rank without communication).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ld4mrec_dist.config import Config
+
+STRATEGIES = ("ddp", "ddp_bf16", "powersgd", "item_parallel", "auto")
+"""Every value `scaling.strategy` accepts."""
+WIRED = ("ddp", "ddp_bf16", "powersgd")
+"""The strategies the trainer can run today; `item_parallel` joins once ld4mrec_dist/parallel/ is wired."""
+MODELLED = ("ddp", "ddp_bf16", "powersgd", "item_parallel")
+"""The strategies the scaling model predicts (auto picks among the wired ones)."""
+FIDELITY = {"ddp": 0, "item_parallel": 0, "ddp_bf16": 1, "powersgd": 2}
+"""0: the gradients of plain DDP (up to float reassociation); 1: rounded to bfloat16;
+2: low-rank approximation with error feedback. `auto` prefers lower values."""
+
+POWERSGD_RANK = 4
+"""r of `powersgd`. torch's guidance: start at 1 and double until quality holds (1–4 is
+typical); C-Net's item layers are I × D with D = 256, so r = 4 still compresses them 64×."""
+POWERSGD_START_ITER = 10
+"""Steps of plain all-reduce before PowerSGD starts (torch's `start_powerSGD_iter`, whose
+default 1000 would leave a MovieLens-1M run — ~12 steps an epoch on 2 ranks — uncompressed
+for its whole length; torch suggests ~10 % of the steps, its own example uses 10)."""
+POWERSGD_MIN_COMPRESSION = 2.0
+"""torch's `min_compression_rate` default: a matrix is compressed only if that saves 2×."""
+AUTO_TOLERANCE = 0.10
+"""`auto` keeps the most faithful strategy predicted within this fraction of the fastest."""
+
+FIRST_BUCKET_BYTES = 1 << 20
+"""DDP's first gradient bucket (torch.distributed._DEFAULT_FIRST_BUCKET_BYTES)."""
+BUCKET_BYTES = 25 << 20
+"""DDP's `bucket_cap_mb` default, 25 MiB."""
+
+
+class StrategyUnavailable(ValueError):
+    """A strategy that the config accepts but the trainer cannot run yet."""
+
+
+def check_available(name: str) -> None:
+    """Raise StrategyUnavailable (naming the alternatives) unless the trainer can run `name`."""
+    if name not in STRATEGIES:
+        raise ValueError(f"scaling.strategy={name!r}: choose one of {STRATEGIES}")
+    if name not in (*WIRED, "auto"):
+        raise StrategyUnavailable(
+            f"scaling.strategy={name!r}: the item-parallel C-Net (ld4mrec_dist/parallel/) is not wired "
+            f"into the trainer yet; use one of {(*WIRED, 'auto')} (the scaling model still predicts "
+            f"item_parallel: python benchmarks/scaling.py)")
+
+
+# ---------------------------------------------------------------- hooks on a DDP module
+
+
+def register_comm_hook(ddp: Any, name: str, start_iter: int = POWERSGD_START_ITER,
+                       rank: int = POWERSGD_RANK) -> Any:
+    """Register strategy `name`'s DDP communication hook on `ddp`; returns the hook's state.
+
+    `ddp` is a `DistributedDataParallel` (what `build.wrap_cnet` makes). `ddp` registers
+    nothing (DDP's built-in all-reduce); `ddp_bf16` torch's `bf16_compress_hook`;
+    `powersgd` torch's `powerSGD_hook` with a `PowerSGDState` of rank `rank`, plain
+    all-reduce for the first `start_iter` steps, error feedback and warm start on (torch's
+    defaults). The PowerSGD state (error buffers, warm-start Q) is not checkpointed: a
+    resumed run restarts with `start_iter` plain steps. `auto` must be resolved first
+    (`resolve_strategy`); `item_parallel` is not a hook and raises StrategyUnavailable.
+    """
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+    if name == "auto":
+        raise ValueError("scaling.strategy=auto: resolve it first (strategy.resolve_strategy)")
+    check_available(name)
+    if name == "ddp":
+        return None
+    if name == "ddp_bf16":
+        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook if _is_nccl(ddp) else bf16_compress_hook_gloo())
+        return None
+    state = powerSGD_hook.PowerSGDState(
+        process_group=None, matrix_approximation_rank=rank, start_powerSGD_iter=start_iter,
+        min_compression_rate=POWERSGD_MIN_COMPRESSION, use_error_feedback=True, warm_start=True)
+    ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook if _is_nccl(ddp) else powersgd_hook_in_order())
+    return state
+
+
+def _is_nccl(ddp: Any) -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and ddp.process_group.name() == "nccl")
+
+
+def powersgd_hook_in_order() -> Any:
+    """torch's `powerSGD_hook`, waited for before DDP hands over the next bucket: for gloo.
+
+    The hook issues a bucket's P and Q all-reduces from future callbacks; on gloo those can
+    interleave with the next bucket's first all-reduce in a different order on each rank
+    (seen here: "Received data size doesn't match expected size" as soon as C-Net spans two
+    buckets). Waiting keeps every rank's collectives in one order; it gives up overlapping
+    the compression with backward, which CPU ranks do not have anyway."""
+    import functools
+
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+
+    @functools.wraps(powerSGD_hook.powerSGD_hook)  # torch's name and annotations, which DDP checks
+    def hook(state: Any, bucket: Any) -> Any:
+        fut = powerSGD_hook.powerSGD_hook(state, bucket)
+        fut.wait()
+        return fut
+
+    hook.__name__ = hook.__qualname__ = "powersgd_hook_in_order"
+    return hook
+
+
+def bf16_compress_hook_gloo() -> Any:
+    """torch's `bf16_compress_hook` for a gloo process group (CPU). DDP refuses that hook by
+    its name unless CUDA and NCCL ≥ 2.10 are there; this is torch's same implementation
+    (`default_hooks._compress_hook` with bfloat16: cast, divide by W, all-reduce, cast
+    back; gloo supports bfloat16 on CPU) under another name, with torch's annotations."""
+    import functools
+
+    import torch
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    hook = functools.partial(default_hooks._compress_hook, torch.bfloat16)
+    hook.__name__ = hook.__qualname__ = "bf16_compress_hook_gloo"  # type: ignore[attr-defined]
+    return hook
+
+
+# ---------------------------------------------------------------- shapes
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the scaling model needs to know about one training setup."""
+
+    name: str
+    n_items: int
+    hidden: int = 256
+    batch: int = 256
+    svd_rank: int = 64
+    feature_dims: tuple[int, ...] = (384, 4096)
+    nnz_per_user: float = 10.0
+    """Mean train items per user (the sparse encoders' cost; small next to the GEMMs)."""
+
+
+SHAPES = {  # data_pipeline.synthetic.SHAPES: items, feature widths, mean history length
+    "baby": Shape("baby", 7_050, nnz_per_user=160_792 / 19_445),
+    "sports": Shape("sports", 18_357, nnz_per_user=296_337 / 35_598),
+    "electronics": Shape("electronics", 63_001, nnz_per_user=1_689_188 / 192_403),
+    "electronics_x10": Shape("electronics_x10", 630_010, nnz_per_user=1_689_188 / 192_403),
+}
+"""The shapes the benchmark tabulates; `electronics_x10` is a 10× Electronics catalogue."""
+
+
+def grad_shapes(n_items: int, hidden: int, svd_rank: int = 64, feature_dims: Sequence[int] = (384, 4096),
+                ablation: str = "none") -> list[tuple[int, ...]]:
+    """C-Net's parameter shapes in registration order: C-Net itself built on the meta
+    device (no memory), so the model can never drift from the module it describes."""
+    import torch
+
+    from ld4mrec_dist.cnet import CNet
+
+    with torch.device("meta"):
+        cnet = CNet(n_items, hidden, svd_rank, list(feature_dims), ablation=ablation)
+    return [tuple(p.shape) for p in cnet.parameters()]
+
+
+def _numel(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def is_item_parameter(shape: Sequence[int], n_items: int) -> bool:
+    """FC_in's weight [D, I], FC_out's weight [I, D] and bias [I]: what item-parallel shards."""
+    return n_items in tuple(shape)
+
+
+def bucket_count(shapes: Sequence[Sequence[int]], elem_bytes: int = 4, first: int = FIRST_BUCKET_BYTES,
+                 cap: int = BUCKET_BYTES) -> int:
+    """DDP's buckets for these parameters: filled in reverse registration order, the first
+    closing at `first` bytes, the others at `cap` (a tensor larger than the cap closes its
+    bucket alone). DDP rebuilds them after step 1 in gradient-ready order, which for C-Net
+    is the same reverse order."""
+    buckets, size, limit = 0, 0, first
+    for shape in reversed(list(shapes)):
+        size += _numel(shape) * elem_bytes
+        if size >= limit:
+            buckets, size, limit = buckets + 1, 0, cap
+    return buckets + (size > 0)
+
+
+def powersgd_elements(shapes: Sequence[Sequence[int]], rank: int = POWERSGD_RANK,
+                      min_rate: float = POWERSGD_MIN_COMPRESSION) -> tuple[int, int]:
+    """(elements in P and Q of the compressed matrices, elements all-reduced uncompressed),
+    as `powerSGD_hook` splits them: a tensor is viewed as [shape[0], rest] and compressed
+    iff (n + m)·r·min_rate < n·m, with r = min(n, m, rank)."""
+    compressed = uncompressed = 0
+    for shape in shapes:
+        n = shape[0]
+        m = _numel(shape) // n
+        r = min(n, m, rank)
+        if (n + m) * r * min_rate < n * m:
+            compressed += (n + m) * r
+        else:
+            uncompressed += n * m
+    return compressed, uncompressed
+
+
+# ---------------------------------------------------------------- bytes per step
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One kind of collective in a step: `nbytes` is the buffer one rank contributes to an
+    all-reduce, or the result one rank receives from an all-gather (all calls together)."""
+
+    name: str
+    kind: str  # "all_reduce" | "all_gather" (reduce-scatter costs the same as all-gather)
+    nbytes: float
+    calls: int
+
+
+def collectives(strategy: str, shape: Shape, world: int, item_group: int | None = None,
+                rank: int = POWERSGD_RANK) -> list[Collective]:
+    """Every collective of one training step of `strategy` on `world` ranks.
+
+    Common to the data-parallel strategies: z_in rows (W·B·(8 + 4D), `dist.zin_bytes_per_step`)
+    and the sampler history (W·B·16, `dist.sampler_bytes_per_step`), one all-gather each of
+    two tensors. `item_parallel` (G = `item_group`, default W: one item group) keeps them
+    (each rank still owns B users of the middle layers) and replaces the item layers'
+    gradients by 4 exchanges of [G·B, D] float32 activations plus the per-user loss sums.
+    """
+    from ld4mrec_dist import dist
+
+    shapes = grad_shapes(shape.n_items, shape.hidden, shape.svd_rank, shape.feature_dims)
+    params = sum(_numel(s) for s in shapes)
+    buckets = bucket_count(shapes)
+    common = [Collective("z_in rows", "all_gather", dist.zin_bytes_per_step(world, shape.batch, shape.hidden), 2),
+              Collective("sampler history", "all_gather", dist.sampler_bytes_per_step(world, shape.batch), 2)]
+    if strategy == "ddp":
+        return [Collective("C-Net gradients (fp32)", "all_reduce", 4 * params, buckets), *common]
+    if strategy == "ddp_bf16":
+        return [Collective("C-Net gradients (bf16)", "all_reduce", 2 * params, buckets), *common]
+    if strategy == "powersgd":
+        pq, plain = powersgd_elements(shapes, rank)
+        return [Collective(f"C-Net gradients (PowerSGD P, Q, rank {rank})", "all_reduce", 4 * pq, 2 * buckets),
+                Collective("C-Net gradients (uncompressed tensors)", "all_reduce", 4 * plain, buckets), *common]
+    if strategy == "item_parallel":
+        g = item_group or world
+        rest = sum(_numel(s) for s in shapes if not is_item_parameter(s, shape.n_items))
+        out = [Collective("C-Net gradients (item-independent layers)", "all_reduce", 4 * rest, 1),
+               Collective("FC_in/FC_out activations [G·B, D] (RS+AG, fwd+bwd)", "all_gather",
+                          4 * 4 * g * shape.batch * shape.hidden, 4),
+               Collective("per-user loss over item slices", "all_reduce", 4 * g * shape.batch, 1), *common]
+        if world > g:  # several item groups: each item shard is all-reduced over the data replicas
+            out.append(Collective("item-layer shard gradients (over data replicas)", "all_reduce",
+                                  4 * (params - rest) / g, buckets))
+        return out
+    raise ValueError(f"strategy {strategy!r}: the scaling model knows {MODELLED}")
+
+
+def bytes_per_step(strategy: str, shape: Shape, world: int) -> dict[str, float]:
+    """{collective name: bytes} of one step (the figures the benchmark measures)."""
+    return {c.name: c.nbytes for c in collectives(strategy, shape, world)}
+
+
+# ---------------------------------------------------------------- time per step
+
+
+@dataclass(frozen=True)
+class Network:
+    """A link between ranks: per-direction bandwidth and per-message latency α."""
+
+    name: str
+    gbps: float
+    """Bandwidth per direction, Gbit/s."""
+    latency_us: float
+    source: str = ""
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.gbps * 1e9 / 8
+
+
+NETWORKS = {
+    "g5.2xlarge": Network("g5.2xlarge", 10.0, 50.0,
+                          "AWS: 'up to 10 Gbps' (burst; 10 Gbps single flow needs a cluster placement group)"),
+    "g5.2xlarge-5g": Network("g5.2xlarge-5g", 5.0, 50.0,
+                             "AWS: single-flow traffic is limited to 5 Gbps outside a cluster placement group"),
+    "g5.12xlarge": Network("g5.12xlarge", 40.0, 50.0, "AWS: 40 Gbps (4× A10G per node, PCIe, no NVLink)"),
+    "p4d.24xlarge": Network("p4d.24xlarge", 400.0, 20.0, "AWS: 400 Gbps EFA between nodes (8× A100 per node)"),
+    "nvlink-a100": Network("nvlink-a100", 2400.0, 10.0,
+                           "NVLink 3: 600 GB/s per GPU, both directions together (300 GB/s = 2,400 Gbps each way)"),
+    "nvlink-h100": Network("nvlink-h100", 3600.0, 10.0,
+                           "NVLink 4: 900 GB/s per GPU, both directions together (450 GB/s each way)"),
+}
+"""Documented link figures; latencies are assumptions (TCP in one zone ≈ tens of µs, NCCL
+over NVLink ≈ 10 µs per ring step). Everything is a parameter of benchmarks/scaling.py."""
+
+
+def collective_time(c: Collective, world: int, net: Network) -> float:
+    """Seconds of a ring collective: all-reduce 2(W−1)/W · S/bw + 2(W−1)·α per call,
+    all-gather / reduce-scatter (W−1)/W · S/bw + (W−1)·α per call; 0 on one rank."""
+    if world <= 1 or c.calls == 0:
+        return 0.0
+    hops = 2 if c.kind == "all_reduce" else 1
+    wire = hops * (world - 1) / world * c.nbytes / net.bytes_per_s
+    return wire + hops * (world - 1) * c.calls * net.latency_us * 1e-6
+
+
+def step_flops(shape: Shape) -> tuple[float, float]:
+    """(item-proportional FLOPs, item-independent FLOPs) of one training step of B users.
+
+    Item part: the five [B, I]×[I, D]-sized GEMMs (FC_in forward and weight gradient,
+    FC_out forward, input and weight gradients) = 10·B·I·D. Item-independent part: the BD
+    block (W1 2D×D, W2 K×D, W3 D×D) and the BG MLPs (per modality two heads D_m×D then D×D),
+    3× their forward (forward + two backward GEMMs), plus the sparse encoders (c_u = r_u V_K,
+    e_{u,m}: 2·nnz·(K + ΣD_m) per user, forward only)."""
+    b, i, d, k = shape.batch, shape.n_items, shape.hidden, shape.svd_rank
+    item = 10.0 * b * i * d
+    mlp = 2 * (2 * d * d + k * d + d * d) + sum(2 * 2 * (dm * d + d * d) for dm in shape.feature_dims)
+    sparse = 2 * shape.nnz_per_user * (k + sum(shape.feature_dims))
+    return item, b * (3.0 * mlp + sparse)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Seconds per FLOP for the two parts of `step_flops`, plus a fixed cost per step."""
+
+    name: str
+    item_s_per_flop: float
+    rest_s_per_flop: float
+    fixed_s: float = 0.0
+    source: str = ""
+
+    def step_s(self, shape: Shape, strategy: str = "ddp") -> float:
+        item, rest = step_flops(shape)
+        extra = 0.0
+        if strategy == "powersgd":  # P = MQ, Q = MᵀP, M = PQᵀ on the two item matrices
+            extra = 3 * 2 * 2 * shape.n_items * shape.hidden * POWERSGD_RANK
+        return (item + extra) * self.item_s_per_flop + rest * self.rest_s_per_flop + self.fixed_s
+
+
+COMPUTES = {
+    "a10g-bf16": Compute("a10g-bf16", 1 / 35e12, 1 / 35e12, 2e-4,
+                         "assumed: half of the A10G's ~70 TFLOPS dense bf16 tensor peak, 0.2 ms fixed"),
+    # Fitted by benchmarks/scaling.py on this machine (AMD EPYC, 1 thread, fp32; run of
+    # 2026-11-30): least squares of measured `train_step` times at the Baby and Sports
+    # shapes (Electronics held out as the check).
+    "cpu-1thread": Compute("cpu-1thread", 1 / 60e9, 1 / 60e9, 0.0, "placeholder until the benchmark has run"),
+}
+
+
+@dataclass
+class Prediction:
+    strategy: str
+    shape: str
+    world: int
+    network: str
+    compute: str
+    compute_s: float
+    comm_s: float
+    bytes_per_step: dict[str, float] = field(default_factory=dict)
+    step_s: float = 0.0
+    users_per_s: float = 0.0
+    efficiency: float = 0.0
+    memory_bytes: float = 0.0
+
+
+def memory_per_rank(strategy: str, shape: Shape, world: int) -> float:
+    """Bytes a rank holds for C-Net's training state: parameters, gradients and Adam's two
+    moments (16 bytes a parameter; item layers divided over the group for item_parallel;
+    PowerSGD's error-feedback buffer +4 bytes a parameter) and ~8 float32 [B, I]
+    activations (the input, x_t, noise, mask, x̂, their gradients)."""
+    shapes = grad_shapes(shape.n_items, shape.hidden, shape.svd_rank, shape.feature_dims)
+    params = sum(_numel(s) for s in shapes)
+    item = sum(_numel(s) for s in shapes if is_item_parameter(s, shape.n_items))
+    per_param = 20 if strategy == "powersgd" else 16
+    if strategy == "item_parallel":
+        return 16 * (params - item + item / world) + 8 * 4 * world * shape.batch * shape.n_items / world
+    return per_param * params + 8 * 4 * shape.batch * shape.n_items
+
+
+def predict(strategy: str, shape: Shape, world: int, net: Network, compute: Compute,
+            compute_s: float | None = None) -> Prediction:
+    """Predicted step time, users/s and scaling efficiency of `strategy` on `world` ranks.
+    `compute_s`: a measured step time of one rank (plain DDP's arithmetic) instead of
+    `compute`'s FLOP rates."""
+    base = compute.step_s(shape) if compute_s is None else compute_s
+    comp = base + (compute.step_s(shape, strategy) - compute.step_s(shape))
+    colls = collectives(strategy, shape, world)
+    comm = sum(collective_time(c, world, net) for c in colls) if world > 1 else 0.0
+    step = comp + comm
+    users = world * shape.batch / step
+    return Prediction(strategy, shape.name, world, net.name, compute.name, comp, comm,
+                      {c.name: c.nbytes for c in colls}, step, users, users / (world * shape.batch / base),
+                      memory_per_rank(strategy, shape, world))
+
+
+# ---------------------------------------------------------------- auto
+
+
+def choose_strategy(world: int, shape: Shape, net: Network, compute: Compute,
+                    available: Sequence[str] = WIRED, memory_limit: float | None = None,
+                    tolerance: float = AUTO_TOLERANCE) -> tuple[str, str]:
+    """(strategy, one-line reason): among `available`, the most faithful one (FIDELITY)
+    whose predicted step is within `tolerance` of the fastest that fits `memory_limit`
+    bytes per rank. One rank: `ddp` (nothing crosses ranks)."""
+    if world <= 1:
+        return "ddp", "one rank: no gradient crosses ranks"
+    preds = {s: predict(s, shape, world, net, compute) for s in MODELLED}
+    fits = [s for s in available if memory_limit is None or preds[s].memory_bytes <= memory_limit]
+    if not fits and memory_limit is not None:
+        need = min(preds[s].memory_bytes for s in available)
+        return "ddp", (f"no available strategy fits {memory_limit / 2**30:.1f} GiB per rank "
+                       f"(needs ≥ {need / 2**30:.1f} GiB); ddp kept")
+    fastest = min(preds[s].step_s for s in fits)
+    ok = [s for s in fits if preds[s].step_s <= (1 + tolerance) * fastest]
+    pick = min(ok, key=lambda s: (FIDELITY[s], preds[s].step_s))
+    p = preds[pick]
+    others = ", ".join(f"{s} {preds[s].step_s * 1e3:.3g}" for s in MODELLED if s != pick)
+    share = p.comm_s / p.step_s
+    return pick, (f"predicted {p.step_s * 1e3:.3g} ms/step ({100 * share:.0f} % communication, "
+                  f"efficiency {p.efficiency:.2f}) vs {others} ms"
+                  + ("" if "item_parallel" in available else " (item_parallel: model only, not wired)"))
+
+
+def shape_of(cfg: Config, n_items: int, feature_dims: Sequence[int] = (384, 4096), name: str = "run") -> Shape:
+    """The scaling model's Shape of a run (feature widths: the dataset's, when known)."""
+    return Shape(name, n_items, cfg.model.hidden, cfg.train.batch_size, cfg.model.svd_rank, tuple(feature_dims))
+
+
+def default_network(cfg: Config) -> Network:
+    """The link `auto` assumes: the cluster file's worker type (g5.2xlarge, 10 Gbps)."""
+    return NETWORKS["g5.2xlarge"]
+
+
+def default_compute(cfg: Config) -> Compute:
+    return COMPUTES["a10g-bf16" if cfg.scaling.use_gpu else "cpu-1thread"]
+
+
+def resolve_strategy(cfg: Config, n_items: int, world: int,
+                     feature_dims: Sequence[int] = (384, 4096)) -> tuple[str, str]:
+    """(the strategy to run, why): `cfg.scaling.strategy` itself, or `auto`'s choice.
+    Deterministic, so every rank resolves the same name. Raises StrategyUnavailable for a
+    strategy the trainer cannot run yet."""
+    name = cfg.scaling.strategy
+    check_available(name)
+    if world <= 1:
+        return "ddp", "one rank: no gradient crosses ranks"
+    if name != "auto":
+        return name, "set by scaling.strategy"
+    return choose_strategy(world, shape_of(cfg, n_items, feature_dims), default_network(cfg), default_compute(cfg))
+
+
+def describe_choice(cfg: Config, n_items: int, world: int, feature_dims: Sequence[int] = (384, 4096)) -> str:
+    """The start-up line: which strategy runs, on what assumptions, and why."""
+    name, reason = resolve_strategy(cfg, n_items, world, feature_dims)
+    asked = cfg.scaling.strategy
+    head = f"[ld4mrec] gradient strategy: {name}" + (f" (scaling.strategy={asked})" if asked != name else "")
+    if asked == "auto" and world > 1:
+        net, comp = default_network(cfg), default_compute(cfg)
+        return (f"{head}; W={world}, |I|={n_items:,}, d={cfg.model.hidden}, B={cfg.train.batch_size}, "
+                f"assuming {net.name} ({net.gbps:g} Gbps) and {comp.name}: {reason}")
+    return f"{head}: {reason}"
+
+
+def hook_note(name: str) -> str:
+    """What `name` does to the gradients, for logs and the README."""
+    return {"ddp": "float32 all-reduce (exact)",
+            "ddp_bf16": "bfloat16 all-reduce (gradients rounded to 8 mantissa bits)",
+            "powersgd": f"PowerSGD rank {POWERSGD_RANK} after {POWERSGD_START_ITER} plain steps, error feedback",
+            "item_parallel": "item-sharded FC_in/FC_out, activations exchanged (model only)"}.get(name, name)

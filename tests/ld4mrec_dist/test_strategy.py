@@ -1,0 +1,242 @@
+"""Gradient strategies (ld4mrec_dist/strategy.py): byte formulas against closed forms, the
+torch DDP hooks on 2 real gloo processes (benchmarks.harness.gloo_spawn), `auto` on
+hand-computed cases, and the config's errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmarks.harness import free_port, gloo_spawn
+from ld4mrec_dist import strategy as st
+from ld4mrec_dist.config import ConfigError, load_config
+
+I, D, K, DIMS = 4_000, 64, 4, (6,)  # 2 DDP buckets: C-Net's reversed parameters pass 1 MiB
+WORLD, B = 2, 5
+
+
+def closed_form_params(i: int, d: int, k: int, dims: tuple[int, ...]) -> int:
+    """C-Net's parameter count written out: FC_in, BD (W1 2D×D, W2 K×D, W3 D×D), BG (per
+    modality two heads D_m×D → D×D), FC_out."""
+    fc = (i * d + d) + (d * i + i)
+    bd = (2 * d * d + d) + (k * d + d) + (d * d + d)
+    bg = sum(2 * ((dm * d + d) + (d * d + d)) for dm in dims)
+    return fc + bd + bg
+
+
+def test_gradient_bytes_follow_closed_forms():
+    shape = st.Shape("t", I, D, B, K, DIMS)
+    params = closed_form_params(I, D, K, DIMS)
+    assert sum(math.prod(s) for s in st.grad_shapes(I, D, K, DIMS)) == params
+    by = {s: st.bytes_per_step(s, shape, WORLD) for s in st.MODELLED}
+    assert by["ddp"]["C-Net gradients (fp32)"] == 4 * params
+    assert by["ddp_bf16"]["C-Net gradients (bf16)"] == 2 * params
+    # PowerSGD, r = 4: FC_in [D, I] and FC_out [I, D] give (I + D)·r each; W1 [D, 2D] (D + 2D)·r,
+    # W3 and the D×D heads (2D)·r, W2 [D, K] and the [D, 6] heads stay whole (K·D < 2·(D+K)·r·… fails);
+    # every bias stays whole.
+    r = st.POWERSGD_RANK
+    pq = 2 * (I + D) * r + (D + 2 * D) * r + (2 * D) * r + 2 * (2 * D) * r
+    plain = (D + I) + 3 * D + 4 * D + (K * D) + 2 * (DIMS[0] * D)
+    assert st.powersgd_elements(st.grad_shapes(I, D, K, DIMS), r) == (pq, plain)
+    assert by["powersgd"][f"C-Net gradients (PowerSGD P, Q, rank {r})"] == 4 * pq
+    assert by["powersgd"]["C-Net gradients (uncompressed tensors)"] == 4 * plain
+    for s in ("ddp", "ddp_bf16", "powersgd"):
+        assert by[s]["z_in rows"] == WORLD * B * (8 + 4 * D)
+        assert by[s]["sampler history"] == WORLD * B * 16
+    # item_parallel: 4 exchanges of [G·B, D] float32 instead of the item layers' gradients.
+    item = by["item_parallel"]
+    assert item["FC_in/FC_out activations [G·B, D] (RS+AG, fwd+bwd)"] == 4 * 4 * WORLD * B * D
+    assert item["C-Net gradients (item-independent layers)"] == 4 * (params - (2 * I * D + I))
+
+
+def test_ring_times_and_buckets_follow_closed_forms():
+    net = st.Network("n", gbps=8.0, latency_us=10.0)  # 1e9 bytes/s
+    ar = st.Collective("x", "all_reduce", 1e6, 3)
+    ag = st.Collective("y", "all_gather", 1e6, 1)
+    assert st.collective_time(ar, 4, net) == pytest.approx(2 * 3 / 4 * 1e-3 + 2 * 3 * 3 * 10e-6)
+    assert st.collective_time(ag, 4, net) == pytest.approx(3 / 4 * 1e-3 + 3 * 10e-6)
+    assert st.collective_time(ar, 1, net) == 0.0
+    mib = 1 << 20
+    assert st.bucket_count([(mib // 4,)]) == 1  # exactly the first bucket's cap
+    assert st.bucket_count([(10,), (mib // 4,)]) == 2  # reversed: the 1 MiB tensor closes the first bucket
+    assert st.bucket_count([(30 * mib // 4,), (10,), (mib // 4,)]) == 2
+    assert st.bucket_count(st.grad_shapes(I, D, K, DIMS)) == 2
+
+
+def test_prediction_adds_compute_and_communication():
+    shape = st.Shape("t", I, D, B, K, DIMS)
+    net, comp = st.Network("n", 8.0, 0.0), st.Compute("c", 1e-12, 1e-12)
+    p1 = st.predict("ddp", shape, 1, net, comp)
+    assert p1.comm_s == 0 and p1.efficiency == pytest.approx(1.0)
+    p4 = st.predict("ddp", shape, 4, net, comp)
+    comm = sum(st.collective_time(c, 4, net) for c in st.collectives("ddp", shape, 4))
+    assert p4.step_s == pytest.approx(p1.compute_s + comm)
+    assert p4.users_per_s == pytest.approx(4 * B / p4.step_s)
+    assert p4.efficiency == pytest.approx(p4.users_per_s / (4 * p1.users_per_s))
+
+
+# ---------------------------------------------------------------- auto
+
+FREE = st.Compute("free", 0.0, 0.0, 1e-12)  # compute costs (almost) nothing: step time = communication
+NO_LATENCY = st.Network("fast", 8.0, 0.0)
+
+
+def test_auto_on_one_rank_is_ddp():
+    assert st.choose_strategy(1, st.SHAPES["electronics"], NO_LATENCY, FREE)[0] == "ddp"
+
+
+def test_auto_keeps_exact_ddp_when_communication_is_free():
+    infinite = st.Network("inf", 1e12, 0.0)
+    slow = st.Compute("slow", 1e-9, 1e-9)  # PowerSGD's extra matmuls then cost more than it saves
+    name, reason = st.choose_strategy(4, st.SHAPES["baby"], infinite, slow)
+    assert name == "ddp" and "ms/step" in reason
+
+
+def test_auto_prefers_bf16_when_powersgd_cannot_compress():
+    # d = 2: no [2, m] matrix compresses 2× at rank min(2, m, 4), so PowerSGD all-reduces
+    # everything in float32 (= ddp's bytes) and bf16 halves them: bf16 is 2× faster than both.
+    shape = st.Shape("thin", 50_000, hidden=2, batch=1, svd_rank=2, feature_dims=(2,))
+    assert st.powersgd_elements(st.grad_shapes(50_000, 2, 2, (2,)))[0] == 0
+    name, _ = st.choose_strategy(2, shape, NO_LATENCY, FREE)
+    assert name == "ddp_bf16"
+
+
+def test_auto_picks_powersgd_when_gradients_dominate_and_item_parallel_only_when_wired():
+    shape = st.Shape("wide", 200_000, hidden=256, batch=8, svd_rank=8, feature_dims=(8,))
+    preds = {s: st.predict(s, shape, 4, NO_LATENCY, FREE).step_s for s in st.MODELLED}
+    # hand check: ddp moves 4·(2·I·D + I), PowerSGD 4·(2·(I + D)·r + I) (FC_out's bias stays
+    # whole): ≈ (2D + 1) / (2r + 1) = 57× less; the rest (z_in, sampler, small layers) < 1 %
+    assert preds["ddp"] / preds["powersgd"] == pytest.approx(513 / 9, rel=0.02)
+    assert preds["item_parallel"] < preds["powersgd"]  # 4·4·G·B·D ≪ 4·2·(I + D)·r here
+    assert st.choose_strategy(4, shape, NO_LATENCY, FREE)[0] == "powersgd"
+    wired = (*st.WIRED, "item_parallel")
+    assert st.choose_strategy(4, shape, NO_LATENCY, FREE, available=wired)[0] == "item_parallel"
+
+
+def test_auto_respects_a_memory_limit():
+    shape = st.SHAPES["electronics_x10"]
+    name, reason = st.choose_strategy(2, shape, NO_LATENCY, FREE, memory_limit=1 << 30)
+    assert name == "ddp" and "fits" in reason
+
+
+# ---------------------------------------------------------------- config and start-up
+
+
+def test_config_rejects_an_unknown_strategy_naming_the_choices():
+    with pytest.raises(ConfigError, match=r"scaling.strategy='ring'.*ddp_bf16.*powersgd.*auto"):
+        load_config(None, ["scaling.strategy=ring"])
+
+
+def test_item_parallel_is_accepted_by_config_but_refused_until_wired():
+    cfg = load_config(None, ["scaling.strategy=item_parallel"])
+    with pytest.raises(st.StrategyUnavailable, match="not wired"):
+        st.resolve_strategy(cfg, 1_000, 2)
+    with pytest.raises(st.StrategyUnavailable, match="not wired"):
+        st.describe_choice(cfg, 1_000, 1)
+
+
+def test_describe_choice_names_the_strategy_and_why():
+    cfg = load_config(None, ["scaling.strategy=auto", "scaling.use_gpu=true"])
+    line = st.describe_choice(cfg, 63_001, 4)
+    name, _ = st.resolve_strategy(cfg, 63_001, 4)
+    assert f"gradient strategy: {name} (scaling.strategy=auto)" in line and "g5.2xlarge" in line
+    assert "one rank" in st.describe_choice(cfg, 63_001, 1)
+    fixed = load_config(None, ["scaling.strategy=ddp_bf16"])
+    assert st.describe_choice(fixed, 63_001, 4).endswith("ddp_bf16: set by scaling.strategy")
+
+
+def test_auto_must_be_resolved_before_a_hook_is_registered():
+    with pytest.raises(ValueError, match="resolve"):
+        st.register_comm_hook(object(), "auto")
+
+
+# ---------------------------------------------------------------- hooks on 2 gloo processes
+
+
+def _hook_rank(rank: int, world: int) -> dict:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ld4mrec_dist.cnet import CNet
+
+    g = torch.Generator().manual_seed(10 + rank)  # different data per rank
+    x = (torch.rand(B, I, generator=g) < 0.01).float()
+    tf, c, e = torch.randn(B, D, generator=g), torch.randn(B, K, generator=g), torch.randn(B, DIMS[0], generator=g)
+    counted: list[tuple[int, int]] = []  # (bytes, calls) per backward
+    real = dist.all_reduce
+
+    def counting(tensor, *a, **k):
+        counted[-1] = (counted[-1][0] + tensor.numel() * tensor.element_size(), counted[-1][1] + 1)
+        return real(tensor, *a, **k)
+
+    dist.all_reduce = counting  # the hooks call torch.distributed.all_reduce
+    out = {}
+    try:
+        for name in ("ddp", "ddp_bf16", "powersgd"):
+            torch.manual_seed(0)  # the same initial C-Net on both ranks
+            cnet = CNet(I, D, K, list(DIMS))
+            ddp = DistributedDataParallel(cnet)
+            st.register_comm_hook(ddp, name, start_iter=2)
+            local = []
+            for _ in range(4):  # PowerSGD: 2 plain steps, then compressed ones (no update: same gradients)
+                counted.append((0, 0))
+                cnet.zero_grad(set_to_none=True)
+                ddp(x, tf, c, [e]).pow(2).mean().backward()
+                local = [p.grad.detach().clone() for p in cnet.parameters()]
+            out[name] = {"grads": [t.numpy() for t in local], "bytes": counted[-1][0], "calls": counted[-1][1]}
+        torch.manual_seed(0)
+        cnet = CNet(I, D, K, list(DIMS))
+        cnet(x, tf, c, [e]).pow(2).mean().backward()  # this rank's own gradient, no DDP
+        out["local"] = [p.grad.numpy() for p in cnet.parameters()]
+    finally:
+        dist.all_reduce = real
+    return out
+
+
+@pytest.fixture(scope="module")
+def hooked():
+    return gloo_spawn(_hook_rank, WORLD, (), free_port())
+
+
+def _as_tensors(arrays):
+    return [torch.from_numpy(a) for a in arrays]
+
+
+def test_ddp_averages_the_ranks_gradients(hooked):
+    mean = [(a + b) / 2 for a, b in zip(_as_tensors(hooked[0]["local"]), _as_tensors(hooked[1]["local"]),
+                                        strict=True)]
+    for r in range(WORLD):
+        for got, want in zip(_as_tensors(hooked[r]["ddp"]["grads"]), mean, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_hook_is_within_bfloat16_rounding_of_ddp(hooked):
+    ddp, bf16 = (_as_tensors(hooked[0][s]["grads"]) for s in ("ddp", "ddp_bf16"))
+    assert any(not torch.equal(a, b) for a, b in zip(ddp, bf16, strict=True))  # the hook did act
+    for a, b in zip(ddp, bf16, strict=True):
+        # each rank's gradient rounded to 8 mantissa bits, then one bf16 addition: < 3·2⁻⁸ relative
+        torch.testing.assert_close(b, a, rtol=3 * 2**-8, atol=3 * 2**-8 * float(a.abs().max()) + 1e-12)
+    for a, b in zip(bf16, _as_tensors(hooked[1]["ddp_bf16"]["grads"]), strict=True):
+        assert torch.equal(a, b)  # every rank holds the same averaged gradient
+
+
+def test_powersgd_runs_compresses_and_keeps_ranks_equal(hooked):
+    ddp = _as_tensors(hooked[0]["ddp"]["grads"])
+    p0, p1 = (_as_tensors(hooked[r]["powersgd"]["grads"]) for r in range(WORLD))
+    for a, b in zip(p0, p1, strict=True):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
+    fc_in_weight = 0  # [D, I]: compressed to rank 4, so it differs from the exact average
+    assert not torch.allclose(p0[fc_in_weight], ddp[fc_in_weight])
+    bias = 1  # FC_in's bias is all-reduced whole: exact
+    torch.testing.assert_close(p0[bias], ddp[bias], rtol=1e-5, atol=1e-7)
+
+
+def test_measured_bytes_and_calls_match_the_model(hooked):
+    shapes = st.grad_shapes(I, D, K, DIMS)
+    params = sum(math.prod(s) for s in shapes)
+    buckets = st.bucket_count(shapes)
+    pq, plain = st.powersgd_elements(shapes)
+    assert (hooked[0]["ddp_bf16"]["bytes"], hooked[0]["ddp_bf16"]["calls"]) == (2 * params, buckets)
+    assert (hooked[0]["powersgd"]["bytes"], hooked[0]["powersgd"]["calls"]) == (4 * (pq + plain), 3 * buckets)
