@@ -6,8 +6,10 @@ end (`outcome == completed`) fill a cell: a trial ASHA stopped at an early rung 
 converged, and averaging it in would draw ASHA's schedule, not the hyperparameters. When
 a grid point ran several times (num_samples > 1), the cell shows the completed trial
 with the best valid metric, and its test metric beside it (never a test-side choice).
-A cell with no completed trial is left blank and says why (stopped by ASHA, error, …);
-the figure's subtitle says all of this.
+A cell with no completed trial is left blank (uncoloured) and says why (stopped by ASHA,
+error, …); for a trial ASHA stopped it also prints, in grey, the epoch of the stop and the
+panel's metric at its best epoch so far (a lower bound of what it would have reached, not
+comparable with the coloured cells). The figure's subtitle says all of this.
 """
 
 from __future__ import annotations
@@ -74,14 +76,36 @@ def grid_matrix(rows: list[dict[str, Any]], x_key: str, y_key: str, value: str,
 
 
 def blank_notes(rows: list[dict[str, Any]], x_key: str, y_key: str, xs: list[Any],
-                ys: list[Any]) -> list[list[str]]:
-    """Per cell, why it has no completed trial: the outcomes of the trials it did have."""
+                ys: list[Any], value: str | None = None, select: str | None = None) -> list[list[str]]:
+    """Per cell, why it has no completed trial: the outcomes of the trials it did have.
+
+    With `value`, a trial ASHA stopped also shows where (`@<epoch>` when the row has
+    `stopped_at_epoch`) and its `value` at its best epoch so far by `select` (default
+    `value`): e.g. "ASHA @16: 0.1547"; several stopped trials in a cell: the best by `select`."""
     notes: list[list[set[str]]] = [[set() for _ in xs] for _ in ys]
+    stopped: list[list[dict[str, Any] | None]] = [[None] * len(xs) for _ in ys]
+    select = select or value
     for r in rows:
         outcome = r.get("outcome", SHOWN)
-        if outcome != SHOWN:
-            notes[ys.index(r[y_key])][xs.index(r[x_key])].add(BLANK_NOTES.get(outcome, outcome))
-    return [["\n".join(sorted(cell)) for cell in row] for row in notes]
+        i, j = ys.index(r[y_key]), xs.index(r[x_key])
+        if outcome == "stopped_by_asha" and value and select and _finite(r.get(value)) and _finite(r.get(select)):
+            best = stopped[i][j]
+            if best is None or r[select] > best[select]:
+                stopped[i][j] = r
+        elif outcome != SHOWN:
+            notes[i][j].add(BLANK_NOTES.get(outcome, outcome))
+    out = []
+    for i, row in enumerate(notes):
+        line = []
+        for j, cell in enumerate(row):
+            stop = stopped[i][j]
+            if stop is not None and value:
+                epoch = stop.get("stopped_at_epoch")
+                at = f" @{int(epoch)}" if isinstance(epoch, (int, float)) and _finite(epoch) else ""
+                cell = {*cell, f"ASHA{at}: {float(stop[value]):.4f}"}
+            line.append("\n".join(sorted(cell)))
+        out.append(line)
+    return out
 
 
 def plot_grid_heatmap(rows: list[dict[str, Any]], x_key: str, y_key: str, metric: str,
@@ -102,7 +126,7 @@ def plot_grid_heatmap(rows: list[dict[str, Any]], x_key: str, y_key: str, metric
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.9), constrained_layout=True)
     for ax, (column, name) in zip(axes, panels, strict=True):
         xs, ys, m = grid_matrix(rows, x_key, y_key, column, select=metric)
-        notes = blank_notes(rows, x_key, y_key, xs, ys)
+        notes = blank_notes(rows, x_key, y_key, xs, ys, value=column, select=metric)
         im = ax.imshow(np.ma.masked_invalid(m), origin="lower", cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, (int, float)) else str(x) for x in xs])
         ax.set_yticks(range(len(ys)), [f"{y:g}" if isinstance(y, (int, float)) else str(y) for y in ys])
@@ -121,7 +145,8 @@ def plot_grid_heatmap(rows: list[dict[str, Any]], x_key: str, y_key: str, metric
                     ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=7, color="dimgray")
         fig.colorbar(im, ax=ax, shrink=0.85)
     shown = ("completed trials only (best valid per cell)" if several else "completed trials only")
-    subtitle = f"{shown}; blank: no completed trial (the cell says why)"
+    subtitle = (f"{shown}; blank: no completed trial (the cell says why; grey 'ASHA @e: v' is a stopped "
+                "trial's best up to epoch e, not comparable)")
     fig.suptitle(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
     out = Path(out)
     fig.savefig(out, dpi=120)

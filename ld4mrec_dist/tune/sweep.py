@@ -519,7 +519,7 @@ def summarize(results: Any, spec: SweepSpec, user_base: Config, sweep_dir: Path)
     ranked = sorted(rows, key=lambda r: (r["outcome"] != ledger.COMPLETED,
                                          -r[spec.metric] if isinstance(r.get(spec.metric), float) else math.inf))
     print(format_table(["trial", *spec.keys, "outcome", "epochs", spec.metric, f"{test} (at best)"],
-                       [[r["trial_id"], *[r[k] for k in spec.keys], r["outcome"], r.get("epochs", ""),
+                       [[r["trial_id"], *[swept_value(r[k]) for k in spec.keys], r["outcome"], r.get("epochs", ""),
                          r.get(spec.metric, float("nan")), r.get(test, float("nan"))] for r in ranked]))
     counts = {o: sum(r["outcome"] == o for r in rows) for o in ledger.OUTCOMES}
     expected = _count(spec)
@@ -537,6 +537,12 @@ def summarize(results: Any, spec: SweepSpec, user_base: Config, sweep_dir: Path)
     print(f"[ld4mrec] sweep outputs in {sweep_dir}: {TRIALS_CSV}"
           + "".join(f", {h.name}" for h in heatmaps) + (f", {BEST_CONFIG}" if best_path else ""), flush=True)
     return SweepSummary(sweep_dir, rows, best, csv_path, heatmaps, best_path, expected)
+
+
+def swept_value(value: Any) -> Any:
+    """A trial's value of a swept key as the summary prints it: floats in full (`:g`), not
+    the table's 4 decimals, which print weight decay 1e-05 as 0.0000 and lr 2.5e-4 as 0.0003."""
+    return f"{value:g}" if isinstance(value, float) else value
 
 
 def _count(spec: SweepSpec) -> int:

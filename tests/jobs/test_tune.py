@@ -104,6 +104,31 @@ def test_heatmap_cells_show_the_best_completed_trial_never_an_average(tmp_path):
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_blank_cells_of_stopped_trials_say_where_and_how_far_they_got():
+    """An ASHA-stopped trial never colours a cell; its blank cell notes the stop epoch and
+    the panel's value at its best-so-far epoch (chosen on valid, as the coloured cells)."""
+    rows = [{"x": 1, "y": 10, "outcome": "stopped_by_asha", "stopped_at_epoch": 8,
+             "valid/recall@20": 0.1452, "test/recall@20": 0.1075},
+            {"x": 1, "y": 10, "outcome": "stopped_by_asha", "stopped_at_epoch": 16,
+             "valid/recall@20": 0.1547, "test/recall@20": 0.1005},
+            {"x": 2, "y": 10, "outcome": "completed", "valid/recall@20": 0.1597, "test/recall@20": 0.1136},
+            {"x": 2, "y": 20, "outcome": "error", "valid/recall@20": float("nan")},
+            {"x": 1, "y": 20, "outcome": "stopped_by_asha", "valid/recall@20": float("nan")}]
+    xs, ys, m = grid_matrix(rows, "x", "y", "valid/recall@20")
+    assert np.isnan(m[0, 0]) and m[0, 1] == 0.1597 and np.isnan(m[1]).all()
+    valid = blank_notes(rows, "x", "y", xs, ys, value="valid/recall@20")
+    assert valid == [["ASHA @16: 0.1547", ""], ["ASHA", "error"]]
+    test = blank_notes(rows, "x", "y", xs, ys, value="test/recall@20", select="valid/recall@20")
+    assert test[0][0] == "ASHA @16: 0.1005"  # the trial best on valid, not the best test
+
+
+def test_summary_prints_swept_floats_in_full():
+    from ld4mrec_dist.tune.sweep import swept_value
+
+    assert swept_value(1e-05) == "1e-05" and swept_value(0.00025) == "0.00025"
+    assert swept_value(256) == 256 and swept_value("l2") == "l2"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # ~4 min on an idle 2-core host; far more on a loaded CI machine
 def test_four_trial_sweep_end_to_end(ray_local, tmp_path, monkeypatch):
@@ -197,3 +222,11 @@ def test_in_process_trials_report_to_asha(ray_local, tmp_path):
         if r["outcome"] == "stopped_by_asha":  # stopped where ASHA saw its report, before the end
             assert 1 <= int(r["stopped_at_epoch"]) < 4
     assert load_config(storage / "s" / "best_config.yaml").scaling.num_workers == 0
+
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_is_valid(path):
+    """Each sweep file in jobs/configs/sweeps/ loads, selects on valid, and every value of
+    its grid and space makes a valid typed config (checked before any trial would start)."""
+    spec = load_sweep(path)
+    assert spec.metric.startswith("valid/") and spec.keys
+    check_space_values(spec, base_config(spec))
