@@ -254,16 +254,17 @@ def clip_grad_norm(params: Sequence[Tensor], max_norm: float, layout: ItemLayout
     grads = [p.grad for p in params if p.grad is not None]
     sharded = [local_tensor(g) for g in grads if isinstance(g, DTensor)]
     plain = [g for g in grads if not isinstance(g, DTensor)]
-    sq = torch.zeros((), dtype=torch.float32)
+    device = grads[0].device if grads else torch.device("cpu")
+    sq = torch.zeros((), dtype=torch.float32, device=device)  # on the device: NCCL reduces no CPU tensor
     for g in sharded:
-        sq = sq + g.float().square().sum().cpu()
+        sq = sq + g.float().square().sum()
     tdist.all_reduce(sq, group=layout.item_group)
     for g in plain:
-        sq = sq + g.float().square().sum().cpu()
+        sq = sq + g.float().square().sum()
     norm = sq.sqrt()
     scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for g in sharded + plain:
-        g.mul_(scale.to(g.device))
+        g.mul_(scale.to(g.dtype))
     return norm
 
 
