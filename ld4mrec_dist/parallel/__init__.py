@@ -22,10 +22,11 @@ from ld4mrec_dist.parallel.item import (
     slice_generators,
     slice_loss,
 )
-from ld4mrec_dist.parallel.topk import item_parallel_topk, merge_topk, topk_ordered
+from ld4mrec_dist.parallel.topk import item_parallel_ranking, item_parallel_topk, merge_topk, topk_ordered
 
 __all__ = [
     "ItemLayout", "SliceDraw", "build_item_optimizers", "draw_slice", "item_mesh", "item_parallel_bytes_per_step",
-    "item_parallel_step", "item_parallel_topk", "item_slice", "load_plain_state", "load_sharded", "merge_topk",
-    "plain_state", "save_sharded", "shard_items", "slice_generators", "slice_loss", "topk_ordered",
+    "item_parallel_ranking", "item_parallel_step", "item_parallel_topk", "item_slice", "load_plain_state",
+    "load_sharded", "merge_topk", "plain_state", "save_sharded", "shard_items", "slice_generators", "slice_loss",
+    "topk_ordered",
 ]

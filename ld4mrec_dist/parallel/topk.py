@@ -12,6 +12,8 @@ each slice's top-C under it, so merging the slices' lists gives exactly the sing
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as tdist
 from torch import Tensor
@@ -68,3 +70,13 @@ def item_parallel_topk(model: LD4MRec, layout: ItemLayout, rows_BI: Tensor, user
     tdist.all_gather(vals, val_BC.contiguous(), group=layout.item_group)
     tdist.all_gather(items, item_BC.contiguous(), group=layout.item_group)
     return merge_topk(torch.cat(vals, dim=1), torch.cat(items, dim=1), min(k, layout.n_items))
+
+
+def item_parallel_ranking(model: LD4MRec, layout: ItemLayout) -> Callable[[Tensor, Tensor, Tensor, int], Tensor]:
+    """The evaluator's `RankFn` (rows, users, mask, k) -> items [B, C] for a sharded model:
+    `item_parallel_topk`'s items. A collective: every rank of the item group must rank the
+    same batches (an item group evaluates the same users)."""
+    def rank(rows_BI: Tensor, users_B: Tensor, mask_BI: Tensor, k: int) -> Tensor:
+        return item_parallel_topk(model, layout, rows_BI, users_B, k, mask_BI=mask_BI)[1]
+
+    return rank

@@ -17,6 +17,7 @@ from benchmarks.harness import free_port, gloo_spawn
 from ld4mrec_dist import dist as sync
 from ld4mrec_dist.build import build_optimizers, wrap_cnet
 from ld4mrec_dist.config import Config, DiffusionSection, ModelSection, TrainSection
+from ld4mrec_dist.eval.evaluator import evaluate
 from ld4mrec_dist.eval.metrics import mask_items
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.parallel.checkpoint import load_plain_state, load_sharded, plain_state, save_sharded
@@ -92,6 +93,18 @@ def _flat(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree.tolist() if isinstance(tree, np.ndarray) else tree}
 
 
+def _eval_data():
+    """All U users' train rows as input and mask, a disjoint random truth, as EvalData."""
+    import scipy.sparse as sp
+
+    from ld4mrec_dist.eval.evaluator import EvalData
+
+    r = _data()[0].numpy()
+    truth = (np.random.default_rng(5).random((U, I)) < 0.3) & (r == 0)
+    users = np.flatnonzero(truth.any(1) & (r.sum(1) > 0)).astype(np.int64)
+    return EvalData(sp.csr_matrix(r), sp.csr_matrix(truth.astype(np.float32)), users)
+
+
 def _plain(model: LD4MRec, opts) -> dict:
     """The single-process checkpoint entries (train/state.py's form)."""
     return {"model": model.state_dict(), "optimizer": opts.dense.state_dict(), "zin_optimizer": opts.z_in.state_dict()}
@@ -128,7 +141,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
         shard_items,
         slice_generators,
     )
-    from ld4mrec_dist.parallel.topk import item_parallel_topk
+    from ld4mrec_dist.parallel.topk import item_parallel_ranking, item_parallel_topk
 
     warnings.simplefilter("ignore")
     cfg = _cfg()
@@ -187,6 +200,11 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     tops = {k: tuple(_np(x) for x in item_parallel_topk(fresh, fresh_layout, _rows(), USERS, k, mask_BI=_rows()))
             for k in (3, 8, I)}
 
+    # The evaluator with the item-parallel RankFn (both ranks evaluate the same users).
+    fresh.eval()
+    metrics = evaluate(None, _eval_data(), [2, 5], 3, torch.device("cpu"),
+                       rank_fn=item_parallel_ranking(fresh, fresh_layout))
+
     # A ("data", "item") = (2, 1) mesh against the trainer's own DDP step: each data rank its
     # own users and forward process.
     users, seed = DATA_USERS[rank], SEEDS[0] + 10 * rank
@@ -203,11 +221,13 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     data = {"loss": float(data_loss), "state": _state(data_model, data_opts), "history": _np(data_history.table_TH),
             "ddp_loss": float(ddp_loss), "ddp_state": _state(ddp_model, ddp_opts),
             "ddp_history": _np(ddp_history.table_TH)}
-    return {"bf16_loss": bf16_loss, "gathered": gathered, "plain_loaded": plain_loaded, "draws": draws, "data": data,
-            "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2,
-            "grads": grads, "state1": state1, "loaded": loaded, "state2": _state(model2, opts2),
-            "history": _np(history.table_TH),
-            "bytes": counted.total, "expected_bytes": expected_bytes, "calls": counted.calls, "tops": tops}
+    return {
+        "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2, "grads": grads, "state1": state1,
+        "loaded": loaded, "state2": _state(model2, opts2), "history": _np(history.table_TH),
+        "gathered": gathered, "plain_loaded": plain_loaded, "draws": draws, "bf16_loss": bf16_loss,
+        "tops": tops, "metrics": metrics, "data": data,
+        "bytes": counted.total, "expected_bytes": expected_bytes, "calls": counted.calls,
+    }
 
 
 def _reference_step(model: LD4MRec, opts, history: SamplerHistory, cfg: Config, seed: int) -> float:
@@ -242,7 +262,9 @@ def runs(tmp_path_factory):
     load_sharded(tmp / "ck2", model1, opts1)
     fresh = _model(cfg)
     scores = mask_items(fresh.score(_rows(), USERS), _rows().to_dense())
-    return {"ref": ref, "ranks": ranks, "loaded1": _state(model1, opts1), "scores": scores}
+    fresh.eval()
+    metrics = evaluate(fresh.score, _eval_data(), [2, 5], 3, torch.device("cpu"))
+    return {"metrics": metrics, "ref": ref, "ranks": ranks, "loaded1": _state(model1, opts1), "scores": scores}
 
 
 def _slice(name: str, full: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -341,6 +363,17 @@ def test_merged_topk_equals_single_process(runs):
             val, item = r["tops"][k]
             assert np.array_equal(item, want_item.numpy()), k
             np.testing.assert_allclose(val, want_val.numpy(), **TOL)
+
+
+def test_evaluator_metrics_through_the_item_parallel_ranking(runs):
+    """eval.evaluate with the item-parallel RankFn (2 ranks, the same users on both) gives
+    the single-process metrics."""
+    want = runs["metrics"]
+    assert want["recall@5"] > 0
+    for r in runs["ranks"]:
+        assert r["metrics"].keys() == want.keys()
+        for name, value in want.items():
+            assert r["metrics"][name] == pytest.approx(value, abs=1e-9), name
 
 
 def test_item_group_moves_activations_not_gradients(runs):
