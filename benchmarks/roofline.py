@@ -64,7 +64,7 @@ class Sizes:
     profile_steps: int
 
 
-QUICK, FULL = Sizes(rounds=5, steps=3, warmup=3, profile_steps=3), Sizes(rounds=15, steps=4, warmup=4, profile_steps=6)
+QUICK, FULL = Sizes(rounds=4, steps=2, warmup=3, profile_steps=3), Sizes(rounds=10, steps=3, warmup=4, profile_steps=6)
 
 
 # ---------------------------------------------------------------- setup
@@ -232,26 +232,30 @@ def measure(sizes: Sizes, variants: dict[str, list[str]] | None = None) -> dict[
         for tr in trainees.values():
             for _ in range(sizes.warmup):
                 tr.step()
-        samples: dict[str, list[float]] = {name: [] for name in [*refs, *trainees]}
-        for _ in range(sizes.rounds):
-            for name, fn in refs.items():
-                samples[name].append(_block(fn, sizes.steps))
-            for name, tr in trainees.items():
-                samples[name].append(_block(functools.partial(tr.step, timers[name]), sizes.steps))
+        # Each variant's block of steps right after its own blocks of the bare GEMMs, the
+        # variants in alternating order: a ratio compares blocks a few seconds apart.
+        samples: dict[str, dict[str, list[float]]] = {name: {"five": [], "all": [], "step": []} for name in trainees}
+        for r in range(sizes.rounds):
+            for name in (list(trainees) if r % 2 == 0 else list(trainees)[::-1]):
+                samples[name]["five"].append(_block(refs["five GEMMs"], sizes.steps))
+                samples[name]["all"].append(_block(refs["all GEMMs"], sizes.steps))
+                samples[name]["step"].append(_block(functools.partial(trainees[name].step, timers[name]),
+                                                    sizes.steps))
         n_timed = sizes.rounds * sizes.steps
-        five, every = samples["five GEMMs"], samples["all GEMMs"]
+        five = [f for s in samples.values() for f in s["five"]]
+        every = [a for s in samples.values() for a in s["all"]]
         out: dict[str, Any] = {
             "gemms": [vars(g) | {"big": g.big} for g in gemms],
             "five_gemms_ms": 1e3 * statistics.median(five), "all_gemms_ms": 1e3 * statistics.median(every),
             "variants": {}}
         for name, tr in trainees.items():
-            steps = samples[name]
+            s = samples[name]
             out["variants"][name] = {
                 "overrides": variants[name],
-                "step_ms": 1e3 * statistics.median(steps),
+                "step_ms": 1e3 * statistics.median(s["step"]),
                 # per round, the ratio of blocks run back to back, then the median
-                "ratio_five": statistics.median(f / s for f, s in zip(five, steps, strict=True)),
-                "ratio_all": statistics.median(a / s for a, s in zip(every, steps, strict=True)),
+                "ratio_five": statistics.median(f / t for f, t in zip(s["five"], s["step"], strict=True)),
+                "ratio_all": statistics.median(a / t for a, t in zip(s["all"], s["step"], strict=True)),
                 "pieces_ms": {k: 1e3 * v / n_timed for k, v in timers[name].total.items()},
                 "profile": profile_split(tr, sizes.profile_steps),
             }
@@ -266,7 +270,9 @@ def measure(sizes: Sizes, variants: dict[str, list[str]] | None = None) -> dict[
 def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
     shape = {"shape": "baby", "users": USERS, "items": ITEMS, "batch": BATCH, "hidden": HIDDEN, "threads": 1}
     out = [row(BENCH, "five [B,I]x[I,D] GEMMs of a step, bare", res["five_gemms_ms"], "ms", **shape),
-           row(BENCH, "all GEMMs of a step, bare", res["all_gemms_ms"], "ms", gemms=res["gemms"], **shape)]
+           row(BENCH, "all GEMMs of a step, bare", res["all_gemms_ms"], "ms", gemms=res["gemms"], **shape),
+           row(BENCH, "five / all GEMMs: the ratio of a step that would be its GEMMs alone",
+               res["five_gemms_ms"] / res["all_gemms_ms"], "×", **shape)]
     for name, v in res["variants"].items():
         out.append(row(BENCH, f"train_step, {name}", v["step_ms"], "ms", ratio=v["ratio_five"],
                        target=TARGET if name in ("before", "after") else None,
@@ -277,7 +283,8 @@ def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def report(res: dict[str, Any]) -> str:
     lines = [f"bare: five [B,I]x[I,D] GEMMs {res['five_gemms_ms']:.1f} ms, all GEMMs of the step "
-             f"{res['all_gemms_ms']:.1f} ms (Baby, B = {BATCH}, D = {HIDDEN}, 1 thread)", "",
+             f"{res['all_gemms_ms']:.1f} ms (Baby, B = {BATCH}, D = {HIDDEN}, 1 thread); a step that were its "
+             f"GEMMs alone would be at {res['five_gemms_ms'] / res['all_gemms_ms']:.2f}x of the five", "",
              f"{'variant':<20s} {'step ms':>8s} {'five/step':>10s} {'all/step':>9s}   pieces (train_step timer, ms)"]
     for name, v in res["variants"].items():
         pieces = ", ".join(f"{k} {t:.1f}" for k, t in v["pieces_ms"].items())

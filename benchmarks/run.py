@@ -41,7 +41,7 @@ from benchmarks.common import (  # noqa: E402 - after the sys.path line above
     text_table,
 )
 
-BENCHES = ["throughput", "loader", "memory", "svd", "inference", "communication"]
+BENCHES = ["throughput", "loader", "memory", "svd", "inference", "communication", "roofline"]
 README = ROOT / "README.md"
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 

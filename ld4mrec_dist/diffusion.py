@@ -15,18 +15,21 @@ Equations (docs/design.md §2 says where and why they differ from the printed pa
     μ_θ = c0_t · x̂_θ + ct_t · x_t                               (Eq. 9)
     L_rec(u, t) = mean_i (μ̃ − μ_θ)² = c0_t² · mean_i (f_s(x_in) − x̂_θ)²   (Eq. 11)
 
-Passes over [B, I] (issue 12 §3): the soft-reconstruction mask is drawn at its chosen
-entries only (`bernoulli_positions`, ≈ p·B·I geometric gaps instead of B·I uniforms),
-`q_sample_` builds x_t inside the noise tensor, and `rec_loss` computes the squared error
-and its gradient in one pass each (`_RowMeanSquaredError`). Each has its straightforward
-form beside it (`dense_draw=True`, `q_sample`, `fused=False`): the same math, which the
+Passes over [B, I] (issue 12 §3). The training forward keeps f_s(x_in) sparse
+(`SparseTarget`: the rows' entries and the chosen ones, nothing of size B·I), draws the
+soft-reconstruction mask at its chosen entries only (`bernoulli_positions`: ≈ p·B·I
+geometric gaps instead of B·I uniforms), builds x_t inside the noise tensor
+(`q_sample_sparse_`: one pass, plus a scatter at the target's entries) and turns x̂ into
+x̂ − f_s in place (`rec_loss_`), whose squared row norms and gradient take one pass each
+(`row_mean_square`). The straightforward dense forms stay beside them (`soft_reconstruct`
+with `dense_draw=True`, `q_sample`, `rec_loss(fused=False)`): the same math, which the
 tests compare against.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -99,13 +102,15 @@ class NoiseSchedule(nn.Module):
         """x_t = √ᾱ_t · x + √(1 − ᾱ_t) · ε (Eq. 2)."""
         return self.q_mean(x_BI, t_B) + _at(self.sqrt_one_minus_alpha_bar, t_B) * noise_BI.float()
 
-    def q_sample_(self, x_BI: Tensor, t_B: Tensor, noise_BI: Tensor) -> Tensor:
-        """`q_sample` written over `noise_BI` (float32, not requiring grad), which it returns:
-        ε ← √(1 − ᾱ_t) · ε, then ε += √ᾱ_t · x; two in-place passes and no new [B, I] tensor."""
-        if noise_BI.dtype != torch.float32 or noise_BI.requires_grad:
-            raise ValueError("q_sample_ overwrites a float32 noise tensor that does not require grad")
+    def q_sample_sparse_(self, target: SparseTarget, t_B: Tensor, noise_BI: Tensor) -> Tensor:
+        """`q_sample(target.to_dense(), t_B, noise_BI)` written over `noise_BI` (float32, not
+        requiring grad), which it returns: ε ← √(1 − ᾱ_t) · ε in one pass, then
+        √ᾱ_t · target added at the target's Z entries only (it is 0 elsewhere)."""
+        if noise_BI.dtype != torch.float32 or noise_BI.requires_grad or noise_BI.shape != target.shape:
+            raise ValueError("q_sample_sparse_ overwrites a float32 [B, I] noise tensor that does not require grad")
         noise_BI.mul_(_at(self.sqrt_one_minus_alpha_bar, t_B))
-        return noise_BI.addcmul_(x_BI.float(), _at(self.sqrt_alpha_bar, t_B))
+        shifted_Z = self.sqrt_alpha_bar[t_B[target.row_Z] - 1] * target.val_Z
+        return noise_BI.index_put_((target.row_Z, target.col_Z), shifted_Z, accumulate=True)
 
     def posterior_mean(self, xt_BI: Tensor, x0_BI: Tensor, t_B: Tensor) -> Tensor:
         """μ̃(x_t, x_0, t) = c0_t · x_0 + ct_t · x_t; with x_0 := x̂_θ this is μ_θ (Eq. 9)."""
@@ -114,46 +119,51 @@ class NoiseSchedule(nn.Module):
     def rec_loss(self, target_BI: Tensor, xhat_BI: Tensor, t_B: Tensor, fused: bool = True) -> Tensor:
         """L_rec per user [B] = c0_t² · mean_i (target − x̂_θ)², in float32.
 
-        `fused` (default): the squared error in one pass that keeps only x̂ − target, and a
-        backward that scales it in place (`_RowMeanSquaredError`); False: the plain formula.
+        `fused` (default): the squared error through `row_mean_square` (one read forward,
+        one in-place pass backward); False: the plain formula.
         """
         if fused:
-            err_B = row_mean_squared_error(xhat_BI.float(), target_BI.float())
+            err_B = row_mean_square(xhat_BI.float() - target_BI.float())
         else:
             err_B = (target_BI.float() - xhat_BI.float()).square().mean(dim=1)
         return self.c0[t_B - 1].square() * err_B
 
+    def rec_loss_(self, target: SparseTarget, xhat_BI: Tensor, t_B: Tensor) -> Tensor:
+        """`rec_loss(target.to_dense(), xhat_BI, t_B)` without a [B, I] temporary: x̂ (float32,
+        the caller's own, not a leaf) is overwritten by x̂ − target, in place at the target's
+        Z entries (autograd passes the gradient through unchanged), then `row_mean_square`."""
+        if xhat_BI.dtype != torch.float32 or xhat_BI.shape != target.shape:
+            raise ValueError(f"x̂ {tuple(xhat_BI.shape)} {xhat_BI.dtype}: need float32 {target.shape}")
+        diff_BI = xhat_BI.index_put_((target.row_Z, target.col_Z), -target.val_Z, accumulate=True)
+        return self.c0[t_B - 1].square() * row_mean_square(diff_BI)
 
-class _RowMeanSquaredError(torch.autograd.Function):
-    """mean_i (x̂ − target)² per row, [B]; backward 2 (x̂ − target) · g_B / I.
 
-    Forward writes one [B, I] tensor (the difference, kept for backward) and reads it once
-    for the row sums; backward scales it in place into the gradient. A second backward
-    through the same graph therefore fails (autograd's version check on the saved tensor)
-    instead of returning a wrong gradient.
+class _RowMeanSquare(torch.autograd.Function):
+    """mean_i d² per row, [B]; backward 2 d · g_B / I.
+
+    Forward reads d once (a vectorised norm reduction, no [B, I] temporary) and keeps it;
+    backward scales it in place into the gradient. A second backward through the same
+    graph therefore fails (autograd's version check on the saved tensor) instead of
+    returning a wrong gradient.
     """
 
     @staticmethod
-    def forward(ctx: Any, xhat_BI: Tensor, target_BI: Tensor) -> Tensor:
-        diff_BI = xhat_BI - target_BI
-        ctx.save_for_backward(diff_BI)
-        # ‖·‖² of each row in one read (a vectorised reduction), no [B, I] temporary.
-        return torch.linalg.vector_norm(diff_BI, 2, dim=1).square_().div_(diff_BI.shape[1])
+    def forward(ctx: Any, d_BI: Tensor) -> Tensor:
+        ctx.save_for_backward(d_BI)
+        return torch.linalg.vector_norm(d_BI, 2, dim=1).square_().div_(d_BI.shape[1])
 
     @staticmethod
-    def backward(ctx: Any, grad_B: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        (diff_BI,) = ctx.saved_tensors
-        grad_BI = diff_BI.mul_((grad_B * (2.0 / diff_BI.shape[1])).unsqueeze(1))
-        if not ctx.needs_input_grad[1]:
-            return grad_BI, None
-        return (grad_BI, -grad_BI) if ctx.needs_input_grad[0] else (None, -grad_BI)
+    def backward(ctx: Any, grad_B: Tensor) -> Tensor:
+        (d_BI,) = ctx.saved_tensors
+        return d_BI.mul_((grad_B * (2.0 / d_BI.shape[1])).unsqueeze(1))
 
 
-def row_mean_squared_error(xhat_BI: Tensor, target_BI: Tensor) -> Tensor:
-    """mean_i (x̂ − target)² per row, [B], differentiable (see `_RowMeanSquaredError`)."""
-    if xhat_BI.dim() != 2 or xhat_BI.shape != target_BI.shape:
-        raise ValueError(f"x̂ {tuple(xhat_BI.shape)} and target {tuple(target_BI.shape)}: need equal [B, I]")
-    out: Tensor = _RowMeanSquaredError.apply(xhat_BI, target_BI)  # type: ignore[no-untyped-call]
+def row_mean_square(d_BI: Tensor) -> Tensor:
+    """mean_i d_BI² per row, [B], differentiable; `d_BI` becomes its gradient during
+    backward (see `_RowMeanSquare`): pass a tensor nothing else reads afterwards."""
+    if d_BI.dim() != 2:
+        raise ValueError(f"need a [B, I] tensor, got shape {tuple(d_BI.shape)}")
+    out: Tensor = _RowMeanSquare.apply(d_BI)  # type: ignore[no-untyped-call]
     return out
 
 
@@ -190,18 +200,17 @@ def bernoulli_positions(numel: int, prob: float, generator: torch.Generator | No
 
 
 def soft_reconstruct(x_BI: Tensor, prob: float, gamma: float,
-                     generator: torch.Generator | None = None, *, dense_draw: bool = False,
-                     inplace: bool = False) -> Tensor:
+                     generator: torch.Generator | None = None, *, dense_draw: bool = False) -> Tensor:
     """f_s(x) (Eq. 12): each entry is chosen independently with probability `prob`;
     a chosen clicked entry (x > 0.5) becomes 1 − γ, a chosen non-clicked one γ; the rest
     keep their value. `prob = 0` or `gamma = 0` returns `x_BI` itself (no random numbers
     are drawn).
 
-    The chosen entries are drawn by `bernoulli_positions` (≈ p·B·I draws) and written into
-    a copy of `x_BI` (into `x_BI` itself with `inplace`). `dense_draw=True` is the
-    straightforward form: one uniform per entry, chosen where it is < p, two [B, I]
-    `where`s. Both choose each entry independently with probability p (the same law,
-    tested), from different random streams.
+    The chosen entries are drawn by `bernoulli_positions` over the B·I entries in row-major
+    order (≈ p·B·I draws), as `sparse_reconstruct` draws them, and written into a copy of
+    `x_BI`. `dense_draw=True` is the straightforward form: one uniform per entry, chosen
+    where it is < p, two [B, I] `where`s. Both choose each entry independently with
+    probability p (the same law, tested), from different random streams.
     """
     if prob <= 0 or gamma <= 0:
         return x_BI
@@ -209,8 +218,52 @@ def soft_reconstruct(x_BI: Tensor, prob: float, gamma: float,
         chosen_BI = torch.rand(x_BI.shape, generator=generator, device=x_BI.device) < prob
         smoothed_BI = torch.where(x_BI > 0.5, 1.0 - gamma, gamma).to(x_BI.dtype)
         return torch.where(chosen_BI, smoothed_BI, x_BI)
-    out_BI = x_BI if inplace and x_BI.is_contiguous() else x_BI.clone(memory_format=torch.contiguous_format)
+    out_BI = x_BI.clone(memory_format=torch.contiguous_format)
     flat = out_BI.view(-1)
     pos_Z = bernoulli_positions(flat.numel(), prob, generator, flat.device)
     flat[pos_Z] = torch.where(flat[pos_Z] > 0.5, 1.0 - gamma, gamma).to(flat.dtype)
     return out_BI
+
+
+class SparseTarget(NamedTuple):
+    """A [B, I] float32 matrix by its Z stored entries, (row, col) pairs all distinct:
+    m[row_Z, col_Z] = val_Z and 0 elsewhere. The training target f_s(x_in) of a batch."""
+
+    row_Z: Tensor  # int64
+    col_Z: Tensor  # int64
+    val_Z: Tensor  # float32
+    shape: tuple[int, int]
+
+    def to_dense(self) -> Tensor:
+        dense_BI = torch.zeros(self.shape, dtype=torch.float32, device=self.val_Z.device)
+        return dense_BI.index_put_((self.row_Z, self.col_Z), self.val_Z)
+
+
+def sparse_reconstruct(csr_BI: Tensor, prob: float, gamma: float,
+                       generator: torch.Generator | None = None) -> SparseTarget:
+    """f_s of a batch's CSR rows (Eq. 12) as a `SparseTarget`, never densified: the rows'
+    entries (duplicates summed, as `to_dense` does) with the chosen ones smoothed, plus the
+    chosen non-entries at γ. The chosen set is `soft_reconstruct`'s very draw (the same
+    `bernoulli_positions` call over the B·I row-major entries), so the same generator state
+    gives the same f_s in both (tested). `prob = 0` or `gamma = 0`: the rows themselves.
+    """
+    n_rows, n_items = csr_BI.shape
+    device = csr_BI.device
+    crow_B1, col_Z, val_Z = csr_BI.crow_indices(), csr_BI.col_indices(), csr_BI.values().float()
+    row_Z = torch.repeat_interleave(torch.arange(n_rows, device=device), crow_B1.diff(), output_size=val_Z.numel())
+    flat_Z, order_Z = torch.sort(row_Z * n_items + col_Z)
+    val_Z = val_Z[order_Z]
+    if flat_Z.numel() > 1 and bool((flat_Z.diff() == 0).any()):   # an uncoalesced CSR: sum its duplicates
+        flat_Z, inverse_Z = torch.unique_consecutive(flat_Z, return_inverse=True)
+        val_Z = torch.zeros(flat_Z.numel(), device=device).index_add_(0, inverse_Z, val_Z)
+    if prob > 0 and gamma > 0:
+        pos_C = bernoulli_positions(n_rows * n_items, prob, generator, device)
+        at_C = torch.searchsorted(flat_Z, pos_C).clamp_(max=max(flat_Z.numel() - 1, 0))
+        stored_C = (flat_Z[at_C] == pos_C) if flat_Z.numel() else torch.zeros_like(pos_C, dtype=torch.bool)
+        x_C = torch.where(stored_C, val_Z[at_C] if flat_Z.numel() else 0.0, 0.0)
+        smoothed_C = torch.where(x_C > 0.5, 1.0 - gamma, gamma).to(torch.float32)
+        val_Z = val_Z.clone()
+        val_Z[at_C[stored_C]] = smoothed_C[stored_C]
+        flat_Z = torch.cat([flat_Z, pos_C[~stored_C]])
+        val_Z = torch.cat([val_Z, smoothed_C[~stored_C]])
+    return SparseTarget(flat_Z // n_items, flat_Z % n_items, val_Z, (n_rows, n_items))

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ld4mrec_dist.cnet import CNet, timestep_embedding
 from ld4mrec_dist.config import DiffusionSection, ModelSection
-from ld4mrec_dist.diffusion import NoiseSchedule, soft_reconstruct
+from ld4mrec_dist.diffusion import NoiseSchedule, SparseTarget, soft_reconstruct, sparse_reconstruct
 from ld4mrec_dist.encoders import (
     as_csr,
     collaborative_signal,
@@ -168,14 +168,18 @@ class LD4MRec(nn.Module):
                      for j in range(len(self.modalities))]
         return c_BK, prefs
 
-    def reconstruction_target(self, x_BI: Tensor, generator: torch.Generator | None = None,
-                              inplace: bool = False) -> Tensor:
-        """f_s(x_in) (Eq. 12), or x_in itself for `no_sr` (and when p = 0 or γ = 0).
-        `inplace`: written into `x_BI` (the forward's own dense copy of the rows)."""
+    def reconstruction_target(self, x_BI: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """f_s(x_in) (Eq. 12), or x_in itself for `no_sr` (and when p = 0 or γ = 0)."""
         if self.model_cfg.ablation == "no_sr":
             return x_BI
         return soft_reconstruct(x_BI, self.diffusion_cfg.sr_prob, self.diffusion_cfg.sr_gamma, generator,
-                                dense_draw=not self.model_cfg.fused_forward, inplace=inplace)
+                                dense_draw=not self.model_cfg.fused_forward)
+
+    def sparse_target(self, csr_BI: Tensor, generator: torch.Generator | None = None) -> SparseTarget:
+        """`reconstruction_target` of the CSR rows as a `SparseTarget` (same draw, same f_s)."""
+        no_sr = self.model_cfg.ablation == "no_sr"
+        return sparse_reconstruct(csr_BI, 0.0 if no_sr else self.diffusion_cfg.sr_prob,
+                                  self.diffusion_cfg.sr_gamma, generator)
 
     def _inputs(self, rows_BI: Tensor) -> tuple[Tensor, Tensor]:
         """(the rows as CSR on the model's device, a new dense float32 copy [B, I])."""
@@ -193,28 +197,37 @@ class LD4MRec(nn.Module):
         device (the step probabilities are moved to it). `cnet`: the module that runs C-Net,
         default `self.cnet`; the trainer passes its DDP wrapper (`build.wrap_cnet`).
 
-        `model.fused_forward` (default) makes the same computation in fewer passes over
-        [B, I]: f_s written into the dense copy of the rows, x_t into the noise tensor, the
-        loss through `rec_loss(fused=True)`; only the mask's random stream differs.
+        `model.fused_forward` (default) makes the same computation with no [B, I] tensor
+        but ε (which becomes x_t) and x̂ (which becomes x̂ − f_s): f_s stays sparse
+        (`sparse_target`), x_t is `q_sample_sparse_`, the loss `rec_loss_`; only the
+        mask's random stream differs from the straightforward form.
         """
         device = self.device
         fused = self.model_cfg.fused_forward
         with _no_autocast(device):
-            csr_BI, x_BI = self._inputs(rows_BI)
+            csr_BI = as_csr(rows_BI).to(device)
             steps = self.schedule.steps
             p_T = step_probs if step_probs is not None else torch.full((steps,), 1.0 / steps, dtype=torch.float64)
             p_T = p_T.to(generator.device if generator is not None else device)
-            t_B = sample_steps(p_T, x_BI.shape[0], generator).to(device)
+            t_B = sample_steps(p_T, csr_BI.shape[0], generator).to(device)
             w_B = importance_weights(p_T, t_B)
-            target_BI = self.reconstruction_target(x_BI, generator, inplace=fused)
-            noise_BI = torch.randn(x_BI.shape, generator=generator, device=device)
-            q_sample = self.schedule.q_sample_ if fused else self.schedule.q_sample
-            xt_BI = q_sample(target_BI, t_B, noise_BI)
+            target: SparseTarget | Tensor
+            if fused:
+                target = self.sparse_target(csr_BI, generator)
+                noise_BI = torch.randn(csr_BI.shape, generator=generator, device=device)
+                xt_BI = self.schedule.q_sample_sparse_(target, t_B, noise_BI)
+            else:
+                target = self.reconstruction_target(csr_BI.to_dense(), generator)
+                noise_BI = torch.randn(csr_BI.shape, generator=generator, device=device)
+                xt_BI = self.schedule.q_sample(target, t_B, noise_BI)
             c_BK, prefs = self.conditions(csr_BI)
             tf_BD = timestep_embedding(t_B, self.hidden) + self.z_in_rows(users_B)
         xhat_BI = (cnet or self.cnet)(xt_BI, tf_BD, c_BK, prefs)
         with _no_autocast(device):
-            rec_B = self.schedule.rec_loss(target_BI, xhat_BI.float(), t_B, fused=fused)
+            if isinstance(target, SparseTarget):
+                rec_B = self.schedule.rec_loss_(target, xhat_BI.float(), t_B)
+            else:
+                rec_B = self.schedule.rec_loss(target, xhat_BI.float(), t_B, fused=False)
             loss = (w_B * rec_B).mean()
         return BatchLoss(loss=loss, t=t_B, rec_loss=rec_B.detach())
 

@@ -10,10 +10,12 @@ import torch
 from ld4mrec_dist.config import DiffusionSection
 from ld4mrec_dist.diffusion import (
     NoiseSchedule,
+    SparseTarget,
     bernoulli_positions,
-    row_mean_squared_error,
+    row_mean_square,
     schedule_values,
     soft_reconstruct,
+    sparse_reconstruct,
 )
 
 
@@ -110,13 +112,35 @@ def test_soft_reconstruction_off():
     assert soft_reconstruct(x, 0.5, 0.0) is x
 
 
-def test_soft_reconstruction_in_place_only_when_asked():
-    x = (torch.rand(30, 40, generator=torch.Generator().manual_seed(1)) < 0.3).float()
-    before = x.clone()
-    y = soft_reconstruct(x, 0.5, 0.1, torch.Generator().manual_seed(2))
-    assert torch.equal(x, before) and not torch.equal(y, x)
-    z = soft_reconstruct(x, 0.5, 0.1, torch.Generator().manual_seed(2), inplace=True)
-    assert z is x and torch.equal(z, y)                       # same stream, same f_s, written into x
+def _csr(x_BI: torch.Tensor) -> torch.Tensor:
+    return x_BI.to_sparse_csr()
+
+
+@pytest.mark.parametrize("prob,gamma", [(0.3, 0.1), (0.0, 0.1), (0.3, 0.0), (1.0, 0.2)])
+def test_sparse_reconstruct_is_soft_reconstruct_of_the_same_draw(prob, gamma):
+    """Same generator state: the same f_s, entry for entry, with clicked, non-clicked,
+    stored non-binary values (0.3 ≤ 0.5 counts as non-clicked) and an empty row."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(6, 50, generator=g) < 0.2).float()
+    x[2] = 0.0
+    x[0, 3] = 0.3
+    for _ in range(3):                                   # several draws from one stream
+        state = g.get_state()
+        want = soft_reconstruct(x, prob, gamma, g)
+        after_dense = g.get_state()
+        g.set_state(state)
+        got = sparse_reconstruct(_csr(x), prob, gamma, g)
+        assert torch.equal(got.to_dense(), want)
+        assert torch.equal(g.get_state(), after_dense)    # the same numbers consumed: ε follows identically
+        flat = got.row_Z * 50 + got.col_Z
+        assert flat.unique().numel() == flat.numel()      # distinct entries
+
+
+def test_sparse_reconstruct_sums_duplicate_entries_as_to_dense_does():
+    crow, col = torch.tensor([0, 3, 4]), torch.tensor([1, 1, 4, 0])
+    csr = torch.sparse_csr_tensor(crow, col, torch.tensor([0.5, 0.5, 1.0, 1.0]), size=(2, 6), check_invariants=False)
+    got = sparse_reconstruct(csr, 0.0, 0.1)
+    assert torch.equal(got.to_dense(), csr.to_dense()) and got.val_Z.numel() == 3
 
 
 @pytest.mark.parametrize("chunk", [None, 3])
@@ -153,18 +177,38 @@ def test_bernoulli_positions_edge_cases():
     assert torch.all((freq - p).abs() < 5 * math.sqrt(p * (1 - p) / draws)), freq
 
 
-def test_q_sample_in_place_equals_closed_form():
+def test_q_sample_sparse_in_place_equals_closed_form():
     cfg = DiffusionSection(steps=4)
     sched = NoiseSchedule(cfg)
-    x, eps = torch.rand(4, 6), torch.randn(4, 6)
+    g = torch.Generator().manual_seed(0)
+    x, eps = (torch.rand(4, 6, generator=g) < 0.4).float(), torch.randn(4, 6, generator=g)
+    target = sparse_reconstruct(_csr(x), 0.3, 0.1, g)
     t = torch.tensor([1, 2, 3, 4])
-    want = sched.q_sample(x, t, eps)                           # √ᾱ·x + √(1 − ᾱ)·ε, checked above
+    want = sched.q_sample(target.to_dense(), t, eps)           # √ᾱ·f_s + √(1 − ᾱ)·ε, checked above
     noise = eps.clone()
-    got = sched.q_sample_(x, t, noise)
+    got = sched.q_sample_sparse_(target, t, noise)
     assert got is noise
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="noise"):
-        sched.q_sample_(x, t, eps.clone().requires_grad_())
+        sched.q_sample_sparse_(target, t, eps.clone().requires_grad_())
+
+
+def test_sparse_rec_loss_has_the_formulas_value_and_gradient():
+    """rec_loss_ (x̂ overwritten by x̂ − f_s at the target's entries) against the plain
+    formula on the dense target: L_rec and ∂(Σ w L_rec)/∂x̂ through a layer before x̂."""
+    sched = NoiseSchedule(DiffusionSection(steps=5))
+    g = torch.Generator().manual_seed(0)
+    target = sparse_reconstruct(_csr((torch.rand(5, 9, generator=g) < 0.3).float()), 0.2, 0.05, g)
+    h = torch.randn(5, 9, generator=g).requires_grad_()
+    t, w = torch.arange(1, 6), torch.rand(5, generator=g)
+    plain = sched.rec_loss(target.to_dense(), h * 2.0, t, fused=False)
+    (grad_plain,) = torch.autograd.grad((w * plain).sum(), [h])
+    fast = sched.rec_loss_(target, h * 2.0, t)
+    (grad_fast,) = torch.autograd.grad((w * fast).sum(), [h])
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(grad_fast, grad_plain, rtol=1e-6, atol=1e-8)
+    c0 = sched.c0[t - 1][:, None]   # closed form: 2 · 2 w c0² (2h − f_s) / I
+    torch.testing.assert_close(grad_fast, 4 * w[:, None] * c0**2 * (2 * h.detach() - target.to_dense()) / 9)
 
 
 def test_fused_rec_loss_has_the_formulas_value_and_gradients():
@@ -184,11 +228,13 @@ def test_fused_rec_loss_has_the_formulas_value_and_gradients():
     torch.testing.assert_close(grads[1][1], 2 * w[:, None] * c0**2 * (xhat - target).detach() / 9)
 
 
-def test_fused_squared_error_refuses_a_second_backward():
-    xhat = torch.randn(3, 4, requires_grad=True)
-    err = row_mean_squared_error(xhat * 1.0, torch.zeros(3, 4))
+def test_row_mean_square_refuses_a_second_backward():
+    x = torch.randn(3, 4, requires_grad=True)
+    err = row_mean_square(x * 1.0)
     err.sum().backward(retain_graph=True)                       # backward scales its saved tensor in place…
     with pytest.raises(RuntimeError, match="inplace"):          # …so a second one must fail, not be wrong
         err.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * x.detach() / 4)
     with pytest.raises(ValueError):
-        row_mean_squared_error(torch.zeros(3, 4), torch.zeros(3, 5))
+        row_mean_square(torch.zeros(3))
+    assert isinstance(sparse_reconstruct(_csr(torch.eye(2)), 0.0, 0.1), SparseTarget)

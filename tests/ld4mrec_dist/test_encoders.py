@@ -169,7 +169,7 @@ def test_dense_rows_equals_to_dense():
     rows[4] = 0.0                                                       # an empty row
     rows.eliminate_zeros()
     csr = torch.sparse_csr_tensor(torch.from_numpy(rows.indptr).long(), torch.from_numpy(rows.indices).long(),
-                                  torch.from_numpy(rows.data), size=rows.shape)
+                                  torch.from_numpy(rows.data), size=rows.shape, check_invariants=True)
     got = dense_rows(csr)
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(got, csr.to_dense()) and torch.equal(got, torch.from_numpy(rows.toarray()))
