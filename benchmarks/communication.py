@@ -1,20 +1,23 @@
-"""(6) Communication per training step: Baby vs Electronics shapes, W = 2 ranks.
+"""(6) Communication per training step, counted exactly in 2 gloo processes, per gradient strategy.
 
-Analytic: DDP all-reduces C-Net's float32 gradients (every parameter but z_in: its size
-depends on |I|, D and the feature widths, not on |U|); `sync.zin_bytes_per_step` (the
-batch's z_in rows, all-gathered) and `sync.sampler_bytes_per_step` (t, L_rec of every
-rank) depend on W, B and D only. Beside them: the |U|×D z_in table, whose dense gradient
-a naive DDP wrap would all-reduce every step.
+Analytic: `ld4mrec_dist.strategy.collectives` (the scaling model): DDP all-reduces C-Net's
+float32 gradients (every parameter but z_in: its size depends on |I|, D and the feature
+widths, not on |U|), `ddp_bf16` half of that, `powersgd` the rank-r factors plus the
+uncompressed tensors; the z_in rows (`dist.zin_bytes_per_step`) and the sampler history
+(`dist.sampler_bytes_per_step`) depend on W, B and D only. Beside them: the |U|×D z_in
+table, whose dense gradient a naive DDP wrap would all-reduce every step.
 Measured: 2 gloo processes build LD4MRec at each shape (random item features of the real
-widths: the bytes depend on shapes only), wrapped by the trainer's `wrap_cnet`, and run
-the loop's step; a DDP comm hook counts the gradient bytes all-reduced and a wrapper
-counts the bytes `torch.distributed.all_gather` receives.
+widths: the bytes depend on shapes only), wrapped by the trainer's `wrap_cnet` with the
+strategy's hook, and run the loop's step (`train_step`); a wrapper around
+`torch.distributed.all_reduce` (which the hooks call) counts the bytes and calls of the
+gradient all-reduces, one around `all_gather` those of z_in and the sampler. Plain `ddp`
+is counted through torch's `allreduce_hook`, documented as DDP's own all-reduce.
 """
 
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import Any
 
 import torch
 
@@ -24,117 +27,141 @@ from benchmarks.harness import free_port, gloo_spawn
 BENCH = "communication"
 SHAPES = {  # users, items, text width, image width (data_pipeline.synthetic.SHAPES)
     "baby": (19_445, 7_050, 384, 4096),
+    "sports": (35_598, 18_357, 384, 4096),
     "electronics": (192_403, 63_001, 384, 4096),
 }
 WORLD, BATCH, HIDDEN = 2, 256, 256
+MEASURED_STRATEGIES = ("ddp", "ddp_bf16", "powersgd")
+START_ITER = 2  # PowerSGD's plain steps in the measurement (torch's minimum with error feedback)
 
 
-def build_model(n_users: int, n_items: int, d_text: int, d_image: int):
+def random_features(n_items: int, d_text: int, d_image: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"text": torch.randn(n_items, d_text, generator=g), "image": torch.randn(n_items, d_image, generator=g)}
+
+
+def build_model(n_users: int, n_items: int, features: dict[str, torch.Tensor], hidden: int = HIDDEN):
+    """LD4MRec at a shape, with the given (random) item features; the same init on every rank."""
     from ld4mrec_dist.config import DiffusionSection, ModelSection
     from ld4mrec_dist.model import LD4MRec
 
-    g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    feats = {"text": torch.randn(n_items, d_text, generator=g), "image": torch.randn(n_items, d_image, generator=g)}
-    return LD4MRec(ModelSection(hidden=HIDDEN), DiffusionSection(), n_users, n_items,
-                   item_factors=torch.randn(n_items, 64, generator=g) / 64, item_features=feats,
+    g = torch.Generator().manual_seed(1)
+    return LD4MRec(ModelSection(hidden=hidden), DiffusionSection(), n_users, n_items,
+                   item_factors=torch.randn(n_items, 64, generator=g) / 64, item_features=features,
                    item_degree=torch.full((n_items,), 5.0))
 
 
-def analytic(n_users: int, model) -> dict:
-    """Bytes per step from the parameter count and sync's formulas (W, B, D fixed above)."""
-    from ld4mrec_dist import dist as sync
-    from ld4mrec_dist.build import dense_parameters
-
-    grad = sum(p.numel() * 4 for p in dense_parameters(model))
-    zin = sync.zin_bytes_per_step(WORLD, BATCH, HIDDEN)
-    sampler = sync.sampler_bytes_per_step(WORLD, BATCH)
-    return {"grad_bytes": grad, "ring_wire_bytes_per_rank": grad * 2 * (WORLD - 1) / WORLD,
-            "zin_bytes": zin, "sampler_bytes": sampler, "total_bytes": grad + zin + sampler,
-            "zin_table_bytes": n_users * HIDDEN * 4}
-
-
-def _rank(rank: int, world: int, shape: tuple, steps: int) -> dict:
+def random_batch(rng, n_users: int, n_items: int, batch: int, nnz_per_user: float):
+    """(users [B] int64, torch CSR rows [B, I] of ones): a batch of the shape's density."""
     import numpy as np
     import scipy.sparse as sp
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
-    from ld4mrec_dist import dist as sync
-    from ld4mrec_dist.build import dense_parameters, wrap_cnet
     from ld4mrec_dist.rows import to_torch_csr
-    from ld4mrec_dist.sampler import init_history, update_history
+
+    users = np.sort(rng.choice(n_users, batch, replace=False))
+    rows = sp.random(batch, n_items, density=nnz_per_user / n_items, format="csr", random_state=rng,
+                     dtype=np.float32)
+    rows.data[:] = 1.0
+    return torch.from_numpy(users), to_torch_csr(rows)
+
+
+def _rank(rank: int, world: int, shape: tuple, steps: int, strategies: tuple[str, ...]) -> dict[str, Any]:
+    """Per strategy: mean bytes / calls per step of each collective, after the warm-up steps."""
+    import numpy as np
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    from ld4mrec_dist import strategy as st
+    from ld4mrec_dist.build import build_optimizers, wrap_cnet
+    from ld4mrec_dist.config import Config, ModelSection
+    from ld4mrec_dist.train.step import SamplerHistory, train_step
 
     n_users, n_items, d_text, d_image = shape
-    model = build_model(*shape)
-    ddp = wrap_cnet(model, torch.device("cpu"))
-    adam, sparse_adam = torch.optim.Adam(dense_parameters(model)), \
-        torch.optim.SparseAdam([model.z_in.weight])
-    counts = {"allreduce": 0, "allgather": 0, "allreduce_s": 0.0, "allgather_s": 0.0}
+    features = random_features(n_items, d_text, d_image)
+    counts = {"allreduce": 0, "allreduce_calls": 0, "allgather": 0, "allgather_calls": 0}
+    real_all_reduce, real_all_gather = dist.all_reduce, dist.all_gather
 
-    def hook(state, bucket):
-        buf = bucket.buffer()
-        counts["allreduce"] += buf.numel() * buf.element_size()
-        t0 = time.perf_counter()
-        buf.div_(world)
-        dist.all_reduce(buf)  # synchronous: lets us time it (DDP's default overlaps it)
-        counts["allreduce_s"] += time.perf_counter() - t0
-        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-        fut.set_result(buf)
-        return fut
-
-    cast(DistributedDataParallel, ddp).register_comm_hook(None, hook)  # 2 ranks: wrap_cnet wrapped it
-    real_all_gather = dist.all_gather
+    def counting_all_reduce(tensor, *a, **k):
+        counts["allreduce"] += tensor.numel() * tensor.element_size()
+        counts["allreduce_calls"] += 1
+        return real_all_reduce(tensor, *a, **k)
 
     def counting_all_gather(out_list, tensor, *a, **k):
-        t0 = time.perf_counter()
-        res = real_all_gather(out_list, tensor, *a, **k)
         counts["allgather"] += sum(t.numel() * t.element_size() for t in out_list)
-        counts["allgather_s"] += time.perf_counter() - t0
-        return res
+        counts["allgather_calls"] += 1
+        return real_all_gather(out_list, tensor, *a, **k)
 
-    dist.all_gather = counting_all_gather  # type: ignore[assignment]  # counted for this measurement only
-    rng = np.random.default_rng(rank)
-    table, hist_counts = init_history(5, 10)
-    per_step, t_steps = [], []
-    for _ in range(steps):
-        before = dict(counts)
-        t0 = time.perf_counter()
-        users = np.sort(rng.choice(n_users, BATCH, replace=False))
-        rows = sp.random(BATCH, n_items, density=9 / n_items, format="csr", random_state=rng, dtype=np.float32)
-        rows.data[:] = 1.0
-        out = model(to_torch_csr(rows), torch.from_numpy(users), cnet=ddp)
-        for opt in (adam, sparse_adam):
-            opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        sync.synced_sparse_grad(model.z_in.weight, BATCH)
-        adam.step()
-        sparse_adam.step()
-        t_N, loss_N = sync.gather_step_losses(out.t, out.rec_loss, BATCH)
-        table, hist_counts = update_history(table, hist_counts, t_N, loss_N)
-        t_steps.append(time.perf_counter() - t0)
-        per_step.append({k: counts[k] - before[k] for k in counts})
-    dist.all_gather = real_all_gather
-    later = per_step[1:]  # the first step builds DDP's buckets
-    mean = {k: sum(s[k] for s in later) / len(later) for k in later[0]}
-    return {**mean, "step_s": sum(t_steps[1:]) / len(later), "analytic": analytic(n_users, model)}
+    cfg = Config(model=ModelSection(hidden=HIDDEN))
+    cfg.train.batch_size = BATCH
+    out: dict[str, Any] = {}
+    dist.all_reduce, dist.all_gather = counting_all_reduce, counting_all_gather  # type: ignore[assignment]
+    try:
+        for name in strategies:
+            model = build_model(n_users, n_items, features)
+            if name == "ddp":  # count DDP's own all-reduce through torch's equivalent Python hook
+                cnet = wrap_cnet(model, torch.device("cpu"))
+                cnet.register_comm_hook(None, default_hooks.allreduce_hook)  # type: ignore[operator]
+            else:
+                from torch.nn.parallel import DistributedDataParallel
+
+                cnet = DistributedDataParallel(model.cnet)  # = wrap_cnet(…, strategy=name), START_ITER plain steps
+                st.register_comm_hook(cnet, name, start_iter=START_ITER)
+            opts = build_optimizers(model, cfg)
+            history = SamplerHistory.empty(model, cfg)
+            rng = np.random.default_rng(rank)
+            gen = torch.Generator().manual_seed(rank)
+            per_step, t_steps = [], []
+            for _ in range(steps):
+                users, rows = random_batch(rng, n_users, n_items, BATCH, 9.0)
+                before = dict(counts)
+                t0 = time.perf_counter()
+                train_step(model, cnet, opts, history, users, rows, gen, cfg)
+                t_steps.append(time.perf_counter() - t0)
+                per_step.append({k: counts[k] - before[k] for k in counts})
+            later = per_step[START_ITER + 1:]  # DDP rebuilds its buckets after step 1; PowerSGD starts at START_ITER
+            out[name] = {**{k: sum(s[k] for s in later) / len(later) for k in later[0]},
+                         "step_s": sum(t_steps[START_ITER + 1:]) / len(later), "steps_measured": len(later)}
+            del cnet, model, opts
+    finally:
+        dist.all_reduce, dist.all_gather = real_all_reduce, real_all_gather
+    return out
+
+
+def measure(shape_name: str, steps: int, strategies: tuple[str, ...] = MEASURED_STRATEGIES) -> dict[str, Any]:
+    """Bytes and calls per step of each strategy at `shape_name`, counted on rank 0 of 2 gloo processes."""
+    assert steps > START_ITER + 1, "need steps after the warm-up"
+    return gloo_spawn(_rank, WORLD, (SHAPES[shape_name], steps, strategies), free_port())[0]
+
+
+def predicted(shape_name: str, strategy: str) -> dict[str, float]:
+    """The scaling model's bytes and calls per step at W = 2 (gradients, all-gathers)."""
+    from ld4mrec_dist import strategy as st
+
+    colls = st.collectives(strategy, st.SHAPES[shape_name], WORLD)
+    grads = [c for c in colls if c.kind == "all_reduce"]
+    gathers = [c for c in colls if c.kind == "all_gather"]
+    return {"allreduce": sum(c.nbytes for c in grads), "allreduce_calls": sum(c.calls for c in grads),
+            "allgather": sum(c.nbytes for c in gathers), "allgather_calls": sum(c.calls for c in gathers)}
 
 
 def run(ctx: Context) -> list[dict]:
     out = []
     measured = {}
-    for name, shape in SHAPES.items():
-        res = gloo_spawn(_rank, WORLD, (shape, 3 if ctx.quick else 6), free_port())[0]
+    for name in ("baby", "electronics"):
+        shape = SHAPES[name]
+        res = measure(name, 4 if ctx.quick else 6, ("ddp",))["ddp"]
         measured[name] = res
-        a = res["analytic"]
+        a = predicted(name, "ddp")
         common = {"shape": name, "users": shape[0], "items": shape[1], "world": WORLD, "batch": BATCH,
-                  "hidden": HIDDEN, **a}
+                  "hidden": HIDDEN}
         out.append(row(BENCH, f"{name}: gradients all-reduced per step (DDP, C-Net)", res["allreduce"], "B",
-                       analytic_bytes=a["grad_bytes"], allreduce_s=res["allreduce_s"], step_s=res["step_s"], **common))
+                       analytic_bytes=a["allreduce"], calls=res["allreduce_calls"],
+                       analytic_calls=a["allreduce_calls"], step_s=res["step_s"], **common))
         out.append(row(BENCH, f"{name}: z_in rows + sampler history all-gathered per step", res["allgather"], "B",
-                       analytic_bytes=a["zin_bytes"] + a["sampler_bytes"], allgather_s=res["allgather_s"], **common))
-        out.append(row(BENCH, f"{name}: dense z_in gradient a naive DDP wrap would all-reduce", a["zin_table_bytes"],
-                       "B", **common))
+                       analytic_bytes=a["allgather"], **common))
+        out.append(row(BENCH, f"{name}: dense z_in gradient a naive DDP wrap would all-reduce",
+                       shape[0] * HIDDEN * 4, "B", **common))
     b, e = measured["baby"], measured["electronics"]
     users_ratio = SHAPES["electronics"][0] / SHAPES["baby"][0]
     gather_ratio = e["allgather"] / max(b["allgather"], 1)

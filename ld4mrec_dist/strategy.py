@@ -20,11 +20,14 @@ Strategies (all but `auto` are exact names of `scaling.strategy`):
   ≈ 4·2·(I + D)·r instead of 4·2·I·D for the two item layers (D / r times less). Rank
   r = `POWERSGD_RANK`; the first `POWERSGD_START_ITER` steps run plain all-reduce
   (torch's documented warm-up; its minimum with error feedback is 2).
-- `item_parallel`: a *model* row until ld4mrec_dist/parallel/ is wired (asking for it fails,
-  see `check_available`): FC_in's rows and FC_out's columns are sharded over an item
-  group of G ranks, which exchange [G·B, D] activations (reduce-scatter after FC_in,
-  all-gather before FC_out, and their mirrors in backward) instead of all-reducing the
-  I·D gradients; only the I-independent parameters are all-reduced.
+- `item_parallel`: ld4mrec_dist/parallel/ (torch's tensor-parallel API; run by the trainer's
+  engine, not by a DDP hook): FC_in's rows and
+  FC_out's columns are sharded over an item group of G ranks that all see the same B users;
+  per step they all-reduce two [B, D] float32 activations (FC_in's output forward, FC_out's
+  input gradient backward) and the per-user loss sums over the slices, instead of the I·D
+  gradients; the item-independent layers are replicated (same batch, same gradients).
+  Per rank: I/G of the item arithmetic and of the item layers' memory, all of the rest.
+  A strategy is runnable when it is in `WIRED`; `check_available` refuses the others.
 - `auto`: `choose_strategy` from the scaling model below, given W and the shapes.
 
 The scaling model (pure functions of the shapes, documented in docs/design.md §9):
@@ -47,8 +50,8 @@ if TYPE_CHECKING:
 
 STRATEGIES = ("ddp", "ddp_bf16", "powersgd", "item_parallel", "auto")
 """Every value `scaling.strategy` accepts."""
-WIRED = ("ddp", "ddp_bf16", "powersgd")
-"""The strategies the trainer can run today; `item_parallel` joins once ld4mrec_dist/parallel/ is wired."""
+WIRED = ("ddp", "ddp_bf16", "powersgd", "item_parallel")
+"""The strategies the trainer can run (item_parallel through train/engine.py's item-parallel engine)."""
 MODELLED = ("ddp", "ddp_bf16", "powersgd", "item_parallel")
 """The strategies the scaling model predicts (auto picks among the wired ones)."""
 FIDELITY = {"ddp": 0, "item_parallel": 0, "ddp_bf16": 1, "powersgd": 2}
@@ -65,7 +68,7 @@ for its whole length; torch suggests ~10 % of the steps, its own example uses 10
 POWERSGD_MIN_COMPRESSION = 2.0
 """torch's `min_compression_rate` default: a matrix is compressed only if that saves 2×."""
 AUTO_TOLERANCE = 0.10
-"""`auto` keeps the most faithful strategy predicted within this fraction of the fastest."""
+"""`auto` keeps the most faithful strategy whose predicted users/s is within this fraction of the best."""
 
 FIRST_BUCKET_BYTES = 1 << 20
 """DDP's first gradient bucket (torch.distributed._DEFAULT_FIRST_BUCKET_BYTES)."""
@@ -107,6 +110,9 @@ def register_comm_hook(ddp: Any, name: str, start_iter: int = POWERSGD_START_ITE
 
     if name == "auto":
         raise ValueError("scaling.strategy=auto: resolve it first (strategy.resolve_strategy)")
+    if name == "item_parallel":
+        raise ValueError("scaling.strategy=item_parallel is not a DDP hook: C-Net is sharded by "
+                         "ld4mrec_dist/parallel/, not wrapped in DDP")
     check_available(name)
     if name == "ddp":
         return None
@@ -248,23 +254,27 @@ def powersgd_elements(shapes: Sequence[Sequence[int]], rank: int = POWERSGD_RANK
 @dataclass(frozen=True)
 class Collective:
     """One kind of collective in a step: `nbytes` is the buffer one rank contributes to an
-    all-reduce, or the result one rank receives from an all-gather (all calls together)."""
+    all-reduce, or the result one rank receives from an all-gather (all calls together),
+    over `group` ranks (None: all W)."""
 
     name: str
     kind: str  # "all_reduce" | "all_gather" (reduce-scatter costs the same as all-gather)
     nbytes: float
     calls: int
+    group: int | None = None
 
 
 def collectives(strategy: str, shape: Shape, world: int, item_group: int | None = None,
                 rank: int = POWERSGD_RANK) -> list[Collective]:
     """Every collective of one training step of `strategy` on `world` ranks.
 
-    Common to the data-parallel strategies: z_in rows (W·B·(8 + 4D), `dist.zin_bytes_per_step`)
-    and the sampler history (W·B·16, `dist.sampler_bytes_per_step`), one all-gather each of
-    two tensors. `item_parallel` (G = `item_group`, default W: one item group) keeps them
-    (each rank still owns B users of the middle layers) and replaces the item layers'
-    gradients by 4 exchanges of [G·B, D] float32 activations plus the per-user loss sums.
+    Common to all strategies: z_in rows (W·B·(8 + 4D), `dist.zin_bytes_per_step`) and the
+    sampler history (W·B·16, `dist.sampler_bytes_per_step`), one all-gather each of two
+    tensors. `item_parallel` with G = `item_group` (default W: one item group) replaces the
+    gradient all-reduce by the item group's activations (2·B·D float32, two calls) and loss
+    sums ((B + 1) float32), as `parallel.item.item_parallel_bytes_per_step` counts them;
+    with W > G the W/G data replicas all-reduce their gradients (I·D/G of the item layers and
+    all of the rest) as DDP does.
     """
     from ld4mrec_dist import dist
 
@@ -283,21 +293,20 @@ def collectives(strategy: str, shape: Shape, world: int, item_group: int | None 
                 Collective("C-Net gradients (uncompressed tensors)", "all_reduce", 4 * plain, buckets), *common]
     if strategy == "item_parallel":
         g = item_group or world
-        rest = sum(_numel(s) for s in shapes if not is_item_parameter(s, shape.n_items))
-        out = [Collective("C-Net gradients (item-independent layers)", "all_reduce", 4 * rest, 1),
-               Collective("FC_in/FC_out activations [G·B, D] (RS+AG, fwd+bwd)", "all_gather",
-                          4 * 4 * g * shape.batch * shape.hidden, 4),
-               Collective("per-user loss over item slices", "all_reduce", 4 * g * shape.batch, 1), *common]
-        if world > g:  # several item groups: each item shard is all-reduced over the data replicas
-            out.append(Collective("item-layer shard gradients (over data replicas)", "all_reduce",
-                                  4 * (params - rest) / g, buckets))
+        item = sum(_numel(s) for s in shapes if is_item_parameter(s, shape.n_items))
+        out = [Collective("FC_in output + FC_out input gradient [B, D]", "all_reduce",
+                          2 * 4 * shape.batch * shape.hidden, 2, g),
+               Collective("per-user loss over item slices", "all_reduce", 4 * (shape.batch + 1), 1, g), *common]
+        if world > g:
+            out.append(Collective("C-Net gradients over data replicas", "all_reduce",
+                                  4 * (params - item + item / g), buckets, world // g))
         return out
     raise ValueError(f"strategy {strategy!r}: the scaling model knows {MODELLED}")
 
 
-def bytes_per_step(strategy: str, shape: Shape, world: int) -> dict[str, float]:
+def bytes_per_step(strategy: str, shape: Shape, world: int, item_group: int | None = None) -> dict[str, float]:
     """{collective name: bytes} of one step (the figures the benchmark measures)."""
-    return {c.name: c.nbytes for c in collectives(strategy, shape, world)}
+    return {c.name: c.nbytes for c in collectives(strategy, shape, world, item_group)}
 
 
 # ---------------------------------------------------------------- time per step
@@ -337,11 +346,12 @@ over NVLink ≈ 10 µs per ring step). Everything is a parameter of benchmarks/s
 def collective_time(c: Collective, world: int, net: Network) -> float:
     """Seconds of a ring collective: all-reduce 2(W−1)/W · S/bw + 2(W−1)·α per call,
     all-gather / reduce-scatter (W−1)/W · S/bw + (W−1)·α per call; 0 on one rank."""
-    if world <= 1 or c.calls == 0:
+    n = world if c.group is None else c.group
+    if n <= 1 or c.calls == 0:
         return 0.0
     hops = 2 if c.kind == "all_reduce" else 1
-    wire = hops * (world - 1) / world * c.nbytes / net.bytes_per_s
-    return wire + hops * (world - 1) * c.calls * net.latency_us * 1e-6
+    wire = hops * (n - 1) / n * c.nbytes / net.bytes_per_s
+    return wire + hops * (n - 1) * c.calls * net.latency_us * 1e-6
 
 
 def step_flops(shape: Shape) -> tuple[float, float]:
@@ -369,12 +379,14 @@ class Compute:
     fixed_s: float = 0.0
     source: str = ""
 
-    def step_s(self, shape: Shape, strategy: str = "ddp") -> float:
+    def step_s(self, shape: Shape, strategy: str = "ddp", item_group: int = 1) -> float:
+        """One rank's step; `item_group` G: item_parallel's rank does I/G of the item part."""
         item, rest = step_flops(shape)
-        extra = 0.0
         if strategy == "powersgd":  # P = MQ, Q = MᵀP, M = PQᵀ on the two item matrices
-            extra = 3 * 2 * 2 * shape.n_items * shape.hidden * POWERSGD_RANK
-        return (item + extra) * self.item_s_per_flop + rest * self.rest_s_per_flop + self.fixed_s
+            item += 3 * 2 * 2 * shape.n_items * shape.hidden * POWERSGD_RANK
+        if strategy == "item_parallel":
+            item /= item_group
+        return item * self.item_s_per_flop + rest * self.rest_s_per_flop + self.fixed_s
 
 
 COMPUTES = {
@@ -404,61 +416,87 @@ class Prediction:
 
 
 def memory_per_rank(strategy: str, shape: Shape, world: int) -> float:
-    """Bytes a rank holds for C-Net's training state: parameters, gradients and Adam's two
-    moments (16 bytes a parameter; item layers divided over the group for item_parallel;
-    PowerSGD's error-feedback buffer +4 bytes a parameter) and ~8 float32 [B, I]
-    activations (the input, x_t, noise, mask, x̂, their gradients)."""
+    """Bytes a rank holds for training: C-Net's parameters, gradients and Adam's two moments
+    (16 bytes a parameter; PowerSGD's error-feedback buffer +4), ~8 float32 [B, I]
+    activations (input, x_t, noise, mask, x̂, their gradients), and the item buffers every
+    rank keeps whole (features I × ΣD_m and V_K I × K, float32; z_in and the CUDA context
+    are not counted). item_parallel (`world` = its group) holds 1/W of the item layers and
+    of the [B, I] activations."""
     shapes = grad_shapes(shape.n_items, shape.hidden, shape.svd_rank, shape.feature_dims)
     params = sum(_numel(s) for s in shapes)
     item = sum(_numel(s) for s in shapes if is_item_parameter(s, shape.n_items))
-    per_param = 20 if strategy == "powersgd" else 16
+    activations = 8 * 4 * shape.batch * shape.n_items
+    buffers = 4 * shape.n_items * (sum(shape.feature_dims) + shape.svd_rank)
     if strategy == "item_parallel":
-        return 16 * (params - item + item / world) + 8 * 4 * world * shape.batch * shape.n_items / world
-    return per_param * params + 8 * 4 * shape.batch * shape.n_items
+        return 16 * (params - item + item / world) + activations / world + buffers
+    return (20 if strategy == "powersgd" else 16) * params + activations + buffers
+
+
+def users_per_step(strategy: str, shape: Shape, world: int, item_group: int | None = None) -> int:
+    """Users trained per step over all ranks: W·B, or B per item group for item_parallel."""
+    return shape.batch * (world // (item_group or world) if strategy == "item_parallel" else world)
 
 
 def predict(strategy: str, shape: Shape, world: int, net: Network, compute: Compute,
-            compute_s: float | None = None) -> Prediction:
+            compute_s: float | None = None, item_group: int | None = None) -> Prediction:
     """Predicted step time, users/s and scaling efficiency of `strategy` on `world` ranks.
-    `compute_s`: a measured step time of one rank (plain DDP's arithmetic) instead of
-    `compute`'s FLOP rates."""
-    base = compute.step_s(shape) if compute_s is None else compute_s
-    comp = base + (compute.step_s(shape, strategy) - compute.step_s(shape))
-    colls = collectives(strategy, shape, world)
+    `compute_s`: a measured step time of one rank (plain DDP's arithmetic) in place of
+    `compute`'s FLOP rates; the strategies' differences (PowerSGD's matmuls, item_parallel's
+    1/G of the item part) are still taken from `compute`. Efficiency: users/s over W times
+    one rank's users/s without communication."""
+    g = item_group or world
+    one = compute.step_s(shape)
+    base = one if compute_s is None else compute_s
+    comp = base * compute.step_s(shape, strategy, g) / one
+    colls = collectives(strategy, shape, world, g)
     comm = sum(collective_time(c, world, net) for c in colls) if world > 1 else 0.0
     step = comp + comm
-    users = world * shape.batch / step
+    users = users_per_step(strategy, shape, world, g) / step
     return Prediction(strategy, shape.name, world, net.name, compute.name, comp, comm,
                       {c.name: c.nbytes for c in colls}, step, users, users / (world * shape.batch / base),
-                      memory_per_rank(strategy, shape, world))
+                      memory_per_rank(strategy, shape, g if strategy == "item_parallel" else world))
+
+
+def best_item_group(shape: Shape, world: int, net: Network, compute: Compute,
+                    memory_limit: float | None = None) -> int:
+    """The item-group size G (a power of two dividing W) with the most users/s for
+    item_parallel (G < W: W/G data replicas of an item group), among those that fit."""
+    groups = [g for g in (2 ** k for k in range(world.bit_length())) if world % g == 0 and g >= 2] or [world]
+    fits = [g for g in groups if memory_limit is None or memory_per_rank("item_parallel", shape, g) <= memory_limit]
+    return max(fits or groups, key=lambda g: predict("item_parallel", shape, world, net, compute, item_group=g)
+               .users_per_s)
 
 
 # ---------------------------------------------------------------- auto
 
 
 def choose_strategy(world: int, shape: Shape, net: Network, compute: Compute,
-                    available: Sequence[str] = WIRED, memory_limit: float | None = None,
-                    tolerance: float = AUTO_TOLERANCE) -> tuple[str, str]:
+                    available: Sequence[str] | None = None, memory_limit: float | None = None,
+                    tolerance: float = AUTO_TOLERANCE, item_group: int | None = None) -> tuple[str, str]:
     """(strategy, one-line reason): among `available`, the most faithful one (FIDELITY)
-    whose predicted step is within `tolerance` of the fastest that fits `memory_limit`
-    bytes per rank. One rank: `ddp` (nothing crosses ranks)."""
+    whose predicted users/s is within `tolerance` of the best that fits `memory_limit`
+    bytes per rank (item_parallel with `item_group` ranks per group, None: the best size).
+    `available` None: `WIRED`. One rank: `ddp`."""
     if world <= 1:
         return "ddp", "one rank: no gradient crosses ranks"
-    preds = {s: predict(s, shape, world, net, compute) for s in MODELLED}
+    available = WIRED if available is None else available
+    group = item_group or best_item_group(shape, world, net, compute, memory_limit)
+    preds = {s: predict(s, shape, world, net, compute, item_group=group) for s in MODELLED}
     fits = [s for s in available if memory_limit is None or preds[s].memory_bytes <= memory_limit]
     if not fits and memory_limit is not None:
         need = min(preds[s].memory_bytes for s in available)
         return "ddp", (f"no available strategy fits {memory_limit / 2**30:.1f} GiB per rank "
                        f"(needs ≥ {need / 2**30:.1f} GiB); ddp kept")
-    fastest = min(preds[s].step_s for s in fits)
-    ok = [s for s in fits if preds[s].step_s <= (1 + tolerance) * fastest]
-    pick = min(ok, key=lambda s: (FIDELITY[s], preds[s].step_s))
+    best = max(preds[s].users_per_s for s in fits)
+    ok = [s for s in fits if preds[s].users_per_s * (1 + tolerance) >= best]
+    pick = min(ok, key=lambda s: (FIDELITY[s], -preds[s].users_per_s))
     p = preds[pick]
-    others = ", ".join(f"{s} {preds[s].step_s * 1e3:.3g}" for s in MODELLED if s != pick)
+    others = ", ".join(f"{s} {preds[s].users_per_s:,.0f}" for s in MODELLED if s != pick)
     share = p.comm_s / p.step_s
-    return pick, (f"predicted {p.step_s * 1e3:.3g} ms/step ({100 * share:.0f} % communication, "
-                  f"efficiency {p.efficiency:.2f}) vs {others} ms"
-                  + ("" if "item_parallel" in available else " (item_parallel: model only, not wired)"))
+    return pick, (f"predicted {p.users_per_s:,.0f} users/s ({p.step_s * 1e3:.3g} ms/step, "
+                  f"{100 * share:.0f} % communication, efficiency {p.efficiency:.2f}) vs {others} users/s"
+                  + (f" (item_parallel with item groups of {group})" if "item_parallel" in available
+                     else " (item_parallel: predicted only, not wired)"))
 
 
 def shape_of(cfg: Config, n_items: int, feature_dims: Sequence[int] = (384, 4096), name: str = "run") -> Shape:
@@ -486,7 +524,9 @@ def resolve_strategy(cfg: Config, n_items: int, world: int,
         return "ddp", "one rank: no gradient crosses ranks"
     if name != "auto":
         return name, "set by scaling.strategy"
-    return choose_strategy(world, shape_of(cfg, n_items, feature_dims), default_network(cfg), default_compute(cfg))
+    group = getattr(cfg.scaling, "item_group", 0) or world  # item_parallel's group as the trainer would run it
+    return choose_strategy(world, shape_of(cfg, n_items, feature_dims), default_network(cfg), default_compute(cfg),
+                           item_group=group)
 
 
 def describe_choice(cfg: Config, n_items: int, world: int, feature_dims: Sequence[int] = (384, 4096)) -> str:

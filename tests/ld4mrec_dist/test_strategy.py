@@ -45,10 +45,17 @@ def test_gradient_bytes_follow_closed_forms():
     for s in ("ddp", "ddp_bf16", "powersgd"):
         assert by[s]["z_in rows"] == WORLD * B * (8 + 4 * D)
         assert by[s]["sampler history"] == WORLD * B * 16
-    # item_parallel: 4 exchanges of [G·B, D] float32 instead of the item layers' gradients.
+    # item_parallel (one item group): two [B, D] float32 all-reduces and the loss instead of
+    # any gradient, as the item-parallel module counts them
+    from ld4mrec_dist.parallel.item import item_parallel_bytes_per_step
+
     item = by["item_parallel"]
-    assert item["FC_in/FC_out activations [G·B, D] (RS+AG, fwd+bwd)"] == 4 * 4 * WORLD * B * D
-    assert item["C-Net gradients (item-independent layers)"] == 4 * (params - (2 * I * D + I))
+    theirs = item_parallel_bytes_per_step(B, D)
+    assert item["FC_in output + FC_out input gradient [B, D]"] == 2 * B * D * 4 == theirs["activations"]
+    assert item["per-user loss over item slices"] == (B + 1) * 4 == theirs["loss"]
+    assert not any("gradients" in k for k in item)
+    two_groups = st.bytes_per_step("item_parallel", shape, 4, item_group=2)
+    assert two_groups["C-Net gradients over data replicas"] == 4 * (params - (2 * I * D + I) + (2 * I * D + I) / 2)
 
 
 def test_ring_times_and_buckets_follow_closed_forms():
@@ -81,6 +88,7 @@ def test_prediction_adds_compute_and_communication():
 
 FREE = st.Compute("free", 0.0, 0.0, 1e-12)  # compute costs (almost) nothing: step time = communication
 NO_LATENCY = st.Network("fast", 8.0, 0.0)
+DATA_PARALLEL = ("ddp", "ddp_bf16", "powersgd")
 
 
 def test_auto_on_one_rank_is_ddp():
@@ -90,7 +98,7 @@ def test_auto_on_one_rank_is_ddp():
 def test_auto_keeps_exact_ddp_when_communication_is_free():
     infinite = st.Network("inf", 1e12, 0.0)
     slow = st.Compute("slow", 1e-9, 1e-9)  # PowerSGD's extra matmuls then cost more than it saves
-    name, reason = st.choose_strategy(4, st.SHAPES["baby"], infinite, slow)
+    name, reason = st.choose_strategy(4, st.SHAPES["baby"], infinite, slow, available=DATA_PARALLEL)
     assert name == "ddp" and "ms/step" in reason
 
 
@@ -99,19 +107,22 @@ def test_auto_prefers_bf16_when_powersgd_cannot_compress():
     # everything in float32 (= ddp's bytes) and bf16 halves them: bf16 is 2× faster than both.
     shape = st.Shape("thin", 50_000, hidden=2, batch=1, svd_rank=2, feature_dims=(2,))
     assert st.powersgd_elements(st.grad_shapes(50_000, 2, 2, (2,)))[0] == 0
-    name, _ = st.choose_strategy(2, shape, NO_LATENCY, FREE)
+    name, _ = st.choose_strategy(2, shape, NO_LATENCY, FREE, available=DATA_PARALLEL)
     assert name == "ddp_bf16"
 
 
 def test_auto_picks_powersgd_when_gradients_dominate_and_item_parallel_only_when_wired():
     shape = st.Shape("wide", 200_000, hidden=256, batch=8, svd_rank=8, feature_dims=(8,))
-    preds = {s: st.predict(s, shape, 4, NO_LATENCY, FREE).step_s for s in st.MODELLED}
+    preds = {s: st.predict(s, shape, 4, NO_LATENCY, FREE, item_group=2) for s in st.MODELLED}
     # hand check: ddp moves 4·(2·I·D + I), PowerSGD 4·(2·(I + D)·r + I) (FC_out's bias stays
     # whole): ≈ (2D + 1) / (2r + 1) = 57× less; the rest (z_in, sampler, small layers) < 1 %
-    assert preds["ddp"] / preds["powersgd"] == pytest.approx(513 / 9, rel=0.02)
-    assert preds["item_parallel"] < preds["powersgd"]  # 4·4·G·B·D ≪ 4·2·(I + D)·r here
-    assert st.choose_strategy(4, shape, NO_LATENCY, FREE)[0] == "powersgd"
-    wired = (*st.WIRED, "item_parallel")
+    assert preds["ddp"].step_s / preds["powersgd"].step_s == pytest.approx(513 / 9, rel=0.02)
+    # item groups of 2: half the users per step, but 2 all-reduces of [B, D] plus the data
+    # replicas' all-reduce of half the item layers ≈ half of ddp's bytes: slower than PowerSGD
+    assert preds["item_parallel"].users_per_s < preds["powersgd"].users_per_s
+    assert st.choose_strategy(4, shape, NO_LATENCY, FREE, available=DATA_PARALLEL)[0] == "powersgd"
+    assert st.best_item_group(shape, 4, NO_LATENCY, FREE) == 4  # one item group: no gradient at all
+    wired = (*DATA_PARALLEL, "item_parallel")
     assert st.choose_strategy(4, shape, NO_LATENCY, FREE, available=wired)[0] == "item_parallel"
 
 
@@ -129,9 +140,10 @@ def test_config_rejects_an_unknown_strategy_naming_the_choices():
         load_config(None, ["scaling.strategy=ring"])
 
 
-def test_item_parallel_is_accepted_by_config_but_refused_until_wired():
+def test_a_strategy_the_trainer_cannot_run_is_refused_with_a_clear_error(monkeypatch):
     cfg = load_config(None, ["scaling.strategy=item_parallel"])
-    with pytest.raises(st.StrategyUnavailable, match="not wired"):
+    monkeypatch.setattr(st, "WIRED", ("ddp", "ddp_bf16", "powersgd"))  # as before the trainer ran it
+    with pytest.raises(st.StrategyUnavailable, match="not wired into the trainer yet; use one of"):
         st.resolve_strategy(cfg, 1_000, 2)
     with pytest.raises(st.StrategyUnavailable, match="not wired"):
         st.describe_choice(cfg, 1_000, 1)
