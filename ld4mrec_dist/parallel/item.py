@@ -132,12 +132,15 @@ def shard_items(model: LD4MRec, mesh: DeviceMesh) -> ItemLayout:
         raise ValueError(f"{model.n_items} items split {layout.item_world} ways leave slices {empty} empty")
     cnet = model.cnet
     parallelize_module(cnet, mesh["item"], {"fc_in": RowwiseParallel(), "fc_out": ColwiseParallel()})
-    n_items, group_mesh = model.n_items, mesh["item"]
+    n_items, group_mesh, width = model.n_items, mesh["item"], layout.hi - layout.lo
 
     def as_item_sharded(_: nn.Module, args: tuple[Tensor, ...]) -> tuple[DTensor]:
         # RowwiseParallel infers the global width as L · W_item; give DTensor the true I
         # (slices differ by one when W_item does not divide I).
         (x_BL,) = args
+        if x_BL.shape[-1] != width:
+            raise ValueError(f"item-parallel C-Net takes its slice of x ({width} items), got {x_BL.shape[-1]}: "
+                             "use slice_loss / score_slice, not LD4MRec.forward / score")
         return (DTensor.from_local(x_BL, group_mesh, [Shard(1)], run_check=False,
                                    shape=torch.Size((x_BL.shape[0], n_items)), stride=(n_items, 1)),)
 

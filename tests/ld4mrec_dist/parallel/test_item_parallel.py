@@ -197,6 +197,11 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     # Top-k of a fresh model: k = 3, k = 8 (more than a slice holds) and k = I (every masked
     # item, all −inf, ranked by index).
     fresh, fresh_layout, _ = sharded()
+    try:  # the whole-catalogue entry points refuse a sharded C-Net loudly
+        fresh.score(_rows(), USERS)
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
     tops = {k: tuple(_np(x) for x in item_parallel_topk(fresh, fresh_layout, _rows(), USERS, k, mask_BI=_rows()))
             for k in (3, 8, I)}
 
@@ -225,7 +230,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
         "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2, "grads": grads, "state1": state1,
         "loaded": loaded, "state2": _state(model2, opts2), "history": _np(history.table_TH),
         "gathered": gathered, "plain_loaded": plain_loaded, "draws": draws, "bf16_loss": bf16_loss,
-        "tops": tops, "metrics": metrics, "data": data,
+        "tops": tops, "metrics": metrics, "data": data, "refused": refused,
         "bytes": counted.total, "expected_bytes": expected_bytes, "calls": counted.calls,
     }
 
@@ -284,6 +289,11 @@ def _assert_state_matches(sharded: dict, full: dict, lo: int, hi: int) -> None:
 
 def test_layout_splits_items_like_torch_chunk(runs):
     assert [(r["lo"], r["hi"]) for r in runs["ranks"]] == [(0, 6), (6, 11)]
+
+
+def test_whole_catalogue_calls_are_refused(runs):
+    for r in runs["ranks"]:
+        assert "takes its slice of x" in r["refused"]
 
 
 def test_slices_draw_their_own_noise_and_share_t(runs):
