@@ -311,9 +311,10 @@ def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, his
         opts.dense.zero_grad(set_to_none=True)
         opts.z_in.zero_grad(set_to_none=True)
         torch.autograd.backward(out.share)
-    with timed("sync"):
-        dense = [p for group in opts.dense.param_groups for p in group["params"]]
+    dense = [p for group in opts.dense.param_groups for p in group["params"]]
+    with timed("sync dense"):  # over the data group (DataParallel's DDP does it inside backward)
         average_over_data(dense, layout)
+    with timed("sync z_in"):
         # Every rank of an item group holds the same z_in rows: over the whole world the
         # gathered mean is the mean over data ranks (W_item copies of each, divided by W).
         dist.synced_sparse_grad(model.z_in.weight, cfg.train.batch_size)
