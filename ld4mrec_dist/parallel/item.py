@@ -25,8 +25,14 @@ What DTensor does not express is done here with plain collectives over the item 
   all-reduce of [B + 1] floats gives every rank the batch's L_rec values and the loss.
 
 Per step and rank the item group moves 2·B·D·4 + (B + 1)·4 bytes, whatever I; the C-Net
-parameters a rank holds are 2·L·D + L + O(D²). With W_data > 1 the dense gradients are
-then averaged over the data group (the sharded layers' local shards: 2·L·D floats).
+parameters a rank holds are 2·L·D + L plus the item-independent layers (O(D² + D·ΣD_m)).
+With W_data > 1 the dense gradients are then averaged over the data group (the sharded
+layers' local shards: 2·L·D + L floats, and the replicated rest).
+
+Random numbers: besides the two generators above, only C-Net's input dropout draws, from
+torch's global RNG, over this rank's slice of x_t: seed that RNG per world rank (as the
+data-parallel trainer does), so that different slices drop independent entries; nothing in
+the replicated blocks draws.
 """
 
 from __future__ import annotations
