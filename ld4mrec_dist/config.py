@@ -207,9 +207,14 @@ class ScalingSection:
     """How C-Net's gradients cross ranks (ld4mrec_dist/strategy.py, docs/design.md §9):
     ddp (float32 all-reduce, exact); ddp_bf16 (bfloat16 all-reduce, half the bytes);
     powersgd (rank-4 PowerSGD with error feedback, ~64× fewer bytes for the item layers);
-    item_parallel (item-sharded C-Net: accepted here, refused at start-up until it is
-    wired); auto (picked by the scaling model from W and the catalogue size, printed at
-    start-up). No effect with one worker."""
+    item_parallel (C-Net's two |I|-sized layers sharded over item groups of
+    `item_group` ranks: activations cross ranks, not |I|·d gradients, and each rank holds
+    1/W_item of those layers; docs/design.md §6.1); auto (picked by the scaling model from
+    W and the catalogue size, printed at start-up). No effect with one worker.
+    Precision: the ddp_bf16 and powersgd hooks are lossy; see the README's measured cost."""
+    item_group: int = 0
+    """Ranks per item group with strategy=item_parallel (0: all workers); must divide
+    num_workers. The W / item_group groups split the users between them (data parallel)."""
 
     def __post_init__(self) -> None:
         from ld4mrec_dist.strategy import STRATEGIES
@@ -220,6 +225,9 @@ class ScalingSection:
                f"scaling.wait_for_resources_s={self.wait_for_resources_s}: must be ≥ 0")
         _check(self.strategy in STRATEGIES,
                f"scaling.strategy={self.strategy!r}: choose one of {STRATEGIES}")
+        _check(self.item_group >= 0, f"scaling.item_group={self.item_group}: must be ≥ 0 (0: all workers)")
+        _check(self.item_group <= 1 or self.num_workers % self.item_group == 0,
+               f"scaling.item_group={self.item_group} must divide scaling.num_workers={self.num_workers}")
 
 
 @dataclass

@@ -9,19 +9,16 @@ that writes the run directory and (under Ray Train) a checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from data_pipeline import storage
 from data_pipeline.dataset import open_dataset
 from ld4mrec_dist import dist
-from ld4mrec_dist.build import Optimizers, build_model, build_optimizers, dense_parameters, wrap_cnet
+from ld4mrec_dist.build import build_model
 from ld4mrec_dist.config import Config, config_from_dict
 from ld4mrec_dist.eval.evaluator import EvalData, eval_data, evaluate
 from ld4mrec_dist.model import LD4MRec
@@ -32,9 +29,10 @@ from ld4mrec_dist.strategy import resolve_strategy
 from ld4mrec_dist.timing import PieceTimer
 from ld4mrec_dist.train.checkpoint import check_compatible, load_checkpoint, quiet_report_logs, state_bytes
 from ld4mrec_dist.train.context import WorkerContext, worker_context
+from ld4mrec_dist.train.engine import Engine, build_engine, digest
 from ld4mrec_dist.train.faults import with_injected_fault
-from ld4mrec_dist.train.state import LoopState, best_model_state, checkpoint_state, restore
-from ld4mrec_dist.train.step import SamplerHistory, train_step
+from ld4mrec_dist.train.state import LoopState, best_model_state, checkpoint_state, restored_loop
+from ld4mrec_dist.train.step import SamplerHistory
 
 
 @dataclass
@@ -46,8 +44,7 @@ class Run:
     manifest_sha256: str
     worker: WorkerContext
     model: LD4MRec
-    cnet: torch.nn.Module  # C-Net, or its DDP wrapper
-    opts: Optimizers
+    engine: Engine  # data- or item-parallel: the step, the ranking, the full state
     sampler: SamplerHistory
     state: LoopState
     store: RowStore  # this rank's train rows
@@ -75,7 +72,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                       f"{cfg.eval.select_metric} for {cfg.train.patience} evaluations", flush=True)
             break
     return {"best_epoch": state.best_epoch, "best": state.best_row(), "epochs_run": state.epoch,
-            "replica_fingerprints": dist.all_gather_objects(replica_fingerprint(run.model, run.sampler))}
+            "replica_fingerprints": dist.all_gather_objects(replica_fingerprint(run))}
 
 
 # ---------------------------------------------------------------- the pieces, in loop order
@@ -89,25 +86,25 @@ def setup(config: dict[str, Any], worker: WorkerContext) -> Run:
     ds = open_dataset(config["dataset"], verify="sizes")  # the driver hashed it; here only a cheap listing
     model = build_model(cfg, ds, read_item_factors(run_dir), worker.device)
     strategy, _ = resolve_strategy(cfg, ds.n_items, worker.world, ds.feature_dims)  # the driver printed why
-    cnet = wrap_cnet(model, worker.device, strategy)
-    opts = build_optimizers(model, cfg)
+    engine = build_engine(model, cfg, worker, strategy)
     sampler, state = SamplerHistory.empty(model, cfg), LoopState()
     # Ray's latest checkpoint; else the one a --resume verified in the driver (Ray's snapshot may not list it)
     saved = worker.saved_state() or (load_checkpoint(config["resume_from"]) if config.get("resume_from") else None)
     if saved is not None:
         check_compatible(saved, config["cfg"], ds.manifest_sha256)
-        sampler, state = restore(model, opts, saved)
+        engine.load_state(saved)
+        sampler, state = restored_loop(saved)
         if worker.rank == 0:
             print(f"[ld4mrec] resumed at epoch {state.epoch} (step {state.global_step})", flush=True)
     if worker.rank == 0:
         rewrite_metrics(run_dir, state.history)
-    rows = read_rank_rows(ds, worker.rank, worker.world)  # the one read of this rank's users
+    rows = read_rank_rows(ds, engine.data_rank, engine.data_world)  # the one read of this rank's users
     store = rows.train_store()
     n_rows = dist.all_reduce_min_int(len(store), worker.device)  # equal step counts: DDP hangs otherwise
     if n_rows == 0:
         raise RuntimeError(f"a worker received no train rows from {ds.path}: use fewer workers "
                            f"than users ({ds.n_users})")
-    return Run(cfg, run_dir, ds.manifest_sha256, worker, model, cnet, opts, sampler, state, store, n_rows,
+    return Run(cfg, run_dir, ds.manifest_sha256, worker, model, engine, sampler, state, store, n_rows,
                eval_data(rows, cfg.eval.mask_valid_at_test))
 
 
@@ -116,22 +113,22 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     cfg, state, device = run.cfg, run.state, run.worker.device
     t0 = time.perf_counter()
     run.model.train()
-    generator = reseed(cfg, epoch, device)
+    run.engine.start_epoch(epoch)
     timer = PieceTimer()
     loss_sum = torch.zeros(2, dtype=torch.float64)  # Σ loss·B, Σ B
     order = epoch_order(len(run.store), cfg.train.seed, epoch, run.worker.rank)
     batches = torch_minibatches(run.store, order, cfg.train.batch_size, run.n_rows, device, timer)
     autocast = device.type == "cuda" and cfg.scaling.bf16
     for users_B, rows_BI in with_injected_fault(batches, cfg.train.fail_at_step, state.global_step, run.run_dir):
-        loss = train_step(run.model, run.cnet, run.opts, run.sampler, users_B, rows_BI, generator, cfg,
-                          autocast=autocast, timer=timer)
-        loss_sum += torch.tensor([loss.item() * len(users_B), len(users_B)], dtype=torch.float64)
+        loss = run.engine.step(run.sampler, users_B, rows_BI, autocast, timer)
+        if run.engine.counts_users:
+            loss_sum += torch.tensor([loss.item() * len(users_B), len(users_B)], dtype=torch.float64)
         state.global_step += 1
     loss_sum = dist.all_reduce_sum(loss_sum.to(device)).cpu()
     seconds = time.perf_counter() - t0
     return {"loss": loss_sum[0].item() / max(loss_sum[1].item(), 1.0), "train_time_s": seconds,
             "users_per_s": loss_sum[1].item() / max(seconds, 1e-9), "data_time_s": timer.seconds("data"),
-            "sync_time_s": timer.seconds("sync z_in", "history")}
+            "sync_time_s": timer.seconds("sync dense", "sync z_in", "history")}
 
 
 def evaluate_and_select(run: Run, epoch_row: dict[str, float]) -> tuple[dict[str, Any], bool]:
@@ -139,9 +136,10 @@ def evaluate_and_select(run: Run, epoch_row: dict[str, float]) -> tuple[dict[str
     cfg, state, device = run.cfg, run.state, run.worker.device
     t0 = time.perf_counter()
     run.model.eval()
-    valid = evaluate(run.model.score, run.evals["valid"], cfg.eval.ks, cfg.eval.batch_size, device)
+    rank = run.engine.rank_fn()
+    valid = evaluate(None, run.evals["valid"], cfg.eval.ks, cfg.eval.batch_size, device, rank)
     improved = state.select(valid[cfg.eval.select_metric])
-    test = (evaluate(run.model.score, run.evals["test"], cfg.eval.ks, cfg.eval.batch_size, device)
+    test = (evaluate(None, run.evals["test"], cfg.eval.ks, cfg.eval.batch_size, device, rank)
             if improved or cfg.eval.test_every_eval else {})
     row = {"epoch": state.epoch, "step": state.global_step, **epoch_row, "eval_time_s": time.perf_counter() - t0,
            **{f"valid/{k}": v for k, v in valid.items()}, **{f"test/{k}": v for k, v in test.items()},
@@ -152,37 +150,25 @@ def evaluate_and_select(run: Run, epoch_row: dict[str, float]) -> tuple[dict[str
 
 def report(run: Run, row: dict[str, Any], improved: bool) -> None:
     """Rank 0 prints the epoch's line and writes the run directory; every rank reports."""
+    # Gathering an item-parallel state is a collective: every rank takes part when it is needed.
+    full = run.engine.full_state() if improved or run.worker.checkpoints else {}
     if run.is_rank0:
         print(progress_line(row, run.cfg), flush=True)
         rewrite_metrics(run.run_dir, run.state.history)  # whole-file writes: object stores cannot append
         if improved:
-            storage.write_bytes(file_in(run.run_dir, BEST_MODEL_FILE),
-                                state_bytes(best_model_state(run.model, run.cfg, run.manifest_sha256, row)))
-    run.worker.report(row, lambda: checkpoint_state(run.model, run.opts, run.sampler, run.state, run.cfg,
+            best = best_model_state(full, run.model, run.cfg, run.manifest_sha256, row)
+            storage.write_bytes(file_in(run.run_dir, BEST_MODEL_FILE), state_bytes(best))
+    run.worker.report(row, lambda: checkpoint_state(full, run.model, run.sampler, run.state, run.cfg,
                                                     run.manifest_sha256))
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def reseed(cfg: Config, epoch: int, device: torch.device) -> torch.Generator:
-    """Seed every random stream of an epoch from (seed, epoch, rank): a resume at an epoch
-    boundary replays exactly the stream the interrupted run would have drawn."""
-    seed = int(np.random.default_rng([cfg.train.seed, epoch, dist.rank()]).integers(2**62))
-    torch.manual_seed(seed)
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def replica_fingerprint(model: LD4MRec, sampler: SamplerHistory) -> dict[str, str]:
+def replica_fingerprint(run: Run) -> dict[str, str]:
     """sha256 of each replicated state: equal on every rank when the collectives work."""
-    def digest(tensors: Iterable[torch.Tensor]) -> str:
-        h = hashlib.sha256()
-        for x in tensors:
-            h.update(x.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
-
-    return {"sampler": digest([sampler.table_TH, sampler.counts_T]), "z_in": digest([model.z_in.weight]),
-            "cnet": digest(dense_parameters(model))}
+    return {"sampler": digest([run.sampler.table_TH, run.sampler.counts_T]), "z_in": digest([run.model.z_in.weight]),
+            "cnet": run.engine.cnet_digest()}
 
 
 def progress_line(row: dict[str, Any], cfg: Config) -> str:

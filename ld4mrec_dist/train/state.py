@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ld4mrec_dist.build import Optimizers, item_factors_of
+from ld4mrec_dist.build import item_factors_of
 from ld4mrec_dist.config import Config, config_to_dict
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.train.step import SamplerHistory
@@ -34,35 +34,33 @@ class LoopState:
         return next((r for r in self.history if r["epoch"] == self.best_epoch), {})
 
 
-def checkpoint_state(model: LD4MRec, opts: Optimizers, sampler: SamplerHistory, state: LoopState,
+def checkpoint_state(full: dict[str, Any], model: LD4MRec, sampler: SamplerHistory, state: LoopState,
                      cfg: Config, manifest_sha256: str) -> dict[str, Any]:
+    """A checkpoint's content; `full`: the engine's weights and optimizer states."""
     return {
-        "model": model.state_dict(),
+        **full,
         "item_factors": item_factors_of(model),
-        "optimizer": opts.dense.state_dict(),
-        "zin_optimizer": opts.z_in.state_dict(),
         "sampler_table": sampler.table_TH, "sampler_counts": sampler.counts_T,
         "epoch": state.epoch, "global_step": state.global_step,
         "best_metric": state.best_metric, "best_epoch": state.best_epoch,
         "bad_evals": state.bad_evals, "history": state.history,
         # No RNG state: every stream is reseeded from (seed, epoch, rank) at each epoch
-        # start (see loop.reseed), so the seed in the config and the epoch restore them.
+        # start (engine.epoch_seed), so the seed in the config and the epoch restore them.
         "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,
     }
 
 
-def restore(model: LD4MRec, opts: Optimizers, saved: dict[str, Any]) -> tuple[SamplerHistory, LoopState]:
-    model.load_state_dict(saved["model"])
-    opts.dense.load_state_dict(saved["optimizer"])
-    opts.z_in.load_state_dict(saved["zin_optimizer"])
+def restored_loop(saved: dict[str, Any]) -> tuple[SamplerHistory, LoopState]:
+    """The sampler history and loop state of a checkpoint (the engine loads the weights)."""
     state = LoopState(epoch=saved["epoch"], global_step=saved["global_step"],
                       best_metric=saved["best_metric"], best_epoch=saved["best_epoch"],
                       bad_evals=saved["bad_evals"], history=list(saved["history"]))
     return SamplerHistory(saved["sampler_table"], saved["sampler_counts"]), state
 
 
-def best_model_state(model: LD4MRec, cfg: Config, manifest_sha256: str, row: dict[str, Any]) -> dict[str, Any]:
+def best_model_state(full: dict[str, Any], model: LD4MRec, cfg: Config, manifest_sha256: str,
+                     row: dict[str, Any]) -> dict[str, Any]:
     """best_model.pt: the best weights, with what scoring needs."""
-    return {"model": model.state_dict(), "item_factors": item_factors_of(model),
+    return {"model": full["model"], "item_factors": item_factors_of(model),
             "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,
             "epoch": row["epoch"], "metrics": row}

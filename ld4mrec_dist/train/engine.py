@@ -1,0 +1,157 @@
+"""How the ranks share one training run: data parallel, or items sharded over a group.
+
+Shapes: B users per rank per step, I items, W ranks, W_item ranks of an item group.
+
+`DataParallel` (scaling.strategy ddp, ddp_bf16, powersgd): every rank holds all of C-Net,
+the users are split over the W ranks, DDP averages C-Net's gradients (through the
+strategy's communication hook). `ItemParallel` (scaling.strategy item_parallel): the ranks
+form a ("data", "item") mesh; the W_item ranks of an item group hold the same users and
+one slice of the items each (ld4mrec_dist/parallel/, docs/design.md §6.1). The loop sees
+only what both offer: which users this rank reads, a step, a ranking for evaluation, the
+full state for checkpoints, and a fingerprint of the replicated state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ld4mrec_dist import dist
+from ld4mrec_dist.build import build_optimizers, dense_parameters, wrap_cnet
+from ld4mrec_dist.config import Config
+from ld4mrec_dist.eval.evaluator import RankFn, ranking_by_scores
+from ld4mrec_dist.model import LD4MRec
+from ld4mrec_dist.timing import StepTimer
+from ld4mrec_dist.train.context import WorkerContext
+from ld4mrec_dist.train.step import SamplerHistory, train_step
+
+
+def digest(tensors: Iterable[Tensor]) -> str:
+    """sha256 of tensors' bytes, in order."""
+    h = hashlib.sha256()
+    for x in tensors:
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def epoch_seed(cfg: Config, epoch: int, rank: int) -> int:
+    """The seed of an epoch's random streams on a rank: a resume at an epoch boundary
+    replays exactly the stream the interrupted run would have drawn."""
+    return int(np.random.default_rng([cfg.train.seed, epoch, rank]).integers(2**62))
+
+
+class DataParallel:
+    """C-Net replicated (in DDP when W > 1), the users split over all W ranks."""
+
+    counts_users = True  # every rank's users are its own
+
+    def __init__(self, model: LD4MRec, cfg: Config, worker: WorkerContext, strategy: str):
+        self.model, self.cfg, self.device = model, cfg, worker.device
+        self.cnet = wrap_cnet(model, worker.device, strategy)
+        self.opts = build_optimizers(model, cfg)
+        self.data_rank, self.data_world = worker.rank, worker.world
+        self.generator = torch.Generator(device=worker.device)
+
+    def start_epoch(self, epoch: int) -> None:
+        seed = epoch_seed(self.cfg, epoch, dist.rank())
+        torch.manual_seed(seed)  # dropout
+        self.generator.manual_seed(seed)  # t, soft-reconstruction mask, ε
+
+    def step(self, sampler: SamplerHistory, users_B: Tensor, rows_BI: Tensor, autocast: bool,
+             timer: StepTimer) -> Tensor:
+        return train_step(self.model, self.cnet, self.opts, sampler, users_B, rows_BI, self.generator, self.cfg,
+                          autocast=autocast, timer=timer)
+
+    def rank_fn(self) -> RankFn:
+        return ranking_by_scores(self.model.score)
+
+    def full_state(self) -> dict[str, Any]:
+        """The weights and optimizer states, as a checkpoint stores them (rank 0 writes them)."""
+        return {"model": self.model.state_dict(), "optimizer": self.opts.dense.state_dict(),
+                "zin_optimizer": self.opts.z_in.state_dict()}
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.opts.dense.load_state_dict(saved["optimizer"])
+        self.opts.z_in.load_state_dict(saved["zin_optimizer"])
+
+    def cnet_digest(self) -> str:
+        return digest(dense_parameters(self.model))
+
+
+class ItemParallel:
+    """C-Net's |I|-sized layers sharded over item groups of `scaling.item_group` ranks
+    (0: all W); the users split over the W / W_item item groups."""
+
+    def __init__(self, model: LD4MRec, cfg: Config, worker: WorkerContext):
+        from ld4mrec_dist.parallel.item import build_item_optimizers, item_mesh, shard_items
+
+        group = cfg.scaling.item_group or worker.world
+        if worker.world % group:
+            raise ValueError(f"scaling.item_group={group} does not divide the {worker.world} workers")
+        self.model, self.cfg, self.device = model, cfg, worker.device
+        self.layout = shard_items(model, item_mesh(worker.world // group, group, worker.device.type))
+        self.opts = build_item_optimizers(model, cfg)
+        self.data_rank, self.data_world = self.layout.data_rank, self.layout.data_world
+        # The ranks of an item group hold the same users: only item rank 0 counts them.
+        self.counts_users = self.layout.item_rank == 0
+        self.generators: tuple[torch.Generator, torch.Generator] | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        from ld4mrec_dist.parallel.item import slice_generators
+
+        # Dropout (on x_t's columns: each rank drops entries of its own slice) per world rank.
+        torch.manual_seed(epoch_seed(self.cfg, epoch, dist.rank()))
+        self.generators = slice_generators(self.cfg.train.seed, epoch, self.layout, self.device)
+
+    def step(self, sampler: SamplerHistory, users_B: Tensor, rows_BI: Tensor, autocast: bool,
+             timer: StepTimer) -> Tensor:
+        from ld4mrec_dist.parallel.item import item_parallel_step
+
+        assert self.generators is not None, "start_epoch first"
+        return item_parallel_step(self.model, self.layout, self.opts, sampler, users_B, rows_BI, self.generators,
+                                  self.cfg, autocast=autocast, timer=timer)
+
+    def rank_fn(self) -> RankFn:
+        from ld4mrec_dist.parallel.topk import item_parallel_ranking
+
+        return item_parallel_ranking(self.model, self.layout)
+
+    def full_state(self) -> dict[str, Any]:
+        """Gathered from the shards (a collective: every rank calls it); full on rank 0 only,
+        in the single-process form, so a checkpoint resumes under any layout."""
+        from ld4mrec_dist.parallel.checkpoint import plain_state
+
+        return plain_state(self.model, self.opts)
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        from ld4mrec_dist.parallel.checkpoint import load_plain_state
+
+        load_plain_state(self.model, self.opts, saved)
+
+    def cnet_digest(self) -> str:
+        """The same on every rank when the data groups agree: the item group's shard digests,
+        in item-rank order."""
+        import torch.distributed as tdist
+
+        from ld4mrec_dist.parallel.item import local_tensor
+
+        mine = digest(local_tensor(p) for p in dense_parameters(self.model))
+        shards: list[Any] = [None] * self.layout.item_world
+        tdist.all_gather_object(shards, mine, group=self.layout.item_group)
+        return hashlib.sha256("".join(shards).encode()).hexdigest()
+
+
+Engine = DataParallel | ItemParallel
+
+
+def build_engine(model: LD4MRec, cfg: Config, worker: WorkerContext, strategy: str) -> Engine:
+    """The engine of a resolved `scaling.strategy`."""
+    if strategy == "item_parallel":
+        return ItemParallel(model, cfg, worker)
+    return DataParallel(model, cfg, worker, strategy)
