@@ -40,6 +40,8 @@ def test_dict_and_yaml_round_trips_are_exact(tmp_path):
     (["model.ablation=no_everything"], "model.ablation"),
     (["eval.select_metric=recall@50"], "eval.select_metric"),
     (["scaling.num_workers=-1"], "scaling.num_workers"),
+    (["scaling.num_workers=3", "scaling.item_group=2"], "scaling.item_group=2 must divide scaling.num_workers=3"),
+    (["scaling.item_group=-1"], "scaling.item_group"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_field(overrides, names):
     with pytest.raises(ConfigError) as err:
