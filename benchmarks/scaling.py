@@ -157,6 +157,21 @@ def summary_table(preds: list[dict], scenario: str, worlds=(2, 8, 64)) -> str:
     return markdown_table(head, rows)
 
 
+def efficiency_table(preds: list[dict], scenarios: list[str], worlds=(2, 8, 64)) -> str:
+    """Per shape and strategy: scaling efficiency at `worlds` in each scenario (the README's table)."""
+    rows = []
+    for shape in st.SHAPES.values():
+        for s in st.MODELLED:
+            cells = []
+            for sc in scenarios:
+                sel = {p["world"]: p for p in preds if p["scenario"] == sc and p["shape"] == shape.name
+                       and p["strategy"] == s}
+                cells.append(" / ".join(f"{sel[w]['efficiency']:.2f}" for w in worlds) if sel else "")
+            rows.append([shape.name, f"{shape.n_items:,}", s, *cells])
+    head = ["shape", "|I|", "strategy", *(f"{sc}: W = {' / '.join(map(str, worlds))}" for sc in scenarios)]
+    return markdown_table(head, rows)
+
+
 def check_table(measured_bytes: dict[str, dict[str, Any]]) -> tuple[str, list[dict]]:
     """Measured (2 gloo processes) against predicted bytes and calls per step."""
     from benchmarks.communication import predicted
@@ -237,8 +252,10 @@ def run(ctx: Context, compute_shapes: list[str] | None = None, byte_shapes: list
     out_dir = out_dir or ctx.results_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    inputs_run_id = ctx.run_id
     if model_only:
         prev = _latest(out_dir)
+        inputs_run_id = prev["run_id"]
         measured_compute, wall_compute = prev["measured_compute_s"], prev.get("measured_wall_s", {})
         measured_bytes = prev["measured_bytes"]
     else:
@@ -256,7 +273,7 @@ def run(ctx: Context, compute_shapes: list[str] | None = None, byte_shapes: list
     computes["cpu-measured"] = fit
     check_md, check_rows = check_table(measured_bytes)
     print("\nmeasured (2 gloo processes) vs predicted bytes per step:\n" + check_md, flush=True)
-    held_out = {}
+    held_out: dict[str, Any] = {}
     if len(measured_compute) > 2:  # the fit without the largest shape predicts it
         names = sorted(measured_compute, key=lambda n: st.SHAPES[n].n_items)
         sub = fit_compute({n: measured_compute[n] for n in names[:-1]})
@@ -266,30 +283,37 @@ def run(ctx: Context, compute_shapes: list[str] | None = None, byte_shapes: list
               f"measured {held_out['measured_s'] * 1e3:.0f} ms", flush=True)
     preds = predictions(computes, networks, scenarios, measured_compute)
     scen_names = [f"{n} + {c}" for n, c in scenarios]
-    md = [f"# Scaling model ({ctx.run_id}, {ctx.mode})", "",
+    md = [f"# Scaling model (run {ctx.run_id}, {ctx.mode}; inputs measured in run {inputs_run_id})", "",
           "Measured one-rank compute (CPU seconds of one thread on this machine; wall times on the shared "
           "machine: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in wall_compute.items()) + "): "
           + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in measured_compute.items())
-          + f"; fit: {fit.source}, a = {1 / fit.item_s_per_flop / 1e9:.1f} GFLOP/s on the item part, "
-            f"{(1 / fit.rest_s_per_flop / 1e9) if fit.rest_s_per_flop else float('inf'):.1f} GFLOP/s on the rest.",
+          + f"; fit ({fit.source}): t = 10·B·I·D / {1 / fit.item_s_per_flop / 1e9:.1f} GFLOP/s + "
+            f"{fit.rest_s_per_flop * st.step_flops(st.SHAPES['baby'])[1] * 1e3:.0f} ms (the item-independent part "
+            f"at B = 256, d = 256, text 384 + image 4096; scaled by its FLOPs elsewhere)"
+          + (f"; fitted without {held_out['shape']}, it predicts {held_out['predicted_s'] * 1e3:.0f} ms there "
+             f"(measured {held_out['measured_s'] * 1e3:.0f} ms)." if held_out else "."),
           "", "Networks: " + "; ".join(f"{n.name} {n.gbps:g} Gbps, {n.latency_us:g} µs ({n.source})"
                                        for n in networks.values()),
           "", "Computes: " + "; ".join(f"{c.name}: {c.source}" for c in computes.values()), ""]
+    md += ["## Scaling efficiency (users/s ÷ W × one rank's users/s)", "", efficiency_table(preds, scen_names), ""]
     for sc in scen_names:
         md += [f"## {sc}", "", summary_table(preds, sc), ""]
     md += ["## Bytes per step: measured (2 gloo processes) vs the model", "", check_md, ""]
     (out_dir / "scaling.md").write_text("\n".join(md) + "\n")
     plot(preds, scen_names, out_dir / "scaling.png")
-    (out_dir / "scaling-inputs.json").write_text(json.dumps(
-        {"run_id": ctx.run_id, "measured_compute_s": measured_compute, "measured_wall_s": wall_compute,
-         "loadavg": os.getloadavg()[0], "measured_bytes": measured_bytes,
-         "fit": asdict(fit), "held_out": held_out}, indent=1, default=str) + "\n")
+    if not model_only:
+        (out_dir / "scaling-inputs.json").write_text(json.dumps(
+            {"run_id": ctx.run_id, "measured_compute_s": measured_compute, "measured_wall_s": wall_compute,
+             "loadavg": os.getloadavg()[0], "measured_bytes": measured_bytes,
+             "fit": asdict(fit), "held_out": held_out}, indent=1, default=str) + "\n")
     rows.append(row(BENCH, "compute fit (cpu-measured)", 1 / fit.item_s_per_flop / 1e9, "GFLOP/s",
                     measured_compute_s=measured_compute, fit=asdict(fit), held_out=held_out))
     rows += [row(BENCH, f"bytes check: {r['shape']} {r['strategy']} {r['collective']}", r["measured_bytes"], "B",
                  **r) for r in check_rows]
-    rows += [row(BENCH, f"{p['scenario']}: {p['shape']} {p['strategy']} W={p['world']}", p["efficiency"],
-                 "efficiency", **{k: v for k, v in p.items() if k != "efficiency"}) for p in preds]
+    keep = ("scenario", "shape", "strategy", "world", "item_group", "compute_s", "comm_s", "step_s", "users_per_s",
+            "efficiency", "total_bytes", "memory_bytes", "compute_source")
+    rows.append(row(BENCH, "predictions (scenario × shape × strategy × W)", len(preds), "rows",
+                    inputs_run_id=inputs_run_id, predictions=[{k: p[k] for k in keep} for p in preds]))
     print(f"[scaling] wrote {out_dir / 'scaling.md'}, {out_dir / 'scaling.png'}", flush=True)
     return rows
 
@@ -316,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenario", action="append", default=[], metavar="NETWORK+COMPUTE",
                    help="pairs to tabulate (default: " + ", ".join(f"{n}+{c}" for n, c in SCENARIOS) + ")")
     args = p.parse_args(argv)
-    ctx = Context(mode="full" if args.full else "quick", run_id=time.strftime("%Y%m%d-%H%M%S"),
+    ctx = Context(mode="full" if args.full else "model-only" if args.model_only else "quick",
+                  run_id=time.strftime("%Y%m%d-%H%M%S"),
                   results_dir=args.results_dir)
     scenarios = tuple(tuple(s.split("+", 1)) for s in args.scenario) or SCENARIOS
     rows = run(ctx, networks={n.name: n for n in args.network}, computes={c.name: c for c in args.compute},

@@ -493,10 +493,13 @@ def choose_strategy(world: int, shape: Shape, net: Network, compute: Compute,
     p = preds[pick]
     others = ", ".join(f"{s} {preds[s].users_per_s:,.0f}" for s in MODELLED if s != pick)
     share = p.comm_s / p.step_s
+    alone = predict("ddp", shape, 1, net, compute).users_per_s
     return pick, (f"predicted {p.users_per_s:,.0f} users/s ({p.step_s * 1e3:.3g} ms/step, "
                   f"{100 * share:.0f} % communication, efficiency {p.efficiency:.2f}) vs {others} users/s"
                   + (f" (item_parallel with item groups of {group})" if "item_parallel" in available
-                     else " (item_parallel: predicted only, not wired)"))
+                     else " (item_parallel: predicted only, not wired)")
+                  + (f"; one worker alone is predicted faster ({alone:,.0f} users/s)" if alone > p.users_per_s
+                     else ""))
 
 
 def shape_of(cfg: Config, n_items: int, feature_dims: Sequence[int] = (384, 4096), name: str = "run") -> Shape:
