@@ -122,12 +122,6 @@ def normalized_rows(rows_BI: Tensor, item_degree_I: Tensor) -> Tensor:
     return torch.sparse_csr_tensor(crow_B1, col_Z, w_Z, size=csr.shape, check_invariants=False)
 
 
-def modality_preference(rows_BI: Tensor, item_degree_I: Tensor, feat_IDm: Tensor) -> Tensor:
-    """e_{u,m} (Eq. 14), float32 [B, D_m], from sparse CSR rows, train item degrees and the
-    raw item features. (`LD4MRec` builds `normalized_rows` once per batch for all modalities.)"""
-    return torch.sparse.mm(normalized_rows(rows_BI, item_degree_I), feat_IDm.float())
-
-
 FEATURE_CHUNK_ROWS = 65536
 """Item rows read at once when computing feature statistics (features may be memory-mapped)."""
 

@@ -14,7 +14,6 @@ from ld4mrec_dist.encoders import (
     collaborative_signal,
     dense_rows,
     feature_scaling,
-    modality_preference,
     normalized_rows,
     row_l2_norms,
     scaled_preference,
@@ -69,6 +68,7 @@ def test_collaborative_signal_matches_dense():
 
 
 def test_modality_preference_matches_dense_formula():
+    """e_{u,m} (Eq. 14) as the model computes it: the normalised rows times the features."""
     g = torch.Generator().manual_seed(0)
     r = (torch.rand(6, 10, generator=g) < 0.3).float()
     r[2] = 0                                            # a user without clicks
@@ -80,7 +80,7 @@ def test_modality_preference_matches_dense_formula():
     for u in range(6):                                  # the formula, item by item
         for i in torch.nonzero(r[u]).flatten().tolist():
             want[u] += feat[i] / torch.sqrt(n_u[u, 0] * deg[i])
-    got = modality_preference(r.to_sparse_csr(), deg, feat)
+    got = scaled_preference(normalized_rows(r.to_sparse_csr(), deg), feat, {})
     torch.testing.assert_close(got, want)
     assert torch.isfinite(got).all() and not got[2].any()
 
@@ -158,7 +158,7 @@ def test_scaled_preference_equals_formula_on_rescaled_features(norm):
         feat_s = torch.where(n > 0, feat / n.clamp_min(1e-30), 0.0)
     else:
         feat_s = feat
-    want = modality_preference(r.to_sparse_csr(), deg, feat_s)           # Eq. 14 on e'_i
+    want = torch.sparse.mm(normalized_rows(r.to_sparse_csr(), deg), feat_s)  # Eq. 14 on e'_i
     got = scaled_preference(normalized_rows(r.to_sparse_csr(), deg), feat, feature_scaling(feat, norm))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
