@@ -230,3 +230,29 @@ def test_every_shipped_sweep_file_is_valid(path):
     spec = load_sweep(path)
     assert spec.metric.startswith("valid/") and spec.keys
     check_space_values(spec, base_config(spec))
+
+
+def test_asha_ranks_trials_by_their_best_valid_so_far(tmp_path):
+    """A trial that peaked early and declined is not stopped for its decline: at the rung
+    it counts with its best value, the value it would be selected by."""
+    from types import SimpleNamespace
+
+    from ld4mrec_dist.tune import ledger
+    from ld4mrec_dist.tune.guard import RecordingASHA
+
+    asha = RecordingASHA(tmp_path, time_attr="epoch", metric="valid/recall@20", mode="max", max_t=100,
+                         grace_period=2, reduction_factor=2, brackets=1)
+    first, peaked, weak = (SimpleNamespace(trial_id=t) for t in ("first", "peaked", "weak"))
+    for trial in (first, peaked, weak):
+        asha.on_trial_add(None, trial)
+
+    def report(trial, epoch, value):
+        return asha.on_trial_result(None, trial, {"epoch": epoch, "valid/recall@20": value})
+
+    assert report(first, 1, 0.10) == report(first, 2, 0.20) == "CONTINUE"  # rung 2 records 0.20
+    assert report(peaked, 1, 0.25) == "CONTINUE"
+    assert report(peaked, 2, 0.15) == "CONTINUE"  # 0.15 now, 0.25 at its best: kept
+    assert report(weak, 1, 0.12) == "CONTINUE"
+    assert report(weak, 2, 0.11) == "STOP"  # its best, 0.12, is below the rung's cutoff
+    events = ledger.read_events(tmp_path)
+    assert list(events) == ["weak"] and events["weak"][0]["epoch"] == 2
