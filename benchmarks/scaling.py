@@ -152,7 +152,7 @@ def summary_table(preds: list[dict], scenario: str, worlds=(2, 8, 64)) -> str:
                          *(f"{sel[w]['step_s'] * 1e3:.3g} / {sel[w]['users_per_s']:,.0f} / {sel[w]['efficiency']:.2f}"
                            for w in worlds),
                          f"{p8['memory_bytes'] / 2**30:.2f}"])
-    head = ["shape", "|I|", "strategy", "MiB/step/rank (W=8)", "ms/step W=1",
+    head = ["shape", "items", "strategy", "MiB/step/rank (W=8)", "ms/step W=1",
             *(f"W={w}: ms/step / users/s / eff." for w in worlds), "GiB/rank (W=8)"]
     return markdown_table(head, rows)
 
@@ -168,7 +168,7 @@ def efficiency_table(preds: list[dict], scenarios: list[str], worlds=(2, 8, 64))
                        and p["strategy"] == s}
                 cells.append(" / ".join(f"{sel[w]['efficiency']:.2f}" for w in worlds) if sel else "")
             rows.append([shape.name, f"{shape.n_items:,}", s, *cells])
-    head = ["shape", "|I|", "strategy", *(f"{sc}: W = {' / '.join(map(str, worlds))}" for sc in scenarios)]
+    head = ["shape", "items", "strategy", *(f"{sc}: W = {' / '.join(map(str, worlds))}" for sc in scenarios)]
     return markdown_table(head, rows)
 
 
