@@ -392,10 +392,12 @@ class Compute:
 COMPUTES = {
     "a10g-bf16": Compute("a10g-bf16", 1 / 35e12, 1 / 35e12, 2e-4,
                          "assumed: half of the A10G's ~70 TFLOPS dense bf16 tensor peak, 0.2 ms fixed"),
-    # Fitted by benchmarks/scaling.py on this machine (AMD EPYC, 1 thread, fp32; run of
-    # 2026-11-30): least squares of measured `train_step` times at the Baby and Sports
-    # shapes (Electronics held out as the check).
-    "cpu-1thread": Compute("cpu-1thread", 1 / 60e9, 1 / 60e9, 0.0, "placeholder until the benchmark has run"),
+    # benchmarks/scaling.py's fit (benchmarks/results/scaling-inputs.json): CPU seconds of one
+    # thread of `train_step` at Baby, Sports and Electronics on an AMD EPYC (fp32) =
+    # 10·B·I·D / 32.3 GFLOP/s + 19 ms of item-independent work at B = d = 256 (the second
+    # rate is that 19 ms over `step_flops`' count of it, not a hardware figure).
+    "cpu-1thread": Compute("cpu-1thread", 3.10e-11, 4.51e-12, 0.0,
+                           "fitted to one thread's train_step CPU time here (benchmarks/scaling.py)"),
 }
 
 
@@ -473,8 +475,8 @@ def best_item_group(shape: Shape, world: int, net: Network, compute: Compute,
 def choose_strategy(world: int, shape: Shape, net: Network, compute: Compute,
                     available: Sequence[str] | None = None, memory_limit: float | None = None,
                     tolerance: float = AUTO_TOLERANCE, item_group: int | None = None) -> tuple[str, str]:
-    """(strategy, one-line reason): among `available`, the most faithful one (FIDELITY)
-    whose predicted users/s is within `tolerance` of the best that fits `memory_limit`
+    """(strategy, one-line reason): among `available`, the most faithful one (FIDELITY; ddp
+    before item_parallel) whose predicted users/s is within `tolerance` of the best that fits `memory_limit`
     bytes per rank (item_parallel with `item_group` ranks per group, None: the best size).
     `available` None: `WIRED`. One rank: `ddp`."""
     if world <= 1:
@@ -489,7 +491,7 @@ def choose_strategy(world: int, shape: Shape, net: Network, compute: Compute,
                        f"(needs ≥ {need / 2**30:.1f} GiB); ddp kept")
     best = max(preds[s].users_per_s for s in fits)
     ok = [s for s in fits if preds[s].users_per_s * (1 + tolerance) >= best]
-    pick = min(ok, key=lambda s: (FIDELITY[s], -preds[s].users_per_s))
+    pick = min(ok, key=lambda s: (FIDELITY[s], s != "ddp", -preds[s].users_per_s))  # plain DDP wins exact ties
     p = preds[pick]
     others = ", ".join(f"{s} {preds[s].users_per_s:,.0f}" for s in MODELLED if s != pick)
     share = p.comm_s / p.step_s

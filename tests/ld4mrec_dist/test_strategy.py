@@ -100,6 +100,9 @@ def test_auto_keeps_exact_ddp_when_communication_is_free():
     slow = st.Compute("slow", 1e-9, 1e-9)  # PowerSGD's extra matmuls then cost more than it saves
     name, reason = st.choose_strategy(4, st.SHAPES["baby"], infinite, slow, available=DATA_PARALLEL)
     assert name == "ddp" and "ms/step" in reason
+    # item_parallel is as exact, but plain DDP wins while it is within the tolerance of the best
+    both = (*DATA_PARALLEL, "item_parallel")
+    assert st.choose_strategy(4, st.SHAPES["baby"], infinite, slow, available=both, item_group=2)[0] == "ddp"
 
 
 def test_auto_prefers_bf16_when_powersgd_cannot_compress():
