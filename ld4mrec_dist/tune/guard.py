@@ -65,14 +65,15 @@ class RecordingASHA(AsyncHyperBandScheduler):
 
     def best_so_far(self, trial: Any, result: dict[str, Any]) -> dict[str, Any]:
         """`result` with the metric replaced by the trial's best value up to this report."""
-        value = result.get(self._metric) if self._metric else None
-        if not isinstance(value, (int, float)) or value != value:  # absent or NaN: unchanged
-            return result
+        metric, sign = self._metric, self._metric_op
+        value = result.get(metric) if metric else None
+        if metric is None or sign is None or not isinstance(value, (int, float)) or value != value:
+            return result  # no metric, or absent / NaN in this report: unchanged
         previous = self._best_so_far.get(trial.trial_id)
-        if previous is not None and self._metric_op * previous > self._metric_op * value:
+        if previous is not None and sign * previous > sign * value:
             value = previous
         self._best_so_far[trial.trial_id] = float(value)
-        return {**result, self._metric: value}
+        return {**result, metric: value}
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
         super().on_trial_complete(tune_controller, trial, self.best_so_far(trial, result))
