@@ -118,8 +118,9 @@ class ModelSection:
     fused_forward: bool = True
     """The training forward in few passes over [B, I] (issue 12 §3): the soft-reconstruction
     mask drawn at its ≈ p·B·I chosen entries (geometric gaps, not one uniform per entry),
-    x_t built inside the noise tensor, the loss's squared error and its gradient one pass
-    each. Same math (tests), another random stream for the mask. false: the
+    f_s(x_in) kept sparse (never densified), x_t built inside the noise tensor, x̂ − f_s
+    inside x̂, the loss's squared error and its gradient one pass each. Same math (tests),
+    another random stream for the mask (hence for ε after it). false: the
     straightforward one-tensor-per-operation form (the code before issue 12)."""
 
     def __post_init__(self) -> None:
