@@ -142,7 +142,10 @@ class TrainSection:
     batch_size: int = 256
     """Users per minibatch per worker."""
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 1e-5
+    """Adam's L2 penalty on the dense parameters (not z_in). 1e-5, not 0: on ML-1M valid
+    Recall@20 0.1499 → 0.1587 (clean) and 0.1266 → 0.1327 (30 % noise), 3 seeds; on the
+    synthetic data 0.4100 → 0.4156, 2 seeds (README, Results). 1e-4 is worse on both."""
     seed: int = 2024
     eval_every: int = 1
     """Evaluate (and checkpoint) every this many epochs."""
