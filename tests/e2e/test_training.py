@@ -59,39 +59,31 @@ def test_training_beats_untrained_and_two_workers_match_one(ray_local, small_cle
     assert items.replica_fingerprints[0] == items.replica_fingerprints[1]
 
 
-def test_worker_death_resumes_from_checkpoint_and_completes(ray_local, tiny_uneven, tmp_path):
+def test_worker_death_and_explicit_resume_both_replay_the_uninterrupted_run(ray_local, tiny_uneven, data_root,
+                                                                            tmp_path):
+    """Two workers, each owning a fixed user range (partition.user_range): a restart,
+    automatic or by hand, trains every rank on the very rows the uninterrupted run did, so
+    a run that lost a worker and a run resumed with --resume end bitwise equal."""
     # tiny: 2 ranks × ~3 steps per epoch; step 7 falls in epoch 3, after two checkpoints.
-    cfg = make_config(tiny_uneven, tmp_path, "fault", *TINY_MODEL, "train.epochs=4",
-                      "scaling.num_workers=2", "train.fail_at_step=7", "scaling.max_failures=1")
-    result = run_training(cfg)
-    assert (result.run_dir / ".fault_injected").is_file()
-    assert result.epochs_run == 4
-    assert _epochs(result.run_dir) == [1, 2, 3, 4]  # replayed epochs are not duplicated
-    assert result.replica_fingerprints[0] == result.replica_fingerprints[1]
+    died = run_training(make_config(tiny_uneven, tmp_path, "fault", *TINY_MODEL, "train.epochs=4",
+                                    "scaling.num_workers=2", "train.fail_at_step=7", "scaling.max_failures=1"))
+    assert (died.run_dir / ".fault_injected").is_file()
+    assert died.epochs_run == 4 and _epochs(died.run_dir) == [1, 2, 3, 4]  # replayed epochs are not duplicated
+    assert died.replica_fingerprints[0] == died.replica_fingerprints[1]  # sampler, z_in, C-Net
+    assert json.loads((died.run_dir / "final_metrics.json").read_text())["replicas_in_sync"] is True
+    assert (died.run_dir / "curves.png").stat().st_size > 0 and (died.run_dir / "best_model.pt").is_file()
 
-
-def test_explicit_resume_continues_exactly_and_refuses_other_data(ray_local, tiny_uneven, data_root, tmp_path):
-    # Two workers: each owns a fixed user range (partition.user_range), so the resumed run
-    # trains every rank on the very rows the uninterrupted one did.
-    straight = run_training(make_config(tiny_uneven, tmp_path, "straight", *TINY_MODEL, "train.epochs=4",
-                                        "scaling.num_workers=2"))
     first = run_training(make_config(tiny_uneven, tmp_path, "split", *TINY_MODEL, "train.epochs=2",
                                      "scaling.num_workers=2"))
-    resumed_cfg = make_config(tiny_uneven, tmp_path, "split", *TINY_MODEL, "train.epochs=4",
-                              "scaling.num_workers=2", f"run.resume={first.run_dir}")
-    resumed = run_training(resumed_cfg)
+    resumed = run_training(make_config(tiny_uneven, tmp_path, "split", *TINY_MODEL, "train.epochs=4",
+                                       "scaling.num_workers=2", f"run.resume={first.run_dir}"))
     assert _epochs(resumed.run_dir) == [1, 2, 3, 4]
-    assert straight.replica_fingerprints[0] == straight.replica_fingerprints[1]  # sampler, z_in, C-Net
-    final = json.loads((straight.run_dir / "final_metrics.json").read_text())
-    assert final["replicas_in_sync"] is True
-    assert (straight.run_dir / "curves.png").stat().st_size > 0 and (straight.run_dir / "best_model.pt").is_file()
-    a = [json.loads(x) for x in (straight.run_dir / "metrics.jsonl").read_text().splitlines()]
+    a = [json.loads(x) for x in (died.run_dir / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
-    # Resuming at an epoch boundary replays the uninterrupted run: same losses and metrics.
     for ra, rb in zip(a, b, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
         assert ra["valid/recall@20"] == pytest.approx(rb["valid/recall@20"], abs=1e-9)
-    assert straight.replica_fingerprints == resumed.replica_fingerprints  # bitwise the same weights
+    assert died.replica_fingerprints == resumed.replica_fingerprints  # bitwise the same weights
 
     # Another dataset: refused before any worker starts.
     other = shutil.copytree(tiny_uneven, data_root / "tiny-other")
