@@ -1,6 +1,6 @@
 """Run the benchmarks, append their rows as JSON lines, print a table; on request, update README.
 
-    python benchmarks/run.py --quick          # all six at reduced sizes (< 10 min on 2 cores)
+    python benchmarks/run.py --quick          # every benchmark at reduced sizes
     python benchmarks/run.py --full           # the sizes the README quotes for --full
     python benchmarks/run.py --quick --only throughput loader
     python benchmarks/run.py --quick --results-dir benchmarks/results --update-readme   # record
@@ -41,7 +41,7 @@ from benchmarks.common import (  # noqa: E402 - after the sys.path line above
     text_table,
 )
 
-BENCHES = ["throughput", "loader", "memory", "svd", "inference", "communication", "roofline"]
+BENCHES = ["throughput", "loader", "memory", "svd", "inference", "communication", "roofline", "scaling"]
 README = ROOT / "README.md"
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 
