@@ -198,7 +198,8 @@ class ScalingSection:
     """Ray Train workers (DDP ranks). 0 runs the loop in the driver without Ray workers."""
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
-    """Fractional by default so Ray Data's read tasks keep a CPU (docs/design.md §8: else they deadlock)."""
+    """CPUs Ray reserves per worker. Fractional by default so that 2 workers leave room on a
+    2-core host for the driver and, in sweeps, for more trials; raise it on real nodes."""
     bf16: bool = True
     """bf16 autocast for C-Net on CUDA; ignored on CPU."""
     max_failures: int = 2

@@ -11,8 +11,8 @@ PlacementGroupCleaner to remove the worker group's placement group then, and tha
 queries the State API with no address: with several Ray instances on the host it fails
 ("Found multiple active Ray instances"), without a dashboard it cannot work at all. A
 placement group outlives its creator actor until the job ends, so each stopped trial kept
-its workers' CPUs reserved; two 0.5-CPU groups on 2 CPUs left no whole CPU for the next
-trial's Ray Data read task and the sweep waited forever. Any placement group of this job
+its workers' CPUs reserved; two 0.5-CPU groups on 2 CPUs left too little for the next
+trial (then a Ray Data read task needing a whole CPU) and the sweep waited forever. Any placement group of this job
 whose creator actor is dead is such garbage; the driver removes it.
 """
 

@@ -162,7 +162,7 @@ def run_trial(params: dict[str, Any], sweep_dir: Path, stall_timeout_s: float = 
         out = train_in_process(trainer.loop_config(cfg, ds, prepared_dir), run_dir)
         trainer.finish_run(cfg, run_dir, out, time.perf_counter() - t0)
         return
-    what = (f"trial {trial_id}: the Ray Data read of the train split (each read task needs 1 CPU) "
+    what = (f"trial {trial_id}: setting up its Ray Train run (cluster checks) "
             f"did not finish within stall_timeout_s={stall_timeout_s:g}s")
     report = TuneReportCallback()  # type: ignore[no-untyped-call]
     torch_trainer = within(stall_timeout_s, what, lambda: trainer.make_torch_trainer(
@@ -296,17 +296,15 @@ def new_sweep_dir(storage: str | Path, name: str) -> Path:
 
 
 def auto_concurrency(cfg: Config) -> int:
-    """Trials that fit in the cluster's resources now, leaving one CPU to Ray Data's
-    read tasks (docs/design.md §8: workers holding every CPU deadlock the Parquet reads)
-    unless trials train in process."""
+    """Trials that fit in the cluster's resources now. (No CPU is held back: the ranks
+    read their rows with pyarrow, not through Ray Data read tasks, docs/design.md §5.)"""
     import ray
 
     res = ray.cluster_resources()  # type: ignore[no-untyped-call]
     request = trial_request(cfg)
     if "GPU" in request:
         return max(1, int(res.get("GPU", 0) // request["GPU"]))
-    spare = 1.0 if cfg.scaling.num_workers > 0 else 0.0  # in-process trials read no Ray Data
-    return max(1, int((res.get("CPU", 1) - spare) // request["CPU"]))
+    return max(1, int(res.get("CPU", 1) // request["CPU"]))
 
 
 def trial_request(cfg: Config) -> dict[str, float]:
