@@ -132,27 +132,7 @@ def item_factors(shape: str, k: int = 64, data_root: Path = DATA_ROOT):
     return np.load(path)
 
 
-# ---------------------------------------------------------------- timing, memory
-
-
-class Timer:
-    """Accumulates wall time per named piece: `with timer("densify"): ...`."""
-
-    def __init__(self) -> None:
-        self.total: dict[str, float] = {}
-        self._name = ""
-
-    def __call__(self, name: str):
-        self._name = name
-        return self
-
-    def __enter__(self):
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.total[self._name] = self.total.get(self._name, 0.0) + time.perf_counter() - self._t0
-        return False
+# ---------------------------------------------------------------- memory
 
 
 def peak_rss_mb() -> float:

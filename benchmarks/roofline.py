@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS_DIR, Context, Timer, append_results, machine, row
+from benchmarks.common import RESULTS_DIR, Context, append_results, machine, row
 
 BENCH = "roofline"
 # Baby (data_pipeline.synthetic.SHAPES): users, items, text and image widths; the train
@@ -216,6 +216,8 @@ def profile_split(trainee: Trainee, steps: int) -> dict[str, Any]:
 
 def measure(sizes: Sizes, variants: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Everything, side by side in this process, with one torch thread."""
+    from ld4mrec_dist.timing import PieceTimer
+
     variants = variants or VARIANTS
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -228,7 +230,7 @@ def measure(sizes: Sizes, variants: dict[str, list[str]] | None = None) -> dict[
         refs = {"five GEMMs": bare(big), "all GEMMs": bare(gemms)}
         for fn in refs.values():
             fn()
-        timers = {name: Timer() for name in trainees}
+        timers = {name: PieceTimer() for name in trainees}
         for tr in trainees.values():
             for _ in range(sizes.warmup):
                 tr.step()

@@ -92,9 +92,7 @@ class PreparedDataset:
         if users.size and (users.min() < 0 or users.max() >= self.n_users):
             raise self._damaged(f"the {split} shards hold user index {int(users.max())}, the manifest says "
                                 f"n_users={self.n_users}")
-        if items.size and (items.min() < 0 or items.max() >= self.n_items):
-            raise self._damaged(f"the {split} shards hold item index {int(items.max())}, the manifest says "
-                                f"n_items={self.n_items}")
+        self._check_items(split, items)
         return pairs_to_csr(users, items, self.n_users, self.n_items)
 
     def split_rows(self, split: str, users: range) -> sp.csr_matrix:
@@ -109,9 +107,7 @@ class PreparedDataset:
         if not files or hi <= lo:
             return sp.csr_matrix((max(hi - lo, 0), self.n_items), dtype=np.float32)
         users_in, items = read_pairs(files, user_range=(lo, hi))
-        if items.size and (items.min() < 0 or items.max() >= self.n_items):
-            raise self._damaged(f"the {split} shards hold item index {int(items.max())}, the manifest says "
-                                f"n_items={self.n_items}")
+        self._check_items(split, items)
         return pairs_to_csr(users_in - lo, items, hi - lo, self.n_items)
 
     @cached_property
@@ -150,6 +146,12 @@ class PreparedDataset:
 
     def _damaged(self, what: str) -> DatasetDamaged:
         return DatasetDamaged(what, prepare_again(self.manifest, self.location))
+
+    def _check_items(self, split: str, items: np.ndarray) -> None:
+        """DatasetDamaged if a shard holds an item index outside 0..n_items-1."""
+        if items.size and (items.min() < 0 or items.max() >= self.n_items):
+            raise self._damaged(f"the {split} shards hold item index {int(items.max())}, the manifest says "
+                                f"n_items={self.n_items}")
 
     def _check_split(self, split: str) -> None:
         if split not in SPLIT_NAMES:

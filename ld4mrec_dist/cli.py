@@ -9,7 +9,7 @@ import sys
 
 from data_pipeline import storage
 from ld4mrec_dist.config import Config, ConfigError, load_config
-from ld4mrec_dist.run_dir import CONFIG_FILE
+from ld4mrec_dist.run_dir import CONFIG_FILE, file_in
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -27,7 +27,7 @@ def config_for(config_path: str | None, resume: str | None, overrides: list[str]
         if not storage.exists(resume):
             raise ConfigError(f"--resume {resume}: no such run directory")
     if resume and not config_path:
-        saved = storage.join(resume, CONFIG_FILE)
+        saved = file_in(resume, CONFIG_FILE)
         if not storage.is_file(saved):
             raise ConfigError(f"--resume {resume}: {saved} not found; is this a run directory?")
         config_path = saved

@@ -16,10 +16,17 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+
+
+def stream_seed(*key: int) -> int:
+    """The seed of a random stream named by integers, e.g. (seed, epoch, rank): every rank
+    derives its own streams, and a resume at an epoch boundary derives the same ones again."""
+    return int(np.random.default_rng(list(key)).integers(2**62))
 
 
 def is_distributed() -> bool:

@@ -65,7 +65,8 @@ def select_modalities(requested: Sequence[str] | None, available: Sequence[str])
     return list(requested)
 
 
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """float32 inside, whatever autocast the caller runs (the parts of Alg. 1 outside C-Net)."""
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
@@ -204,7 +205,7 @@ class LD4MRec(nn.Module):
         """
         device = self.device
         fused = self.model_cfg.fused_forward
-        with _no_autocast(device):
+        with no_autocast(device):
             csr_BI = as_csr(rows_BI).to(device)
             steps = self.schedule.steps
             p_T = step_probs if step_probs is not None else torch.full((steps,), 1.0 / steps, dtype=torch.float64)
@@ -223,7 +224,7 @@ class LD4MRec(nn.Module):
             c_BK, prefs = self.conditions(csr_BI)
             tf_BD = timestep_embedding(t_B, self.hidden) + self.z_in_rows(users_B)
         xhat_BI = (cnet or self.cnet)(xt_BI, tf_BD, c_BK, prefs)
-        with _no_autocast(device):
+        with no_autocast(device):
             if isinstance(target, SparseTarget):
                 rec_B = self.schedule.rec_loss_(target, xhat_BI.float(), t_B)
             else:
@@ -235,7 +236,7 @@ class LD4MRec(nn.Module):
     @torch.no_grad()
     def score(self, rows_BI: Tensor, users_B: Tensor) -> Tensor:
         """Alg. 2: x̂_θ(x_in, t_f = z_in, m), float32 [B, I]; deterministic (no noise, no dropout)."""
-        with _no_autocast(self.device):
+        with no_autocast(self.device):
             csr_BI, x_BI = self._inputs(rows_BI)
             c_BK, prefs = self.conditions(csr_BI)
             tf_BD = self.z_in_rows(users_B)
@@ -251,7 +252,7 @@ class LD4MRec(nn.Module):
         n = self.schedule.steps if steps is None else int(steps)
         if not 1 <= n <= self.schedule.steps:
             raise ValueError(f"steps={steps}: must be in 1..{self.schedule.steps}")
-        with _no_autocast(self.device):
+        with no_autocast(self.device):
             csr_BI, x_BI = self._inputs(rows_BI)
             c_BK, prefs = self.conditions(csr_BI)
             zin_BD = self.z_in_rows(users_B)
@@ -261,6 +262,6 @@ class LD4MRec(nn.Module):
             t_B = torch.full_like(t_B, t)
             tf_BD = timestep_embedding(t_B, self.hidden) + zin_BD
             xhat_BI = self.cnet(x_BI, tf_BD, c_BK, prefs, dropout=False).float()
-            with _no_autocast(self.device):
+            with no_autocast(self.device):
                 x_BI = self.schedule.posterior_mean(x_BI, xhat_BI, t_B)
         return x_BI

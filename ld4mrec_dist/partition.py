@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from data_pipeline.dataset import PreparedDataset
-from ld4mrec_dist.rows import RowStore, rows_with_items
+from ld4mrec_dist.rows import RowStore, rows_with_items, users_with_rows
 
 
 def user_range(n_users: int, rank: int, world: int) -> range:
@@ -39,8 +39,7 @@ class RankRows:
 
     def users_with_items(self, split: str) -> np.ndarray:
         """int64, global ids: this rank's users with ≥ 1 item in `split`."""
-        csr: sp.csr_matrix = getattr(self, split)
-        return np.flatnonzero(np.diff(csr.indptr)).astype(np.int64) + self.users.start
+        return users_with_rows(getattr(self, split)) + self.users.start
 
     def train_store(self) -> RowStore:
         """The train rows of this rank's users with ≥ 1 train item, by global user id."""

@@ -37,12 +37,10 @@ the replicated blocks draws.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
@@ -55,12 +53,12 @@ from ld4mrec_dist.build import Optimizers, dense_parameters
 from ld4mrec_dist.cnet import timestep_embedding
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.encoders import as_csr
-from ld4mrec_dist.model import LD4MRec
+from ld4mrec_dist.model import LD4MRec, no_autocast
 from ld4mrec_dist.sampler import importance_weights, sample_steps
+from ld4mrec_dist.timing import StepTimer, untimed
 from ld4mrec_dist.train.step import SamplerHistory
 
 # timer("piece") -> a context manager that times the piece (benchmarks); None: not timed.
-StepTimer = Callable[[str], contextlib.AbstractContextManager[object]]
 
 MESH_DIMS = ("data", "item")
 
@@ -190,10 +188,10 @@ def slice_generators(seed: int, epoch: int, layout: ItemLayout,
                      device: torch.device) -> tuple[torch.Generator, torch.Generator]:
     """(t generator, slice generator) of an epoch. The first is seeded from (seed, epoch,
     data rank), so every rank of an item group draws the same t (and with W_item = 1 the
-    same stream as the trainer's `reseed`); the second also from the item rank: ε and the
+    same stream as the trainer's data-parallel `engine.epoch_seed`); the second also from the item rank: ε and the
     soft-reconstruction mask of different slices are independent."""
     def gen(*key: int) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(int(np.random.default_rng(list(key)).integers(2**62)))
+        return torch.Generator(device=device).manual_seed(dist.stream_seed(*key))
 
     return gen(seed, epoch, layout.data_rank), gen(seed, epoch, layout.data_rank, 1 + layout.item_rank)
 
@@ -226,24 +224,18 @@ class SliceLoss(NamedTuple):
     """float32 [B], this slice's share of L_rec (detached)."""
 
 
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    if device.type in ("cpu", "cuda"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def slice_loss(model: LD4MRec, layout: ItemLayout, rows_BI: Tensor, x_BL: Tensor, users_B: Tensor,
                draw: SliceDraw, p_T: Tensor) -> SliceLoss:
     """Alg. 1 l.6-10 on one slice, with `LD4MRec`'s own pieces: x_t of the slice, the
     conditions from the full sparse rows, C-Net (sharded by `shard_items`) → x̂ [B, L], and
     the slice's share of the importance-weighted loss. Runs FC_in's and FC_out's collectives."""
     device = model.device
-    with _no_autocast(device):
+    with no_autocast(device):
         xt_BL = model.schedule.q_sample(draw.target, draw.t, draw.noise)
         c_BK, prefs = model.conditions(as_csr(rows_BI).to(device))
         tf_BD = timestep_embedding(draw.t, model.hidden) + model.z_in_rows(users_B)
     xhat_BL = model.cnet(xt_BL, tf_BD, c_BK, prefs)
-    with _no_autocast(device):
+    with no_autocast(device):
         # rec_loss averages over the L items it sees; × L / I makes it this slice's share.
         rec_B = model.schedule.rec_loss(draw.target, xhat_BL.float(), draw.t) * (x_BL.shape[1] / layout.n_items)
         share = (importance_weights(p_T, draw.t) * rec_B).mean()
@@ -289,10 +281,6 @@ def average_over_data(params: Iterable[Tensor], layout: ItemLayout) -> None:
             g.div_(layout.data_world)
 
 
-def _untimed(_: str) -> contextlib.AbstractContextManager[object]:
-    return contextlib.nullcontext()
-
-
 def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, history: SamplerHistory,
                        users_B: Tensor, rows_BI: Tensor, generators: tuple[torch.Generator, torch.Generator],
                        cfg: Config, autocast: bool = False, timer: StepTimer | None = None,
@@ -302,7 +290,7 @@ def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, his
     `generators`: `slice_generators`; `autocast`: C-Net in bf16, as in `train_step` (FC_in's
     all-reduce then sums bf16 partial products); `draw`, when given, is the forward process
     to use instead of drawing one (tests, replays). Returns the batch's loss (detached scalar)."""
-    timed = timer or _untimed
+    timed = timer or untimed
     with timed("forward"):
         p_T = history.probabilities(cfg)
         x_BL = column_slice(rows_BI, layout.lo, layout.hi).to(model.device)
@@ -341,7 +329,7 @@ def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, his
 def score_slice(model: LD4MRec, rows_BI: Tensor, x_BL: Tensor, users_B: Tensor) -> Tensor:
     """Alg. 2 on one slice: x̂_θ(x_in, t_f = z_in, m) for items [lo, hi), float32 [B, L], as
     `LD4MRec.score` computes it (conditions from the full sparse rows). Runs FC_in's all-reduce."""
-    with _no_autocast(model.device):
+    with no_autocast(model.device):
         c_BK, prefs = model.conditions(as_csr(rows_BI).to(model.device))
         tf_BD = model.z_in_rows(users_B)
     return model.cnet(x_BL, tf_BD, c_BK, prefs, dropout=False).float()

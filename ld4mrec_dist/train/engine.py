@@ -17,7 +17,6 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,7 +41,7 @@ def digest(tensors: Iterable[Tensor]) -> str:
 def epoch_seed(cfg: Config, epoch: int, rank: int) -> int:
     """The seed of an epoch's random streams on a rank: a resume at an epoch boundary
     replays exactly the stream the interrupted run would have drawn."""
-    return int(np.random.default_rng([cfg.train.seed, epoch, rank]).integers(2**62))
+    return dist.stream_seed(cfg.train.seed, epoch, rank)
 
 
 class DataParallel:
