@@ -18,7 +18,7 @@ import torch
 
 from data_pipeline.dataset import PreparedDataset
 from ld4mrec_dist.dist import all_reduce_sum
-from ld4mrec_dist.eval.metrics import mask_items, metric_names
+from ld4mrec_dist.eval.metrics import hits, mask_items, metric_names, top_items
 from ld4mrec_dist.eval.metrics import metric_sums as user_metric_sums
 from ld4mrec_dist.partition import RankRows, read_rank_rows
 from ld4mrec_dist.rows import to_dense, to_torch_csr
@@ -33,8 +33,7 @@ RankFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 def ranking_by_scores(score_fn: ScoreFn) -> RankFn:
     """The RankFn of a model that scores every item at once: masked items pushed last."""
     def rank(rows_BI: torch.Tensor, users_B: torch.Tensor, mask_BI: torch.Tensor, k: int) -> torch.Tensor:
-        scores_BI = mask_items(score_fn(rows_BI, users_B).float(), mask_BI.to_dense())
-        return torch.topk(scores_BI, min(k, scores_BI.shape[1]), dim=1, sorted=True).indices
+        return top_items(mask_items(score_fn(rows_BI, users_B).float(), mask_BI.to_dense()), k)
 
     return rank
 
@@ -76,11 +75,9 @@ def dataset_eval_data(ds: PreparedDataset, mask_valid_at_test: bool) -> dict[str
 
 
 @torch.no_grad()
-def metric_sums(score_fn: ScoreFn | None, data: EvalData, ks: list[int], batch_size: int,
-                device: torch.device, rank_fn: RankFn | None = None) -> torch.Tensor:
-    """float64 [len(metric_names(ks)) + 1]: metric sums over `data.users`, then their count.
-    Items are ranked by `rank_fn`, else by `score_fn`'s scores."""
-    rank = rank_fn or ranking_by_scores(_required(score_fn))
+def metric_sums(rank_fn: RankFn, data: EvalData, ks: list[int], batch_size: int,
+                device: torch.device) -> torch.Tensor:
+    """float64 [len(metric_names(ks)) + 1]: metric sums over `data.users`, then their count."""
     names = metric_names(ks)
     total = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)
     k_max = max(ks)
@@ -89,28 +86,27 @@ def metric_sums(score_fn: ScoreFn | None, data: EvalData, ks: list[int], batch_s
         local_B = users_B - data.first_user
         rows = data.inputs[local_B]
         mask = rows if data.extra_mask is None else (rows + data.extra_mask[local_B])
-        items_BC = rank(to_torch_csr(rows, device), torch.from_numpy(users_B).to(device),
-                        to_torch_csr(mask, device), k_max)
+        items_BC = rank_fn(to_torch_csr(rows, device), torch.from_numpy(users_B).to(device),
+                           to_torch_csr(mask, device), k_max)
         truth_BI = to_dense(data.truth[local_B], device)
-        hits_BC = truth_BI.gather(1, items_BC).to(torch.float64)
-        sums = user_metric_sums(hits_BC, truth_BI.sum(1), ks)
+        sums = user_metric_sums(hits(truth_BI, items_BC), truth_BI.sum(1), ks)
         total[:-1] += torch.stack([sums[n] for n in names])
         total[-1] += len(users_B)
     return total
 
 
-def _required(score_fn: ScoreFn | None) -> ScoreFn:
-    if score_fn is None:
-        raise ValueError("evaluation needs a score_fn or a rank_fn")
-    return score_fn
+def evaluate(score_fn: ScoreFn, data: EvalData, ks: list[int], batch_size: int,
+             device: torch.device) -> dict[str, float]:
+    """`evaluate_ranking` of a model that scores every item at once."""
+    return evaluate_ranking(ranking_by_scores(score_fn), data, ks, batch_size, device)
 
 
-def evaluate(score_fn: ScoreFn | None, data: EvalData, ks: list[int], batch_size: int,
-             device: torch.device, rank_fn: RankFn | None = None) -> dict[str, float]:
-    """Mean metrics over every rank's evaluation users: each rank scores its own users
+def evaluate_ranking(rank_fn: RankFn, data: EvalData, ks: list[int], batch_size: int,
+                     device: torch.device) -> dict[str, float]:
+    """Mean metrics over every rank's evaluation users: each rank ranks its own users
     (`data`), one all-reduce of the sums gives the single-process result. (Ranks that hold
     the same users, as an item group does, count them equally often in the sums and in
     the count: the mean is unchanged.)"""
-    total = all_reduce_sum(metric_sums(score_fn, data, ks, batch_size, device, rank_fn))
+    total = all_reduce_sum(metric_sums(rank_fn, data, ks, batch_size, device))
     count = max(total[-1].item(), 1.0)
     return {name: total[i].item() / count for i, name in enumerate(metric_names(ks))}

@@ -18,11 +18,14 @@ def mask_items(scores_BI: torch.Tensor, mask_BI: torch.Tensor) -> torch.Tensor:
     return scores_BI.masked_fill(mask_BI.bool(), NEG_INF)
 
 
-def topk_hits(scores_BI: torch.Tensor, truth_BI: torch.Tensor, k: int) -> torch.Tensor:
-    """[B, C] 0/1 with C = min(k, I): whether the item ranked c-th is relevant."""
-    k = min(k, scores_BI.shape[1])
-    top_BC = torch.topk(scores_BI, k, dim=1, sorted=True).indices
-    return truth_BI.gather(1, top_BC).to(torch.float64)
+def top_items(scores_BI: torch.Tensor, k: int) -> torch.Tensor:
+    """int64 [B, C], C = min(k, I): each row's best items, best first."""
+    return torch.topk(scores_BI, min(k, scores_BI.shape[1]), dim=1, sorted=True).indices
+
+
+def hits(truth_BI: torch.Tensor, items_BC: torch.Tensor) -> torch.Tensor:
+    """float64 [B, C] 0/1: whether the item ranked c-th is relevant."""
+    return truth_BI.gather(1, items_BC).to(torch.float64)
 
 
 def metric_sums(hits_BC: torch.Tensor, n_truth_B: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from data_pipeline.dataset import open_dataset
 from ld4mrec_dist import dist
 from ld4mrec_dist.build import build_model
 from ld4mrec_dist.config import Config, config_from_dict
-from ld4mrec_dist.eval.evaluator import EvalData, eval_data, evaluate
+from ld4mrec_dist.eval.evaluator import EvalData, eval_data, evaluate_ranking
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.partition import read_rank_rows
 from ld4mrec_dist.rows import RowStore, epoch_order, torch_minibatches
@@ -137,9 +137,9 @@ def evaluate_and_select(run: Run, epoch_row: dict[str, float]) -> tuple[dict[str
     t0 = time.perf_counter()
     run.model.eval()
     rank = run.engine.rank_fn()
-    valid = evaluate(None, run.evals["valid"], cfg.eval.ks, cfg.eval.batch_size, device, rank)
+    valid = evaluate_ranking(rank, run.evals["valid"], cfg.eval.ks, cfg.eval.batch_size, device)
     improved = state.select(valid[cfg.eval.select_metric])
-    test = (evaluate(None, run.evals["test"], cfg.eval.ks, cfg.eval.batch_size, device, rank)
+    test = (evaluate_ranking(rank, run.evals["test"], cfg.eval.ks, cfg.eval.batch_size, device)
             if improved or cfg.eval.test_every_eval else {})
     row = {"epoch": state.epoch, "step": state.global_step, **epoch_row, "eval_time_s": time.perf_counter() - t0,
            **{f"valid/{k}": v for k, v in valid.items()}, **{f"test/{k}": v for k, v in test.items()},

@@ -8,7 +8,7 @@ from data_pipeline.dataset import open_dataset
 from data_pipeline.prepare import prepare_dataset
 from data_pipeline.readers.mmrec import read_mmrec
 from data_pipeline.synthetic import generate_mmrec
-from ld4mrec_dist.eval.evaluator import dataset_eval_data, eval_data, metric_sums
+from ld4mrec_dist.eval.evaluator import dataset_eval_data, eval_data, metric_sums, ranking_by_scores
 from ld4mrec_dist.partition import read_rank_rows, user_range
 
 
@@ -53,13 +53,15 @@ def test_rank_metric_sums_add_up_to_the_single_process_sums(small_shards):
     def score(rows, users):
         return rows.to_dense() @ w
 
+    rank = ranking_by_scores(score)
+
     whole = dataset_eval_data(ds, mask_valid_at_test=True)["test"]
-    single = metric_sums(score, whole, [5, 10], 7, torch.device("cpu"))
+    single = metric_sums(rank, whole, [5, 10], 7, torch.device("cpu"))
     ranks = [eval_data(read_rank_rows(ds, r, 3), True)["test"] for r in range(3)]
-    summed = sum(metric_sums(score, part, [5, 10], 7, torch.device("cpu")) for part in ranks)
+    summed = sum(metric_sums(rank, part, [5, 10], 7, torch.device("cpu")) for part in ranks)
     torch.testing.assert_close(summed, single)
     # The same split of a whole-dataset EvalData (tests and tools build it that way).
-    sliced = sum(metric_sums(score, whole.of_users(user_range(ds.n_users, r, 3)), [5, 10], 7, torch.device("cpu"))
+    sliced = sum(metric_sums(rank, whole.of_users(user_range(ds.n_users, r, 3)), [5, 10], 7, torch.device("cpu"))
                  for r in range(3))
     torch.testing.assert_close(sliced, single)
 

@@ -17,7 +17,7 @@ from benchmarks.harness import free_port, gloo_spawn
 from ld4mrec_dist import dist as sync
 from ld4mrec_dist.build import build_optimizers, wrap_cnet
 from ld4mrec_dist.config import Config, DiffusionSection, ModelSection, TrainSection
-from ld4mrec_dist.eval.evaluator import evaluate
+from ld4mrec_dist.eval.evaluator import evaluate, evaluate_ranking
 from ld4mrec_dist.eval.metrics import mask_items
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.parallel.checkpoint import load_plain_state, load_sharded, plain_state, save_sharded
@@ -207,8 +207,8 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
 
     # The evaluator with the item-parallel RankFn (both ranks evaluate the same users).
     fresh.eval()
-    metrics = evaluate(None, _eval_data(), [2, 5], 3, torch.device("cpu"),
-                       rank_fn=item_parallel_ranking(fresh, fresh_layout))
+    metrics = evaluate_ranking(item_parallel_ranking(fresh, fresh_layout), _eval_data(), [2, 5], 3,
+                               torch.device("cpu"))
 
     # A ("data", "item") = (2, 1) mesh against the trainer's own DDP step: each data rank its
     # own users and forward process.
