@@ -264,6 +264,16 @@ class Collective:
     group: int | None = None
 
 
+def item_parallel_bytes_per_step(batch: int, hidden: int, grad_clip: bool = False) -> dict[str, int]:
+    """Bytes each rank contributes per step to the item group's collectives, by the counting
+    convention of `parallel.comm.CollectiveBytes` (the tensor all-reduced, an all-gather's output):
+    FC_in's forward and FC_out's backward all-reduce B·D float32 each, the loss one of B + 1,
+    gradient clipping one float. The z_in rows and the sampler's (t, L_rec) are gathered as in
+    data parallel (`dist.zin_bytes_per_step`, `dist.sampler_bytes_per_step`) over all W ranks.
+    For W_item ≥ 2 (and W_data = 1: a data group adds its all-reduce of the local gradients)."""
+    return {"activations": 2 * batch * hidden * 4, "loss": (batch + 1) * 4, "clip": 4 if grad_clip else 0}
+
+
 def collectives(strategy: str, shape: Shape, world: int, item_group: int | None = None,
                 rank: int = POWERSGD_RANK) -> list[Collective]:
     """Every collective of one training step of `strategy` on `world` ranks.
@@ -272,7 +282,7 @@ def collectives(strategy: str, shape: Shape, world: int, item_group: int | None 
     sampler history (W·B·16, `dist.sampler_bytes_per_step`), one all-gather each of two
     tensors. `item_parallel` with G = `item_group` (default W: one item group) replaces the
     gradient all-reduce by the item group's activations (2·B·D float32, two calls) and loss
-    sums ((B + 1) float32), as `parallel.item.item_parallel_bytes_per_step` counts them;
+    sums ((B + 1) float32), `item_parallel_bytes_per_step` (what parallel/'s tests count);
     with W > G the W/G data replicas all-reduce their gradients (I·D/G of the item layers and
     all of the rest) as DDP does.
     """
@@ -294,9 +304,9 @@ def collectives(strategy: str, shape: Shape, world: int, item_group: int | None 
     if strategy == "item_parallel":
         g = item_group or world
         item = sum(_numel(s) for s in shapes if is_item_parameter(s, shape.n_items))
-        out = [Collective("FC_in output + FC_out input gradient [B, D]", "all_reduce",
-                          2 * 4 * shape.batch * shape.hidden, 2, g),
-               Collective("per-user loss over item slices", "all_reduce", 4 * (shape.batch + 1), 1, g), *common]
+        moved = item_parallel_bytes_per_step(shape.batch, shape.hidden)
+        out = [Collective("FC_in output + FC_out input gradient [B, D]", "all_reduce", moved["activations"], 2, g),
+               Collective("per-user loss over item slices", "all_reduce", moved["loss"], 1, g), *common]
         if world > g:
             out.append(Collective("C-Net gradients over data replicas", "all_reduce",
                                   4 * (params - item + item / g), buckets, world // g))

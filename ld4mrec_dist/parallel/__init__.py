@@ -15,7 +15,6 @@ from ld4mrec_dist.parallel.item import (
     build_item_optimizers,
     draw_slice,
     item_mesh,
-    item_parallel_bytes_per_step,
     item_parallel_step,
     item_slice,
     shard_items,
@@ -23,6 +22,7 @@ from ld4mrec_dist.parallel.item import (
     slice_loss,
 )
 from ld4mrec_dist.parallel.topk import item_parallel_ranking, item_parallel_topk, merge_topk, topk_ordered
+from ld4mrec_dist.strategy import item_parallel_bytes_per_step  # the formula lives with the scaling model
 
 __all__ = [
     "ItemLayout", "SliceDraw", "build_item_optimizers", "draw_slice", "item_mesh", "item_parallel_bytes_per_step",

@@ -333,13 +333,3 @@ def score_slice(model: LD4MRec, rows_BI: Tensor, x_BL: Tensor, users_B: Tensor) 
         c_BK, prefs = model.conditions(as_csr(rows_BI).to(model.device))
         tf_BD = model.z_in_rows(users_B)
     return model.cnet(x_BL, tf_BD, c_BK, prefs, dropout=False).float()
-
-
-def item_parallel_bytes_per_step(batch: int, hidden: int, grad_clip: bool = False) -> dict[str, int]:
-    """Bytes each rank contributes per step to the item group's collectives, by the counting
-    convention of `comm.CollectiveBytes` (the tensor all-reduced, an all-gather's output):
-    FC_in's forward and FC_out's backward all-reduce B·D float32 each, the loss one of B + 1,
-    gradient clipping one float. The z_in rows and the sampler's (t, L_rec) are gathered as in
-    data parallel (`dist.zin_bytes_per_step`, `dist.sampler_bytes_per_step`) over all W ranks.
-    For W_item ≥ 2 (and W_data = 1: a data group adds its all-reduce of the local gradients)."""
-    return {"activations": 2 * batch * hidden * 4, "loss": (batch + 1) * 4, "clip": 4 if grad_clip else 0}

@@ -46,11 +46,9 @@ def test_gradient_bytes_follow_closed_forms():
         assert by[s]["z_in rows"] == WORLD * B * (8 + 4 * D)
         assert by[s]["sampler history"] == WORLD * B * 16
     # item_parallel (one item group): two [B, D] float32 all-reduces and the loss instead of
-    # any gradient, as the item-parallel module counts them
-    from ld4mrec_dist.parallel.item import item_parallel_bytes_per_step
-
+    # any gradient, as item_parallel_bytes_per_step says (parallel/'s tests count them)
     item = by["item_parallel"]
-    theirs = item_parallel_bytes_per_step(B, D)
+    theirs = st.item_parallel_bytes_per_step(B, D)
     assert item["FC_in output + FC_out input gradient [B, D]"] == 2 * B * D * 4 == theirs["activations"]
     assert item["per-user loss over item slices"] == (B + 1) * 4 == theirs["loss"]
     assert not any("gradients" in k for k in item)

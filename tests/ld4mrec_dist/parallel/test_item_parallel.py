@@ -136,12 +136,12 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
         column_slice,
         draw_slice,
         item_mesh,
-        item_parallel_bytes_per_step,
         item_parallel_step,
         shard_items,
         slice_generators,
     )
     from ld4mrec_dist.parallel.topk import item_parallel_ranking, item_parallel_topk
+    from ld4mrec_dist.strategy import item_parallel_bytes_per_step
 
     warnings.simplefilter("ignore")
     cfg = _cfg()
