@@ -206,8 +206,11 @@ def test_sweep_that_cannot_start_any_trial_fails_naming_the_resource(ray_local, 
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    free = ray.available_resources().get("CPU", 0.0)
-    hog = placement_group([{"CPU": free}])
+    # Resources the previous test released may still be on their way back: hog them all,
+    # or the sweep could start a trial with what returns later (seen once in a full run).
+    total = ray.cluster_resources().get("CPU", 0.0)
+    _wait_for(lambda: ray.available_resources().get("CPU", 0.0) >= total, "every CPU free", 60)
+    hog = placement_group([{"CPU": total}])
     ray.get(hog.ready(), timeout=60)
     try:
         sweep_file = _tiny_sweep_file(tmp_path, stall_timeout_s=5)
