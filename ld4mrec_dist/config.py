@@ -21,6 +21,7 @@ SYNTHETIC_SHAPES = ("tiny", "small", "baby", "sports", "electronics")
 SETTINGS = ("clean", "noisy", "as_is")
 ABLATIONS = ("none", "no_bg", "no_bd", "no_sr")
 INPUT_NORMS = ("none", "l2")
+LR_SCALINGS = ("none", "sqrt", "linear")
 COLLAB_NORMS = ("none", "history", "unit")
 FEATURE_NORMS = ("none", "standardize", "l2")
 
@@ -142,6 +143,18 @@ class TrainSection:
     batch_size: int = 256
     """Users per minibatch per worker."""
     lr: float = 1e-3
+    """Adam's learning rate at `lr_reference_batch` users per step (all data-parallel ranks
+    together); `lr_scaling` says how it follows a larger or smaller global batch."""
+    lr_scaling: str = "none"
+    """How the learning rate follows the global batch G = batch_size × data-parallel ranks:
+    `none` (lr whatever G), `sqrt` (lr·√(G / lr_reference_batch), the rule that keeps
+    Adam's update noise constant), `linear` (lr·G / lr_reference_batch, SGD's rule).
+    The rule is a pure function of (G, step), so a resume replays it exactly."""
+    lr_reference_batch: int = 256
+    """The global batch at which `lr` is used as given."""
+    lr_warmup_steps: int = 0
+    """Ramp the (scaled) learning rate linearly over the first N = lr_warmup_steps steps
+    (step s uses (s+1)/N of it), as large-batch SGD does with the linear rule; 0: no ramp."""
     weight_decay: float = 1e-5
     """Adam's L2 penalty on the dense parameters (not z_in). 1e-5, not 0: on ML-1M valid
     Recall@20 0.1499 → 0.1587 (clean) and 0.1266 → 0.1327 (30 % noise), 3 seeds; on the
@@ -167,6 +180,10 @@ class TrainSection:
         _check(self.epochs >= 1, f"train.epochs={self.epochs}: must be ≥ 1")
         _check(self.batch_size >= 1, f"train.batch_size={self.batch_size}: must be ≥ 1")
         _check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        _check(self.lr_scaling in LR_SCALINGS,
+               f"train.lr_scaling={self.lr_scaling!r}: choose one of {LR_SCALINGS}")
+        _check(self.lr_reference_batch >= 1, f"train.lr_reference_batch={self.lr_reference_batch}: must be ≥ 1")
+        _check(self.lr_warmup_steps >= 0, f"train.lr_warmup_steps={self.lr_warmup_steps}: must be ≥ 0")
         _check(self.eval_every >= 1, f"train.eval_every={self.eval_every}: must be ≥ 1")
         _check(self.patience >= 1, f"train.patience={self.patience}: must be ≥ 1")
 

@@ -31,6 +31,7 @@ from ld4mrec_dist.train.checkpoint import check_compatible, load_checkpoint, qui
 from ld4mrec_dist.train.context import WorkerContext, worker_context
 from ld4mrec_dist.train.engine import Engine, build_engine, digest
 from ld4mrec_dist.train.faults import with_injected_fault
+from ld4mrec_dist.train.lr_rule import lr_at_step, scaled_lr, set_lr
 from ld4mrec_dist.train.state import LoopState, best_model_state, checkpoint_state, restored_loop
 from ld4mrec_dist.train.step import SamplerHistory
 
@@ -98,6 +99,10 @@ def setup(config: dict[str, Any], worker: WorkerContext) -> Run:
             print(f"[ld4mrec] resumed at epoch {state.epoch} (step {state.global_step})", flush=True)
     if worker.rank == 0:
         rewrite_metrics(run_dir, state.history)
+        if cfg.train.lr_scaling != "none":
+            print(f"[ld4mrec] learning rate {scaled_lr(cfg.train, engine.data_world):.3g}: train.lr={cfg.train.lr:g} "
+                  f"at {cfg.train.lr_reference_batch} users per step, scaled ({cfg.train.lr_scaling}) to "
+                  f"{cfg.train.batch_size} × {engine.data_world} ranks", flush=True)
     rows = read_rank_rows(ds, engine.data_rank, engine.data_world)  # the one read of this rank's users
     store = rows.train_store()
     n_rows = dist.all_reduce_min_int(len(store), worker.device)  # equal step counts: DDP hangs otherwise
@@ -120,6 +125,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     batches = torch_minibatches(run.store, order, cfg.train.batch_size, run.n_rows, device, timer)
     autocast = device.type == "cuda" and cfg.scaling.bf16
     for users_B, rows_BI in with_injected_fault(batches, cfg.train.fail_at_step, state.global_step, run.run_dir):
+        set_lr(run.engine.opts, lr_at_step(cfg.train, run.engine.data_world, state.global_step))
         loss = run.engine.step(run.sampler, users_B, rows_BI, autocast, timer)
         if run.engine.counts_users:
             loss_sum += torch.tensor([loss.item() * len(users_B), len(users_B)], dtype=torch.float64)
