@@ -172,6 +172,11 @@ def local_tensor(x: Tensor) -> Tensor:
     return x.to_local() if isinstance(x, DTensor) else x
 
 
+def is_sharded(x: Tensor) -> bool:
+    """A DTensor split over the item group (not one `Replicate`d on it, as FC_in's bias is)."""
+    return isinstance(x, DTensor) and any(p.is_shard() for p in x.placements)
+
+
 def column_slice(rows_BI: Tensor, lo: int, hi: int) -> Tensor:
     """Columns [lo, hi) of a batch's sparse rows, dense float32 [B, L] (never [B, I])."""
     csr = as_csr(rows_BI)
@@ -251,10 +256,11 @@ def reduce_losses(out: SliceLoss, layout: ItemLayout) -> tuple[Tensor, Tensor]:
 
 def clip_grad_norm(params: Sequence[Tensor], max_norm: float, layout: ItemLayout) -> Tensor:
     """`clip_grad_norm_` over the full (unsharded) parameters: the squares of the shards are
-    summed over the item group, the replicated parameters are counted once."""
+    summed over the item group, the replicated parameters are counted once (FC_in's bias
+    too: a DTensor, but `Replicate`d, whole on every rank of the group)."""
     grads = [p.grad for p in params if p.grad is not None]
-    sharded = [local_tensor(g) for g in grads if isinstance(g, DTensor)]
-    plain = [g for g in grads if not isinstance(g, DTensor)]
+    sharded = [local_tensor(g) for g in grads if is_sharded(g)]
+    plain = [local_tensor(g) for g in grads if not is_sharded(g)]
     device = grads[0].device if grads else torch.device("cpu")
     sq = torch.zeros((), dtype=torch.float32, device=device)  # on the device: NCCL reduces no CPU tensor
     for g in sharded:

@@ -2,7 +2,9 @@
 gloo processes (benchmarks.harness.gloo_spawn): the same forward process gives the same loss,
 gradients, updated parameters and sampler history to 1e-5; the merged top-k equals the
 single-process one; checkpoints load across the 1-rank and 2-rank layouts; the bytes each
-rank moves are counted and equal the formula."""
+rank moves are counted and equal the formula. On 4 processes: W_item = 4 (one item group)
+against the single-process step and top-k, and a 2 × 2 ("data", "item") mesh against plain
+DDP."""
 
 from __future__ import annotations
 
@@ -429,3 +431,102 @@ def test_topk_ordered_would_catch_an_unordered_tie_break():
     scores = torch.tensor([[0.0, 5.0, 1.0, 5.0, 5.0, 2.0]])
     assert topk_ordered(scores, 2)[1].tolist() == [[1, 3]]
     assert topk_ordered(scores, 4, offset=10)[1].tolist() == [[11, 13, 14, 15]]
+
+
+# ---------------------------------------------------------------- 4 ranks: (1, 4) and (2, 2) meshes
+
+WORLD4 = 4
+
+
+def _rank4(rank: int, world: int) -> dict:
+    """On 4 processes: one step and top-k on a (1, 4) mesh (slices of 3, 3, 3, 2 items) with
+    the single-process draw sliced; one step on a (2, 2) mesh against plain DDP on the same 4
+    processes, the item group's two ranks holding the same users (DDP's mean over 4 ranks of
+    two copies of each data rank's gradient is the mean over the 2 data ranks)."""
+    from ld4mrec_dist.parallel.item import SliceDraw, build_item_optimizers, item_mesh, item_parallel_step, shard_items
+    from ld4mrec_dist.parallel.topk import item_parallel_topk
+
+    warnings.simplefilter("ignore")
+    cfg = _cfg()
+
+    def sharded(data: int, item: int):
+        model = _model(cfg)
+        layout = shard_items(model, item_mesh(data, item))
+        return model, layout, build_item_optimizers(model, cfg)
+
+    def step(model, layout, opts, history, seed, users):
+        full = _full_draw(model, history.probabilities(cfg), seed, users)
+        draw = SliceDraw(full[0], full[1][:, layout.lo:layout.hi], full[2][:, layout.lo:layout.hi])
+        return float(item_parallel_step(model, layout, opts, history, users, _rows(users), (None, None), cfg,
+                                        draw=draw))
+
+    def grads(model):
+        from ld4mrec_dist.parallel.item import local_tensor
+
+        return {n: _np(local_tensor(p.grad)) for n, p in model.named_parameters()}
+
+    model, layout, opts = sharded(1, world)
+    history = _history(model, cfg)
+    wide = {"lo": layout.lo, "hi": layout.hi, "loss": step(model, layout, opts, history, SEEDS[0], USERS),
+            "grads": grads(model), "state": _state(model, opts), "history": _np(history.table_TH)}
+    fresh, fresh_layout, _ = sharded(1, world)
+    wide["tops"] = {k: tuple(_np(x) for x in item_parallel_topk(fresh, fresh_layout, _rows(), USERS, k,
+                                                                   mask_BI=_rows()))
+                    for k in (1, 3, 8, I)}
+
+    model, layout, opts = sharded(2, 2)
+    history = _history(model, cfg)
+    users, seed = DATA_USERS[layout.data_rank], SEEDS[0] + 10 * layout.data_rank
+    mesh = {"coords": (layout.data_rank, layout.item_rank), "lo": layout.lo, "hi": layout.hi,
+            "loss": step(model, layout, opts, history, seed, users), "grads": grads(model),
+            "state": _state(model, opts), "history": _np(history.table_TH)}
+    ddp_model = _model(cfg)
+    ddp_opts, ddp_history = build_optimizers(ddp_model, cfg), _history(ddp_model, cfg)
+    mesh["ddp_loss"] = float(train_step(ddp_model, wrap_cnet(ddp_model, torch.device("cpu")), ddp_opts, ddp_history,
+                                        users, _rows(users), torch.Generator().manual_seed(seed), cfg))
+    mesh["ddp_state"] = _state(ddp_model, ddp_opts)
+    return {"wide": wide, "mesh": mesh}
+
+
+@pytest.fixture(scope="module")
+def runs4(runs):
+    """The 4-process run; the single-process reference is `runs`'."""
+    return {"ref": runs["ref"], "scores": runs["scores"], "ranks": gloo_spawn(_rank4, WORLD4, (), free_port())}
+
+
+def test_four_item_ranks_equal_single_process(runs4):
+    """W_item = 4: every rank's loss, gradient shards and updated state are the single-process ones."""
+    ref = runs4["ref"]
+    assert [(r["wide"]["lo"], r["wide"]["hi"]) for r in runs4["ranks"]] == [(0, 3), (3, 6), (6, 9), (9, 11)]
+    for r in runs4["ranks"]:
+        w = r["wide"]
+        assert w["loss"] == pytest.approx(ref["loss1"], rel=1e-5, abs=1e-7)
+        for name, g in ref["grads"].items():
+            np.testing.assert_allclose(w["grads"][name], _slice(name, g, w["lo"], w["hi"]), **TOL, err_msg=name)
+        _assert_state_matches(w["state"], ref["state1"], w["lo"], w["hi"])
+
+
+def test_four_item_ranks_merge_the_single_process_topk(runs4):
+    for k in (1, 3, 8, I):  # k = 8 and I: more than any slice holds
+        want_val, want_item = topk_ordered(runs4["scores"], k)
+        for r in runs4["ranks"]:
+            val, item = r["wide"]["tops"][k]
+            assert np.array_equal(item, want_item.numpy()), k
+            np.testing.assert_allclose(val, want_val.numpy(), **TOL)
+
+
+def test_two_by_two_mesh_equals_ddp(runs4):
+    """A (2, 2) mesh: world rank r is data rank r // 2, item rank r % 2; the update (clipped,
+    Adam moments, z_in's SparseAdam) equals plain DDP's over the two data ranks' batches."""
+    ranks = [r["mesh"] for r in runs4["ranks"]]
+    assert [m["coords"] for m in ranks] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [(m["lo"], m["hi"]) for m in ranks] == [(0, 6), (6, 11)] * 2
+    for m in ranks:
+        assert m["loss"] == pytest.approx(m["ddp_loss"], rel=1e-5, abs=1e-7)
+        for name in ("fc_in.weight", "fc_out.weight"):  # the step moved the sharded layers
+            key = next(k for k in m["grads"] if k.endswith(name))
+            assert np.abs(m["grads"][key]).max() > 0, key
+        _assert_state_matches(m["state"], m["ddp_state"], m["lo"], m["hi"])
+    assert ranks[0]["loss"] == ranks[1]["loss"] != ranks[2]["loss"] == ranks[3]["loss"]
+    for m in ranks[1:]:  # the sampler history is replicated: every rank recorded both data ranks' users once
+        assert np.array_equal(m["history"], ranks[0]["history"])
