@@ -19,7 +19,12 @@ Strategies (all but `auto` are exact names of `scaling.strategy`):
   start reuses Q. Bytes per step: 4·(Σ_compressed (n + m)·r + Σ_uncompressed numel),
   ≈ 4·2·(I + D)·r instead of 4·2·I·D for the two item layers (D / r times less). Rank
   r = `POWERSGD_RANK`; the first `POWERSGD_START_ITER` steps run plain all-reduce
-  (torch's documented warm-up; its minimum with error feedback is 2).
+  (torch's documented warm-up; its minimum with error feedback is 2). Its state (step
+  count, each rank's error-feedback buffers, the warm-start P and Q) is checkpointed:
+  rank 0 gathers every rank's (`powersgd_state_dict`) and a resume under the same world
+  size gives each rank its own back (`load_powersgd_state`, after one zero-loss step that
+  lets DDP rebuild its buckets: the state is keyed by bucket), so the run continues bit
+  for bit as if uninterrupted; under another world size it starts afresh (one line says so).
 - `item_parallel`: ld4mrec_dist/parallel/ (torch's tensor-parallel API; run by the trainer's
   engine, not by a DDP hook): FC_in's rows and
   FC_out's columns are sharded over an item group of G ranks that all see the same B users;
@@ -102,9 +107,9 @@ def register_comm_hook(ddp: Any, name: str, start_iter: int = POWERSGD_START_ITE
     nothing (DDP's built-in all-reduce); `ddp_bf16` torch's `bf16_compress_hook`;
     `powersgd` torch's `powerSGD_hook` with a `PowerSGDState` of rank `rank`, plain
     all-reduce for the first `start_iter` steps, error feedback and warm start on (torch's
-    defaults). The PowerSGD state (error buffers, warm-start Q) is not checkpointed: a
-    resumed run restarts with `start_iter` plain steps. `auto` must be resolved first
-    (`resolve_strategy`); `item_parallel` is not a hook and raises StrategyUnavailable.
+    defaults). The state is also kept on `ddp` (`hook_state`), so that the trainer's
+    checkpoints carry it: `powersgd_state_dict` / `load_powersgd_state`. `auto` must be
+    resolved first (`resolve_strategy`); `item_parallel` is not a hook and raises ValueError.
     """
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
@@ -123,7 +128,84 @@ def register_comm_hook(ddp: Any, name: str, start_iter: int = POWERSGD_START_ITE
         process_group=None, matrix_approximation_rank=rank, start_powerSGD_iter=start_iter,
         min_compression_rate=POWERSGD_MIN_COMPRESSION, use_error_feedback=True, warm_start=True)
     ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook if _is_nccl(ddp) else powersgd_hook_in_order())
+    setattr(ddp, _HOOK_STATE, state)
     return state
+
+
+_HOOK_STATE = "ld4mrec_hook_state"
+
+
+def hook_state(cnet: Any) -> Any:
+    """The state `register_comm_hook` registered on `cnet` (a DDP module): a `PowerSGDState`
+    for `powersgd`, None for the stateless hooks and for a C-Net outside DDP."""
+    return getattr(cnet, _HOOK_STATE, None)
+
+
+# ---------------------------------------------------------------- PowerSGD in checkpoints
+
+POWERSGD_SETTINGS = ("matrix_approximation_rank", "start_powerSGD_iter", "min_compression_rate",
+                     "orthogonalization_epsilon", "use_error_feedback", "warm_start",
+                     "batch_tensors_with_same_shape")
+"""`PowerSGDState`'s hyperparameters: a saved state is restored only under the same values."""
+
+
+def powersgd_state_dict(state: Any) -> dict[str, Any]:
+    """This rank's `PowerSGDState` as `torch.load(weights_only=True)` reads it back: every
+    slot that torch's own `__getstate__` pickles (all but the process group), tensors on
+    the CPU (the error-feedback buffer of each DDP bucket, per rank; the warm-start P and
+    Q, equal on every rank), the numpy RandomState that seeds Q's first draw as its plain
+    MT19937 state, the rest ints, floats and bools. CPU tensors are the state's own, not
+    copies: serialise it (or gather it) before the next step."""
+    out: dict[str, Any] = {}
+    for slot in type(state).__slots__:
+        value = getattr(state, slot)
+        if slot == "process_group":
+            continue
+        if slot == "rng":
+            name, keys, pos, has_gauss, cached = value.get_state()
+            import torch
+
+            value = {"name": str(name), "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+        elif isinstance(value, dict):  # error_dict, p_memory_dict, q_memory_dict: bucket index -> tensor
+            value = {int(k): v.detach().cpu() for k, v in value.items()}
+        out[slot] = value
+    return out
+
+
+def powersgd_restore_problem(state: Any, saved: Sequence[dict[str, Any]] | None, world: int) -> str | None:
+    """Why `saved` (every rank's `powersgd_state_dict`, in rank order, as a checkpoint holds
+    them) cannot be restored into `state` on `world` ranks, or None when it can: no saved
+    state, another world size (each rank's error feedback is its own), other hyperparameters
+    (`POWERSGD_SETTINGS`). Depends on `saved` only: every rank, reading the same
+    checkpoint, decides alike (a rank that restored among ranks that did not would issue
+    other collectives)."""
+    if not saved:
+        return "the checkpoint holds no PowerSGD state"
+    if len(saved) != world:
+        return f"the checkpoint's PowerSGD state is of {len(saved)} ranks, this run has {world}"
+    changed = [k for k in POWERSGD_SETTINGS if saved[0].get(k) != getattr(state, k)]
+    if changed:
+        return "PowerSGD settings changed: " + ", ".join(f"{k} {saved[0].get(k)} -> {getattr(state, k)}"
+                                                         for k in changed)
+    return None
+
+
+def load_powersgd_state(state: Any, saved: dict[str, Any], device: Any) -> None:
+    """Put one rank's `powersgd_state_dict` back into `state`, in place (the registered hook
+    keeps reading that object), its tensors onto `device`. The error buffers and P, Q are
+    keyed by DDP bucket index: they fit a DDP whose buckets are those of the saved run."""
+    import numpy as np
+
+    for slot, value in saved.items():
+        if slot == "rng":
+            rng = np.random.RandomState()
+            rng.set_state((value["name"], value["keys"].numpy().astype(np.uint32), value["pos"],
+                           value["has_gauss"], value["cached_gaussian"]))
+            value = rng
+        elif isinstance(value, dict):
+            value = {int(k): v.to(device) for k, v in value.items()}
+        setattr(state, slot, value)
 
 
 def _is_nccl(ddp: Any) -> bool:

@@ -8,7 +8,8 @@ strategy's communication hook). `ItemParallel` (scaling.strategy item_parallel):
 form a ("data", "item") mesh; the W_item ranks of an item group hold the same users and
 one slice of the items each (ld4mrec_dist/parallel/, docs/design.md §6.1). The loop sees
 only what both offer: which users this rank reads, a step, a ranking for evaluation, the
-full state for checkpoints, and a fingerprint of the replicated state.
+full state for checkpoints (PowerSGD's per-rank state included), and a fingerprint of the
+replicated state.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ld4mrec_dist import dist
+from ld4mrec_dist import strategy as strategies
 from ld4mrec_dist.build import build_optimizers, dense_parameters, wrap_cnet
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.eval.evaluator import RankFn, ranking_by_scores
@@ -38,6 +40,17 @@ def digest(tensors: Iterable[Tensor]) -> str:
     return h.hexdigest()
 
 
+def gather_on_rank0(obj: Any) -> list[Any] | None:
+    """Every rank's `obj` on rank 0, in rank order (None on the other ranks; [obj] alone)."""
+    import torch.distributed as tdist
+
+    if not dist.is_distributed():
+        return [obj]
+    out: list[Any] | None = [None] * dist.world_size() if dist.rank() == 0 else None
+    tdist.gather_object(obj, out, dst=0)
+    return out
+
+
 def epoch_seed(cfg: Config, epoch: int, rank: int) -> int:
     """The seed of an epoch's random streams on a rank: a resume at an epoch boundary
     replays exactly the stream the interrupted run would have drawn."""
@@ -52,6 +65,7 @@ class DataParallel:
     def __init__(self, model: LD4MRec, cfg: Config, worker: WorkerContext, strategy: str):
         self.model, self.cfg, self.device = model, cfg, worker.device
         self.cnet = wrap_cnet(model, worker.device, strategy)
+        self.hook_state = strategies.hook_state(self.cnet)  # PowerSGD's (None: a stateless strategy)
         self.opts = build_optimizers(model, cfg)
         self.data_rank, self.data_world = worker.rank, worker.world
         self.generator = torch.Generator(device=worker.device)
@@ -70,14 +84,49 @@ class DataParallel:
         return ranking_by_scores(self.model.score)
 
     def full_state(self) -> dict[str, Any]:
-        """The weights and optimizer states, as a checkpoint stores them (rank 0 writes them)."""
-        return {"model": self.model.state_dict(), "optimizer": self.opts.dense.state_dict(),
-                "zin_optimizer": self.opts.z_in.state_dict()}
+        """The weights and optimizer states, as a checkpoint stores them (rank 0 writes them).
+        With PowerSGD also "powersgd": every rank's hook state, gathered on rank 0 in rank
+        order (a collective: every rank calls it; None off rank 0)."""
+        full: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.opts.dense.state_dict(),
+                                "zin_optimizer": self.opts.z_in.state_dict()}
+        if self.hook_state is not None:
+            full["powersgd"] = gather_on_rank0(strategies.powersgd_state_dict(self.hook_state))
+        return full
 
     def load_state(self, saved: dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
         self.opts.dense.load_state_dict(saved["optimizer"])
         self.opts.z_in.load_state_dict(saved["zin_optimizer"])
+        if self.hook_state is not None:
+            self._restore_powersgd(saved.get("powersgd"))
+
+    def _restore_powersgd(self, saved: list[dict[str, Any]] | None) -> None:
+        """This rank's PowerSGD state from the checkpoint's list, or a fresh start said in one line."""
+        why = strategies.powersgd_restore_problem(self.hook_state, saved, dist.world_size())
+        if why is not None:
+            if dist.rank() == 0:
+                print(f"[ld4mrec] PowerSGD starts afresh ({self.hook_state.start_powerSGD_iter} plain all-reduce "
+                      f"steps, new error feedback): {why}", flush=True)
+            return
+        assert saved is not None
+        self._settle_buckets()
+        strategies.load_powersgd_state(self.hook_state, saved[dist.rank()], self.device)
+
+    def _settle_buckets(self) -> None:
+        """One forward and backward of a zero loss through the DDP C-Net (a collective), while
+        the fresh PowerSGD state still all-reduces plainly. DDP puts every parameter in one
+        bucket for its first backward and rebuilds the buckets, in gradient-ready order, at
+        the next forward; PowerSGD keys its error buffers and P, Q by bucket index, so a
+        saved state fits the rebuilt buckets only. Leaves no gradient and no RNG draw
+        outside its own generator (start_epoch reseeds the rest anyway)."""
+        rows_BI = torch.zeros(1, self.model.n_items, device=self.device)
+        rows_BI[0, 0] = 1.0
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        out = self.model(rows_BI.to_sparse_csr(), torch.zeros(1, dtype=torch.int64), generator=generator,
+                         cnet=self.cnet)
+        (out.loss * 0.0).backward()
+        self.opts.dense.zero_grad(set_to_none=True)
+        self.opts.z_in.zero_grad(set_to_none=True)
 
     def cnet_digest(self) -> str:
         return digest(dense_parameters(self.model))

@@ -36,7 +36,8 @@ class LoopState:
 
 def checkpoint_state(full: dict[str, Any], model: LD4MRec, sampler: SamplerHistory, state: LoopState,
                      cfg: Config, manifest_sha256: str) -> dict[str, Any]:
-    """A checkpoint's content; `full`: the engine's weights and optimizer states."""
+    """A checkpoint's content; `full`: the engine's weights and optimizer states (with
+    PowerSGD also every rank's hook state, "powersgd": engine.DataParallel.full_state)."""
     return {
         **full,
         "item_factors": item_factors_of(model),

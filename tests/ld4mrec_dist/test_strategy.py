@@ -1,5 +1,6 @@
 """Gradient strategies (ld4mrec_dist/strategy.py): byte formulas against closed forms, the
-torch DDP hooks on 2 real gloo processes (benchmarks.harness.gloo_spawn), `auto` on
+torch DDP hooks on 2 real gloo processes (benchmarks.harness.gloo_spawn), PowerSGD's state
+through a checkpoint and resume (bitwise continuation) on the same processes, `auto` on
 hand-computed cases, and the config's errors."""
 
 from __future__ import annotations
@@ -168,7 +169,13 @@ def test_auto_must_be_resolved_before_a_hook_is_registered():
 # ---------------------------------------------------------------- hooks on 2 gloo processes
 
 
-def _hook_rank(rank: int, world: int) -> dict:
+def _hook_rank(rank: int, world: int, directory: str) -> dict:
+    out = _hooks_on_cnet(rank, world)
+    out["resume"] = _powersgd_resume(rank, world, directory)
+    return out
+
+
+def _hooks_on_cnet(rank: int, world: int) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -208,9 +215,93 @@ def _hook_rank(rank: int, world: int) -> dict:
     return out
 
 
+N_STEPS, M_STEPS = 4, 2  # PowerSGD from step 2: the checkpoint holds 2 steps of error feedback
+
+
+def _powersgd_resume(rank: int, world: int, directory: str) -> dict:
+    """The trainer's data-parallel engine with PowerSGD (plain all-reduce for 2 steps, C-Net
+    in 2 DDP buckets): N steps in epoch 0 and M in epoch 1 uninterrupted; the same N steps,
+    a checkpoint (engine.full_state → train/state.py's form → save_checkpoint, by rank 0),
+    then a fresh model and engine that load it and run the M steps; the same with the
+    PowerSGD state left out of the checkpoint and with one of 4 ranks. Returns the C-Net
+    and z_in digests and what the loads printed."""
+    import contextlib
+    import io
+    import types
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from ld4mrec_dist.config import Config, DiffusionSection, ModelSection, TrainSection
+    from ld4mrec_dist.model import LD4MRec
+    from ld4mrec_dist.timing import untimed
+    from ld4mrec_dist.train.checkpoint import load_checkpoint, save_checkpoint
+    from ld4mrec_dist.train.engine import DataParallel, digest
+    from ld4mrec_dist.train.state import LoopState, checkpoint_state, restored_loop
+    from ld4mrec_dist.train.step import SamplerHistory
+
+    users = 8
+    cfg = Config(model=ModelSection(hidden=D, svd_rank=K), diffusion=DiffusionSection(steps=5, history=2),
+                 train=TrainSection(batch_size=B))
+    g = torch.Generator().manual_seed(3)
+    r_UI = (torch.rand(users, I, generator=g) < 0.005).float()
+    r_UI[:, 0] = 1.0
+    feats, v_IK = {"text": torch.randn(I, DIMS[0], generator=g)}, torch.randn(I, K, generator=g)
+    worker = types.SimpleNamespace(rank=rank, world=world, device=torch.device("cpu"))
+
+    def engine() -> DataParallel:
+        torch.manual_seed(cfg.train.seed)
+        model = LD4MRec(cfg.model, cfg.diffusion, users, I, item_factors=v_IK, item_features=feats,
+                        item_degree=r_UI.sum(0))
+        eng = DataParallel(model, cfg, worker, "powersgd")
+        eng.hook_state.start_powerSGD_iter = 2
+        return eng
+
+    def steps(eng: DataParallel, sampler: SamplerHistory, epoch: int, n: int) -> None:
+        eng.start_epoch(epoch)
+        for s in range(n):
+            users_B = (torch.arange(B) + 3 * s + 4 * rank) % users
+            eng.step(sampler, users_B, r_UI[users_B].to_sparse_csr(), False, untimed)
+
+    def digests(eng: DataParallel) -> tuple[str, str]:
+        return eng.cnet_digest(), digest([eng.model.z_in.weight])
+
+    whole = engine()
+    sampler = SamplerHistory.empty(whole.model, cfg)
+    steps(whole, sampler, 0, N_STEPS)
+    steps(whole, sampler, 1, M_STEPS)
+    out: dict = {"whole": digests(whole), "iter": whole.hook_state.iter}
+
+    first = engine()
+    sampler = SamplerHistory.empty(first.model, cfg)
+    steps(first, sampler, 0, N_STEPS)
+    full = first.full_state()
+    ck = Path(directory) / "ck"
+    if rank == 0:
+        save_checkpoint(ck, checkpoint_state(full, first.model, sampler, LoopState(epoch=1, global_step=N_STEPS),
+                                             cfg, "test"))
+    dist.barrier()
+    saved = load_checkpoint(ck)  # weights_only=True
+    out["saved_ranks"] = len(saved["powersgd"])
+    out["saved_error_buckets"] = sorted(saved["powersgd"][rank]["error_dict"])
+    variants = {"resumed": lambda saved: saved,
+                "no_state": lambda saved: {k: v for k, v in saved.items() if k != "powersgd"},
+                "four_ranks": lambda saved: {**saved, "powersgd": saved["powersgd"] * 2}}
+    for name, edit in variants.items():
+        variant = edit(load_checkpoint(ck))  # afresh: a loaded optimizer steps the checkpoint's own tensors
+        again = engine()
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            again.load_state(variant)
+        sampler, _ = restored_loop(variant)
+        steps(again, sampler, 1, M_STEPS)
+        out[name] = {"digests": digests(again), "printed": printed.getvalue(), "iter": again.hook_state.iter}
+    return out
+
+
 @pytest.fixture(scope="module")
-def hooked():
-    return gloo_spawn(_hook_rank, WORLD, (), free_port())
+def hooked(tmp_path_factory):
+    return gloo_spawn(_hook_rank, WORLD, (str(tmp_path_factory.mktemp("powersgd")),), free_port())
 
 
 def _as_tensors(arrays):
@@ -253,3 +344,30 @@ def test_measured_bytes_and_calls_match_the_model(hooked):
     pq, plain = st.powersgd_elements(shapes)
     assert (hooked[0]["ddp_bf16"]["bytes"], hooked[0]["ddp_bf16"]["calls"]) == (2 * params, buckets)
     assert (hooked[0]["powersgd"]["bytes"], hooked[0]["powersgd"]["calls"]) == (4 * (pq + plain), 3 * buckets)
+
+
+def test_powersgd_resume_continues_bitwise(hooked):
+    """N steps, checkpoint, rebuild, load, M steps == N + M uninterrupted steps, bit for bit:
+    the checkpoint carries each rank's PowerSGD state (2 buckets' error feedback per rank)."""
+    for r, out in enumerate(hooked):
+        res = out["resume"]
+        assert res["saved_ranks"] == WORLD and res["saved_error_buckets"] == [0, 1]
+        assert res["resumed"]["digests"] == res["whole"], r
+        assert res["resumed"]["iter"] == res["iter"] == N_STEPS + M_STEPS
+        assert res["resumed"]["printed"] == ""
+    assert hooked[0]["resume"]["whole"][0] == hooked[1]["resume"]["whole"][0]  # C-Net replicas agree
+
+
+def test_powersgd_without_its_state_or_on_another_world_size_starts_afresh(hooked):
+    for r, out in enumerate(hooked):
+        res = out["resume"]
+        fresh, moved = res["no_state"], res["four_ranks"]
+        assert fresh["digests"][0] != res["whole"][0]  # the state matters: without it the run differs
+        assert moved["digests"] == fresh["digests"]  # a world-size change is a fresh start, no error
+        assert fresh["iter"] == moved["iter"] == M_STEPS
+        if r == 0:
+            assert fresh["printed"].count("\n") == moved["printed"].count("\n") == 1
+            assert "PowerSGD starts afresh" in fresh["printed"] and "holds no PowerSGD state" in fresh["printed"]
+            assert "PowerSGD state is of 4 ranks, this run has 2" in moved["printed"]
+        else:
+            assert fresh["printed"] == moved["printed"] == ""
