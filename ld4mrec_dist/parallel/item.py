@@ -24,7 +24,10 @@ What DTensor does not express is done here with plain collectives over the item 
   sum is the loss, and FC_out's backward all-reduce adds the shares' gradients up), and one
   all-reduce of [B + 1] floats gives every rank the batch's L_rec values and the loss.
 
-Per step and rank the item group moves 2·B·D·4 + (B + 1)·4 bytes, whatever I; the C-Net
+With `model.input_norm=l2` one more all-reduce, of B floats, gives every rank the norms of
+the x_t rows over all I items (`shard_items`).
+
+Per step and rank the item group moves 2·B·D·4 + (B + 1)·4 bytes (+ B·4 with l2), whatever I; the C-Net
 parameters a rank holds are 2·L·D + L plus the item-independent layers (O(D² + D·ΣD_m)).
 With W_data > 1 the dense gradients are then averaged over the data group (the sharded
 layers' local shards: 2·L·D + L floats, and the replicated rest).
@@ -61,6 +64,8 @@ from ld4mrec_dist.train.step import SamplerHistory
 # timer("piece") -> a context manager that times the piece (benchmarks); None: not timed.
 
 MESH_DIMS = ("data", "item")
+L2_EPS = 1e-12
+"""`model.input_norm=l2`'s floor of a row norm (`F.normalize`'s eps, as `cnet.scaled_input` uses)."""
 
 
 def item_mesh(data: int, item: int, device_type: str = "cpu") -> DeviceMesh:
@@ -121,14 +126,16 @@ def shard_items(model: LD4MRec, mesh: DeviceMesh) -> ItemLayout:
     FC_out colwise); returns the rank's layout. Every rank must hold the same initial model
     (build it from the same seed); the other parameters stay plain, replicated tensors.
 
-    Refused: `model.input_norm=l2` (the row norm of x_t spans every slice; CNet would need
-    the norm passed in) and a mesh with an empty item slice (I < W_item chunks).
+    `model.input_norm=l2`: the norm of an x_t row spans every slice, so CNet's own
+    normalisation (each slice over its own norm) is switched off and a pre-hook divides the
+    slice by the row's norm over all I items instead: one all-reduce of the B squared
+    partial norms over the item group, before C-Net's input dropout as in `CNet.forward`.
+    The norm is taken as a constant (x_t needs no gradient: it is drawn, not learnt).
+
+    Refused: a mesh with an empty item slice (I < W_item chunks).
     """
     if tuple(mesh.mesh_dim_names or ()) != MESH_DIMS:
         raise ValueError(f"item-parallel needs a mesh with dimensions {MESH_DIMS}, got {mesh.mesh_dim_names}")
-    if model.model_cfg.input_norm != "none":
-        raise NotImplementedError("item-parallel C-Net needs model.input_norm=none: the l2 row norm of x_t "
-                                  "spans all item slices")
     layout = ItemLayout(mesh, model.n_items)
     slices = [item_slice(model.n_items, layout.item_world, p) for p in range(layout.item_world)]
     empty = [p for p, (lo, hi) in enumerate(slices) if hi == lo]
@@ -138,16 +145,29 @@ def shard_items(model: LD4MRec, mesh: DeviceMesh) -> ItemLayout:
     parallelize_module(cnet, mesh["item"], {"fc_in": RowwiseParallel(), "fc_out": ColwiseParallel()})
     n_items, group_mesh, width = model.n_items, mesh["item"], layout.hi - layout.lo
 
+    def checked(x_BL: Tensor) -> Tensor:
+        if x_BL.shape[-1] != width:
+            raise ValueError(f"item-parallel C-Net takes its slice of x ({width} items), got {x_BL.shape[-1]}: "
+                             "use slice_loss / score_slice, not LD4MRec.forward / score")
+        return x_BL
+
     def as_item_sharded(_: nn.Module, args: tuple[Tensor, ...]) -> tuple[DTensor]:
         # RowwiseParallel infers the global width as L · W_item; give DTensor the true I
         # (slices differ by one when W_item does not divide I).
         (x_BL,) = args
-        if x_BL.shape[-1] != width:
-            raise ValueError(f"item-parallel C-Net takes its slice of x ({width} items), got {x_BL.shape[-1]}: "
-                             "use slice_loss / score_slice, not LD4MRec.forward / score")
-        return (DTensor.from_local(x_BL, group_mesh, [Shard(1)], run_check=False,
+        return (DTensor.from_local(checked(x_BL), group_mesh, [Shard(1)], run_check=False,
                                    shape=torch.Size((x_BL.shape[0], n_items)), stride=(n_items, 1)),)
 
+    def l2_over_items(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x_BL = checked(args[0])
+        sq_B = x_BL.detach().float().square().sum(1)
+        tdist.all_reduce(sq_B, group=layout.item_group)
+        norm_B1 = sq_B.sqrt().clamp_min(L2_EPS).unsqueeze(1)  # F.normalize's, as cnet.scaled_input
+        return ((x_BL / norm_B1).to(x_BL.dtype), *args[1:])
+
+    if cnet.input_norm == "l2":
+        cnet.input_norm = "none"  # CNet would divide each slice by its own norm
+        cnet.register_forward_pre_hook(l2_over_items)
     cnet.fc_in.register_forward_pre_hook(as_item_sharded, prepend=True)
     local = local_tensor(cnet.fc_out.weight)
     if local.shape[0] != layout.hi - layout.lo:

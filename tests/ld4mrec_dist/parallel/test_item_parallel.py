@@ -36,12 +36,12 @@ SEEDS = (11, 12)  # forward-process seeds of step 1 and step 2
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
-def _cfg() -> Config:
+def _cfg(input_norm: str = "none") -> Config:
     # sr_prob large enough that the soft-reconstruction mask hits entries of both slices;
     # grad_clip small enough that clipping is active. Adam's first step moves every parameter
     # by about lr (≫ the 1e-5 tolerance); a larger lr would turn the float noise of the
     # near-zero gradients (g / (|g| + eps)) into differences above it.
-    return Config(model=ModelSection(hidden=D, svd_rank=K),
+    return Config(model=ModelSection(hidden=D, svd_rank=K, input_norm=input_norm),
                   diffusion=DiffusionSection(steps=5, sr_prob=0.3, sr_gamma=0.1, history=2),
                   train=TrainSection(batch_size=B, grad_clip=0.05, lr=1e-3))
 
@@ -443,18 +443,28 @@ def _rank4(rank: int, world: int) -> dict:
     the single-process draw sliced; one step on a (2, 2) mesh against plain DDP on the same 4
     processes, the item group's two ranks holding the same users (DDP's mean over 4 ranks of
     two copies of each data rank's gradient is the mean over the 2 data ranks)."""
-    from ld4mrec_dist.parallel.item import SliceDraw, build_item_optimizers, item_mesh, item_parallel_step, shard_items
+    from ld4mrec_dist.parallel.comm import CollectiveBytes
+    from ld4mrec_dist.parallel.item import (
+        SliceDraw,
+        build_item_optimizers,
+        column_slice,
+        item_mesh,
+        item_parallel_step,
+        score_slice,
+        shard_items,
+    )
     from ld4mrec_dist.parallel.topk import item_parallel_topk
+    from ld4mrec_dist.strategy import item_parallel_bytes_per_step
 
     warnings.simplefilter("ignore")
     cfg = _cfg()
 
-    def sharded(data: int, item: int):
+    def sharded(data: int, item: int, cfg: Config = cfg):
         model = _model(cfg)
         layout = shard_items(model, item_mesh(data, item))
         return model, layout, build_item_optimizers(model, cfg)
 
-    def step(model, layout, opts, history, seed, users):
+    def step(model, layout, opts, history, seed, users, cfg: Config = cfg):
         full = _full_draw(model, history.probabilities(cfg), seed, users)
         draw = SliceDraw(full[0], full[1][:, layout.lo:layout.hi], full[2][:, layout.lo:layout.hi])
         return float(item_parallel_step(model, layout, opts, history, users, _rows(users), (None, None), cfg,
@@ -474,6 +484,21 @@ def _rank4(rank: int, world: int) -> dict:
                                                                    mask_BI=_rows()))
                     for k in (1, 3, 8, I)}
 
+    # model.input_norm=l2 on the (1, 4) mesh: x_t's rows divided by their norm over all slices
+    l2 = _cfg("l2")
+    model, layout, opts = sharded(1, world, l2)
+    history = _history(model, l2)
+    with CollectiveBytes() as counted:
+        wide["l2_loss"] = step(model, layout, opts, history, SEEDS[0], USERS, l2)
+    wide["l2_grads"], wide["l2_state"] = grads(model), _state(model, opts)
+    wide["l2_bytes"] = counted.total
+    wide["l2_expected_bytes"] = (sum(item_parallel_bytes_per_step(B, D, grad_clip=True, l2_input=True).values())
+                                 + sync.zin_bytes_per_step(world, B, D) + sync.sampler_bytes_per_step(world, B))
+    fresh, fresh_layout, _ = sharded(1, world, l2)
+    fresh.eval()
+    wide["l2_scores"] = _np(score_slice(fresh, _rows(), column_slice(_rows(), fresh_layout.lo, fresh_layout.hi),
+                                        USERS))
+
     model, layout, opts = sharded(2, 2)
     history = _history(model, cfg)
     users, seed = DATA_USERS[layout.data_rank], SEEDS[0] + 10 * layout.data_rank
@@ -490,8 +515,27 @@ def _rank4(rank: int, world: int) -> dict:
 
 @pytest.fixture(scope="module")
 def runs4(runs):
-    """The 4-process run; the single-process reference is `runs`'."""
-    return {"ref": runs["ref"], "scores": runs["scores"], "ranks": gloo_spawn(_rank4, WORLD4, (), free_port())}
+    """The 4-process run; the single-process reference is `runs`', plus one step and the
+    scores of an input_norm=l2 model."""
+    warnings.simplefilter("ignore")
+    l2 = _cfg("l2")
+    model = _model(l2)
+    opts = build_optimizers(model, l2)
+    loss = _reference_step(model, opts, _history(model, l2), l2, SEEDS[0])
+    fresh = _model(l2)
+    fresh.eval()
+    ref_l2 = {"loss": loss, "grads": {n: _np(p.grad) for n, p in model.named_parameters()},
+              "state": _state(model, opts), "scores": _np(fresh.score(_rows(), USERS))}
+    return {"ref": runs["ref"], "scores": runs["scores"], "l2": ref_l2,
+            "ranks": gloo_spawn(_rank4, WORLD4, (), free_port())}
+
+
+def _assert_step_matches(got: tuple, want: tuple, lo: int, hi: int) -> None:
+    """(loss, gradients, state after the step) of a rank owning items [lo, hi) against the full ones."""
+    assert got[0] == pytest.approx(want[0], rel=1e-5, abs=1e-7)
+    for name, g in want[1].items():
+        np.testing.assert_allclose(got[1][name], _slice(name, g, lo, hi), **TOL, err_msg=name)
+    _assert_state_matches(got[2], want[2], lo, hi)
 
 
 def test_four_item_ranks_equal_single_process(runs4):
@@ -500,10 +544,8 @@ def test_four_item_ranks_equal_single_process(runs4):
     assert [(r["wide"]["lo"], r["wide"]["hi"]) for r in runs4["ranks"]] == [(0, 3), (3, 6), (6, 9), (9, 11)]
     for r in runs4["ranks"]:
         w = r["wide"]
-        assert w["loss"] == pytest.approx(ref["loss1"], rel=1e-5, abs=1e-7)
-        for name, g in ref["grads"].items():
-            np.testing.assert_allclose(w["grads"][name], _slice(name, g, w["lo"], w["hi"]), **TOL, err_msg=name)
-        _assert_state_matches(w["state"], ref["state1"], w["lo"], w["hi"])
+        _assert_step_matches((w["loss"], w["grads"], w["state"]), (ref["loss1"], ref["grads"], ref["state1"]),
+                             w["lo"], w["hi"])
 
 
 def test_four_item_ranks_merge_the_single_process_topk(runs4):
@@ -530,3 +572,16 @@ def test_two_by_two_mesh_equals_ddp(runs4):
     assert ranks[0]["loss"] == ranks[1]["loss"] != ranks[2]["loss"] == ranks[3]["loss"]
     for m in ranks[1:]:  # the sampler history is replicated: every rank recorded both data ranks' users once
         assert np.array_equal(m["history"], ranks[0]["history"])
+
+
+def test_l2_input_norm_spans_the_item_slices(runs4):
+    """model.input_norm=l2 on 4 item ranks: the row norm of x_t is all-reduced over the
+    slices (B floats more per step), so the step and the scores are the single-process ones."""
+    ref = runs4["l2"]
+    assert ref["loss"] != pytest.approx(runs4["ref"]["loss1"], rel=1e-3)  # the norm does change the model
+    for r in runs4["ranks"]:
+        w = r["wide"]
+        _assert_step_matches((w["l2_loss"], w["l2_grads"], w["l2_state"]), (ref["loss"], ref["grads"], ref["state"]),
+                             w["lo"], w["hi"])
+        np.testing.assert_allclose(w["l2_scores"], ref["scores"][:, w["lo"]:w["hi"]], **TOL)
+        assert w["l2_bytes"] == w["l2_expected_bytes"]
