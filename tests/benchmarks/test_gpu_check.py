@@ -2,7 +2,9 @@
 --tiny`): every part runs its code paths in its own child process and reports rows with
 finite figures, the item-parallel step gives the data-parallel loss, the summary names every
 row; a failing part is reported while the next one still runs, and a part over its budget is
-stopped. (≈ 90 s on a loaded 2-core machine, 40 s of which the Ray part.)"""
+stopped. The Ray part (`throughput.full_path`: the trainer's own path, which tests/e2e run
+through Ray Train) is left out of the dry run: it alone took 40 s of its 90 s here.
+`python benchmarks/gpu_check.py --device cpu --tiny --only ray` runs it."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def _run(out: Path, *extra: str, timeout: float = 600) -> tuple[subprocess.Compl
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    proc, rows = _run(out, "--data-root", str(out / "data"))
+    proc, rows = _run(out, "--data-root", str(out / "data"), "--skip", "ray")
     return proc, rows, out
 
 
@@ -43,15 +45,16 @@ def _status(rows: list[dict]) -> dict[str, str]:
 def test_every_part_runs_and_reports_finite_figures(dry_run):
     proc, rows, _ = dry_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert _status(rows) == dict.fromkeys(gpu_check.PARTS, "ok")
+    parts = [p for p in gpu_check.PARTS if p != "ray"]
+    assert _status(rows) == dict.fromkeys(parts, "ok")
     assert len({r["run_id"] for r in rows}) == 1
-    for part in gpu_check.PARTS:
+    for part in parts:
         measured = [r for r in rows if r["part"] == part and not r["name"].startswith("part ")]
         assert measured, part
         for r in measured:
             assert isinstance(r["value"], (int, float)) and math.isfinite(r["value"]), r
     names = {r["name"] for r in rows}
-    assert any("train_step, after" in n for n in names) and any(n.startswith("full path: Ray Train") for n in names)
+    assert any("train_step, after" in n for n in names)
     for r in rows:
         if r.get("unit") == "TFLOP/s" or r.get("tflops") is not None:
             assert r.get("tflops", r["value"]) > 0, r
