@@ -149,7 +149,9 @@ class TrainSection:
     """How the learning rate follows the global batch G = batch_size × data-parallel ranks:
     `none` (lr whatever G), `sqrt` (lr·√(G / lr_reference_batch), the rule that keeps
     Adam's update noise constant), `linear` (lr·G / lr_reference_batch, SGD's rule).
-    The rule is a pure function of (G, step), so a resume replays it exactly."""
+    The rule is a pure function of (G, step), so a resume replays it exactly. `none` by
+    measurement: on MovieLens-1M (3 seeds) valid Recall@20 held from G = 256 to 4,096 with lr
+    unchanged, while `sqrt` and `linear` lost 0.003-0.005 (README, "Bigger per-rank batches")."""
     lr_reference_batch: int = 256
     """The global batch at which `lr` is used as given."""
     lr_warmup_steps: int = 0
