@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray instance for the whole test session (docs/design.md §8: ~5 s to start)."""
+"""Shared fixtures: one local Ray instance for the whole test session (docs/design.md §8: ~5 s to start);
+under `scripts/check`'s two pytest-xdist workers, one per worker."""
 
 from __future__ import annotations
 
