@@ -64,7 +64,9 @@ def wrap_cnet(model: LD4MRec, device: torch.device, strategy: str = "ddp") -> to
     strategies.check_available(strategy)
     if not dist.is_distributed():
         return model.cnet
-    device_ids = [device.index] if device.type == "cuda" else None
+    # A bare torch.device("cuda") has no index; DDP needs the one the module sits on.
+    device_ids = [torch.cuda.current_device() if device.index is None else device.index] \
+        if device.type == "cuda" else None
     ddp = DistributedDataParallel(model.cnet, device_ids=device_ids)
     strategies.register_comm_hook(ddp, strategy)
     return ddp
