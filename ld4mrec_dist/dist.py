@@ -33,35 +33,40 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+def world_size(group: dist.ProcessGroup | None = None) -> int:
+    """Ranks in `group` (default: all of them)."""
+    return dist.get_world_size(group) if is_distributed() else 1
 
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def all_gather_padded(x_B: torch.Tensor, capacity: int, fill: float) -> torch.Tensor:
-    """[W·capacity, ...] every rank's `x_B` padded to `capacity` rows, in rank order."""
+def all_gather_padded(x_B: torch.Tensor, capacity: int, fill: float,
+                      group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """[W·capacity, ...] every rank's `x_B` padded to `capacity` rows, in rank order
+    (W and the ranks: `group`'s, default all)."""
     pad_shape = (capacity - x_B.shape[0],) + tuple(x_B.shape[1:])
     padded = torch.cat([x_B, x_B.new_full(pad_shape, fill)]) if pad_shape[0] else x_B
     if not is_distributed():
         return padded
-    out = [torch.empty_like(padded) for _ in range(world_size())]
-    dist.all_gather(out, padded.contiguous())
+    out = [torch.empty_like(padded) for _ in range(world_size(group))]
+    dist.all_gather(out, padded.contiguous(), group=group)
     return torch.cat(out)
 
 
-def gather_step_losses(t_B: torch.Tensor, loss_B: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_step_losses(t_B: torch.Tensor, loss_B: torch.Tensor, capacity: int,
+                       group: dist.ProcessGroup | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's sampled steps and L_rec values, in rank order, padding removed."""
-    t_N = all_gather_padded(t_B.to(torch.int64), capacity, fill=0)
-    loss_N = all_gather_padded(loss_B.to(torch.float64), capacity, fill=0.0)
+    t_N = all_gather_padded(t_B.to(torch.int64), capacity, fill=0, group=group)
+    loss_N = all_gather_padded(loss_B.to(torch.float64), capacity, fill=0.0, group=group)
     keep = t_N > 0  # steps are 1..T; 0 marks padding
     return t_N[keep].cpu(), loss_N[keep].cpu()
 
 
-def synced_sparse_grad(weight: torch.Tensor, capacity: int) -> None:
-    """Replace `weight.grad` (sparse: this rank's rows) by the average over ranks.
+def synced_sparse_grad(weight: torch.Tensor, capacity: int, group: dist.ProcessGroup | None = None) -> None:
+    """Replace `weight.grad` (sparse: this rank's rows) by the average over the ranks of
+    `group` (default all).
 
     Each rank contributes at most `capacity` distinct rows; rows of the same index from
     several ranks are summed by `coalesce`. DDP divides dense gradients by W; doing the
@@ -76,11 +81,11 @@ def synced_sparse_grad(weight: torch.Tensor, capacity: int) -> None:
     else:
         grad = weight.grad.coalesce()
         idx_R, rows_RD = grad.indices()[0], grad.values()
-    idx_N = all_gather_padded(idx_R, capacity, fill=-1)
-    rows_ND = all_gather_padded(rows_RD.detach(), capacity, fill=0.0)
+    idx_N = all_gather_padded(idx_R, capacity, fill=-1, group=group)
+    rows_ND = all_gather_padded(rows_RD.detach(), capacity, fill=0.0, group=group)
     keep = idx_N >= 0
     weight.grad = torch.sparse_coo_tensor(
-        idx_N[keep].unsqueeze(0), rows_ND[keep] / world_size(), weight.shape,
+        idx_N[keep].unsqueeze(0), rows_ND[keep] / world_size(group), weight.shape,
         check_invariants=False,
     ).coalesce()
 

@@ -365,8 +365,9 @@ def collectives(strategy: str, shape: Shape, world: int, item_group: int | None 
 
     Common to all strategies: z_in rows (W·B·(8 + 4D), `dist.zin_bytes_per_step`) and the
     sampler history (W·B·16, `dist.sampler_bytes_per_step`), one all-gather each of two
-    tensors. `item_parallel` with G = `item_group` (default W: one item group) replaces the
-    gradient all-reduce by the item group's activations (2·B·D float32, two calls) and loss
+    tensors (item_parallel: the history over its W/G data replicas only). `item_parallel` with
+    G = `item_group` (default W: one item group) replaces the gradient all-reduce by the
+    item group's activations (2·B·D float32, two calls) and loss
     sums ((B + 1) float32), `item_parallel_bytes_per_step` (what parallel/'s tests count);
     with W > G the W/G data replicas all-reduce their gradients (I·D/G of the item layers and
     all of the rest) as DDP does.
@@ -376,8 +377,10 @@ def collectives(strategy: str, shape: Shape, world: int, item_group: int | None 
     shapes = grad_shapes(shape.n_items, shape.hidden, shape.svd_rank, shape.feature_dims)
     params = sum(_numel(s) for s in shapes)
     buckets = bucket_count(shapes)
+    # item_parallel gathers the history over its data group only (W / G ranks): an item group's ranks agree.
+    over = world // (item_group or world) if strategy == "item_parallel" else world
     common = [Collective("z_in rows", "all_gather", dist.zin_bytes_per_step(world, shape.batch, shape.hidden), 2),
-              Collective("sampler history", "all_gather", dist.sampler_bytes_per_step(world, shape.batch), 2)]
+              Collective("sampler history", "all_gather", dist.sampler_bytes_per_step(over, shape.batch), 2, over)]
     if strategy == "ddp":
         return [Collective("C-Net gradients (fp32)", "all_reduce", 4 * params, buckets), *common]
     if strategy == "ddp_bf16":

@@ -335,8 +335,9 @@ def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, his
     with timed("sync dense"):  # over the data group (DataParallel's DDP does it inside backward)
         average_over_data(dense, layout)
     with timed("sync z_in"):
-        # Every rank of an item group holds the same z_in rows: over the whole world the
-        # gathered mean is the mean over data ranks (W_item copies of each, divided by W).
+        # Over the whole world: the W_item ranks of a group agree on z_in's rows to float
+        # rounding only (a 2-rank Ray run ended with z_in digests that differed when each
+        # rank kept its own), so their mean keeps every replica bitwise equal.
         dist.synced_sparse_grad(model.z_in.weight, cfg.train.batch_size)
     with timed("optimizer"):
         if cfg.train.grad_clip > 0:
@@ -344,10 +345,9 @@ def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, his
         opts.dense.step()
         opts.z_in.step()
     with timed("history"):
-        # Only item rank 0 of each data group contributes: the history sees each user once,
-        # in data-rank order, as with DDP.
-        n = out.t.shape[0] if layout.item_rank == 0 else 0
-        history.record(*dist.gather_step_losses(out.t[:n], rec_B[:n], cfg.train.batch_size))
+        # Over the data group (the item ranks of a group hold the same t and L_rec): the
+        # history sees each user once, in data-rank order, as with DDP.
+        history.record(*dist.gather_step_losses(out.t, rec_B, cfg.train.batch_size, group=layout.data_group))
     return loss
 
 

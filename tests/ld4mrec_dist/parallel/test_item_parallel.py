@@ -174,7 +174,8 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     load_plain_state(plain_model, plain_opts, torch.load(plain1, weights_only=True))
     plain_loaded = _state(plain_model, plain_opts)
     expected_bytes = (sum(item_parallel_bytes_per_step(B, D, grad_clip=True).values())
-                      + sync.zin_bytes_per_step(world, B, D) + sync.sampler_bytes_per_step(world, B))
+                      + sync.zin_bytes_per_step(world, B, D)
+                      + sync.sampler_bytes_per_step(layout.data_world, B))
 
     # Resume in this layout from the single-process checkpoint, then step 2.
     model2, layout2, opts2 = sharded()
@@ -493,7 +494,8 @@ def _rank4(rank: int, world: int) -> dict:
     wide["l2_grads"], wide["l2_state"] = grads(model), _state(model, opts)
     wide["l2_bytes"] = counted.total
     wide["l2_expected_bytes"] = (sum(item_parallel_bytes_per_step(B, D, grad_clip=True, l2_input=True).values())
-                                 + sync.zin_bytes_per_step(world, B, D) + sync.sampler_bytes_per_step(world, B))
+                                 + sync.zin_bytes_per_step(world, B, D)
+                                 + sync.sampler_bytes_per_step(layout.data_world, B))
     fresh, fresh_layout, _ = sharded(1, world, l2)
     fresh.eval()
     wide["l2_scores"] = _np(score_slice(fresh, _rows(), column_slice(_rows(), fresh_layout.lo, fresh_layout.hi),
