@@ -105,6 +105,16 @@ def all_gather_objects(obj: T) -> list[T]:
     return out
 
 
+def gather_objects_on_rank0(obj: T) -> list[T] | None:
+    """[obj of rank 0, obj of rank 1, …] on rank 0, None elsewhere ([obj] in one process):
+    for objects too large to send to every rank (a checkpoint's per-rank state)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def all_reduce_min_int(value: int, device: torch.device) -> int:
     """The smallest `value` over ranks: every rank then runs the same number of steps."""
     x = torch.tensor([value], dtype=torch.int64, device=device)

@@ -352,8 +352,9 @@ def item_parallel_bytes_per_step(batch: int, hidden: int, grad_clip: bool = Fals
     convention of `parallel.comm.CollectiveBytes` (the tensor all-reduced, an all-gather's output):
     FC_in's forward and FC_out's backward all-reduce B·D float32 each, the loss one of B + 1,
     gradient clipping one float, `model.input_norm=l2` (`l2_input`) the B squared row norms
-    (not in the scaling model: B floats). The z_in rows and the sampler's (t, L_rec) are gathered as in
-    data parallel (`dist.zin_bytes_per_step`, `dist.sampler_bytes_per_step`) over all W ranks.
+    (not in the scaling model: B floats). The z_in rows are gathered as in data parallel over
+    all W ranks (`dist.zin_bytes_per_step`), the sampler's (t, L_rec) over the W / W_item
+    ranks of the data group (`dist.sampler_bytes_per_step`).
     For W_item ≥ 2 (and W_data = 1: a data group adds its all-reduce of the local gradients)."""
     return {"activations": 2 * batch * hidden * 4, "loss": (batch + 1) * 4, "clip": 4 if grad_clip else 0,
             "input norm": 4 * batch if l2_input else 0}

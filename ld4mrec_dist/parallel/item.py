@@ -10,7 +10,8 @@ tensor-parallel API: FC_in (input = items) is `RowwiseParallel`, its weight [D, 
 columns and its output all-reduced (B·D); FC_out (output = items) is `ColwiseParallel`, its
 weight [I, D] and bias split by rows, so C-Net returns this slice of x̂ [B, L], and in
 backward the gradient of FC_out's input is all-reduced (B·D). Everything between (BD and BG
-blocks, z_in) is replicated and gets identical gradients on every rank of the group.
+blocks, z_in) is replicated and gets the same gradients on every rank of the group (z_in's
+only to float rounding: it is averaged over the whole world, `item_parallel_step`).
 `CNet.forward` itself runs unchanged.
 
 What DTensor does not express is done here with plain collectives over the item group:

@@ -40,17 +40,6 @@ def digest(tensors: Iterable[Tensor]) -> str:
     return h.hexdigest()
 
 
-def gather_on_rank0(obj: Any) -> list[Any] | None:
-    """Every rank's `obj` on rank 0, in rank order (None on the other ranks; [obj] alone)."""
-    import torch.distributed as tdist
-
-    if not dist.is_distributed():
-        return [obj]
-    out: list[Any] | None = [None] * dist.world_size() if dist.rank() == 0 else None
-    tdist.gather_object(obj, out, dst=0)
-    return out
-
-
 def epoch_seed(cfg: Config, epoch: int, rank: int) -> int:
     """The seed of an epoch's random streams on a rank: a resume at an epoch boundary
     replays exactly the stream the interrupted run would have drawn."""
@@ -90,7 +79,7 @@ class DataParallel:
         full: dict[str, Any] = {"model": self.model.state_dict(), "optimizer": self.opts.dense.state_dict(),
                                 "zin_optimizer": self.opts.z_in.state_dict()}
         if self.hook_state is not None:
-            full["powersgd"] = gather_on_rank0(strategies.powersgd_state_dict(self.hook_state))
+            full["powersgd"] = dist.gather_objects_on_rank0(strategies.powersgd_state_dict(self.hook_state))
         return full
 
     def load_state(self, saved: dict[str, Any]) -> None:
