@@ -44,7 +44,7 @@ def run_name(batch: int, rule: str, seed: int, warmup: int) -> str:
     return f"b{batch}-{rule}" + (f"-w{warmup}" if warmup else "") + f"-s{seed}"
 
 
-def grid(batches: list[int], rules: list[str], seeds: list[int], reference: int) -> list[tuple[int, str]]:
+def grid(batches: list[int], rules: list[str], reference: int) -> list[tuple[int, str]]:
     """(G, rule) cells; at G = reference every rule is the same run, so only `none` runs there."""
     return [(b, r) for b in batches for r in rules if b != reference or r == "none"]
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--data {args.data}: no manifest.json there; prepare it first, e.g. "
                 "python jobs/prepare.py --source movielens-1m --setting clean --out data/ml1m-clean")
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(b, r, s) for b, r in grid(args.batches, args.rules, args.seeds, args.reference) for s in args.seeds]
+    jobs = [(b, r, s) for b, r in grid(args.batches, args.rules, args.reference) for s in args.seeds]
     print(f"[batch_quality] {len(jobs)} runs, {args.parallel} at a time, into {args.out}", flush=True)
     with ThreadPoolExecutor(args.parallel) as pool:
         rows = list(pool.map(lambda job: train_one(args, *job), jobs))

@@ -8,7 +8,7 @@ from benchmarks import batch_quality
 
 
 def test_grid_runs_the_reference_batch_once():
-    cells = batch_quality.grid([256, 1024], ["none", "sqrt", "linear"], [1, 2], reference=256)
+    cells = batch_quality.grid([256, 1024], ["none", "sqrt", "linear"], reference=256)
     assert cells == [(256, "none"), (1024, "none"), (1024, "sqrt"), (1024, "linear")]
 
 
