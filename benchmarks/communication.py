@@ -1,6 +1,6 @@
 """(6) Communication per training step, counted exactly in 2 gloo processes, per gradient strategy.
 
-Analytic: `ld4mrec_dist.strategy.collectives` (the scaling model): DDP all-reduces C-Net's
+Analytic: `ld4mrec_dist.scaling_model.collectives` (the scaling model): DDP all-reduces C-Net's
 float32 gradients (every parameter but z_in: its size depends on |I|, D and the feature
 widths, not on |U|), `ddp_bf16` half of that, `powersgd` the rank-r factors plus the
 uncompressed tensors; the z_in rows (`dist.zin_bytes_per_step`) and the sampler history
@@ -75,7 +75,8 @@ def _rank(rank: int, world: int, shape: tuple, steps: int, strategies: tuple[str
     from ld4mrec_dist import strategy as st
     from ld4mrec_dist.build import build_optimizers, wrap_cnet
     from ld4mrec_dist.config import Config, ModelSection
-    from ld4mrec_dist.train.step import SamplerHistory, train_step
+    from ld4mrec_dist.sampler import SamplerHistory
+    from ld4mrec_dist.train.step import train_step
 
     n_users, n_items, d_text, d_image = shape
     features = random_features(n_items, d_text, d_image)
@@ -108,7 +109,7 @@ def _rank(rank: int, world: int, shape: tuple, steps: int, strategies: tuple[str
                 cnet = DistributedDataParallel(model.cnet)  # = wrap_cnet(…, strategy=name), START_ITER plain steps
                 st.register_comm_hook(cnet, name, start_iter=START_ITER)
             opts = build_optimizers(model, cfg)
-            history = SamplerHistory.empty(model, cfg)
+            history = SamplerHistory.empty(model.schedule.steps, cfg.diffusion)
             rng = np.random.default_rng(rank)
             gen = torch.Generator().manual_seed(rank)
             per_step, t_steps = [], []
@@ -136,9 +137,9 @@ def measure(shape_name: str, steps: int, strategies: tuple[str, ...] = MEASURED_
 
 def predicted(shape_name: str, strategy: str) -> dict[str, float]:
     """The scaling model's bytes and calls per step at W = 2 (gradients, all-gathers)."""
-    from ld4mrec_dist import strategy as st
+    from ld4mrec_dist import scaling_model
 
-    colls = st.collectives(strategy, st.SHAPES[shape_name], WORLD)
+    colls = scaling_model.collectives(strategy, scaling_model.SHAPES[shape_name], WORLD)
     grads = [c for c in colls if c.kind == "all_reduce"]
     gathers = [c for c in colls if c.kind == "all_gather"]
     return {"allreduce": sum(c.nbytes for c in grads), "allreduce_calls": sum(c.calls for c in grads),

@@ -228,7 +228,8 @@ def _item_parallel(p: Part, backend: str) -> None:
     )
     from ld4mrec_dist.parallel.item import local_tensor
     from ld4mrec_dist.rows import epoch_order, minibatches, rows_with_items, to_torch_csr
-    from ld4mrec_dist.train.step import SamplerHistory, train_step
+    from ld4mrec_dist.sampler import SamplerHistory
+    from ld4mrec_dist.train.step import train_step
 
     plan, device = p.plan, p.device
     # An indexed device: DDP takes device_ids=[dev.index], the mesh and generators this GPU.
@@ -248,7 +249,8 @@ def _item_parallel(p: Part, backend: str) -> None:
     ip_model = build_model(cfg, ds, v_IK, dev)
     layout = shard_items(ip_model, item_mesh(1, 1, dev.type))
     ip_opts = build_item_optimizers(ip_model, cfg)
-    dp_hist, ip_hist = SamplerHistory.empty(dp_model, cfg), SamplerHistory.empty(ip_model, cfg)
+    dp_hist = SamplerHistory.empty(dp_model.schedule.steps, cfg.diffusion)
+    ip_hist = SamplerHistory.empty(ip_model.schedule.steps, cfg.diffusion)
     common = {"shape": shape, "users": ds.n_users, "items": ds.n_items, "batch": b, "hidden": cfg.model.hidden,
               "device": device, "backend": backend, "item_slice": [layout.lo, layout.hi]}
 

@@ -81,13 +81,14 @@ def profiled_steps(model, opts, store, cfg, steps: int, warmup: int = 3, cnet=No
     piece by piece through its timer. Returns seconds per step of each piece."""
     from ld4mrec_dist import dist
     from ld4mrec_dist.rows import epoch_order, torch_minibatches
+    from ld4mrec_dist.sampler import SamplerHistory
     from ld4mrec_dist.timing import PieceTimer
-    from ld4mrec_dist.train.step import SamplerHistory, train_step
+    from ld4mrec_dist.train.step import train_step
 
     device = model.device
     cnet = cnet or model.cnet
     batch = cfg.train.batch_size
-    sampler = SamplerHistory.empty(model, cfg)
+    sampler = SamplerHistory.empty(model.schedule.steps, cfg.diffusion)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
     n_rows = dist.all_reduce_min_int(len(store), device)
     model.train()

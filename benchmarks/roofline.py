@@ -125,7 +125,7 @@ class Trainee:
         from ld4mrec_dist.build import build_optimizers
         from ld4mrec_dist.config import load_config
         from ld4mrec_dist.model import LD4MRec
-        from ld4mrec_dist.train.step import SamplerHistory
+        from ld4mrec_dist.sampler import SamplerHistory
 
         shape: Shape = inputs["shape"]
         self.shape, self.bf16 = shape, bf16
@@ -137,7 +137,7 @@ class Trainee:
                              item_degree=inputs["degree"]).to(device)
         self.model.train()
         self.opts = build_optimizers(self.model, self.cfg)
-        self.history = SamplerHistory.empty(self.model, self.cfg)
+        self.history = SamplerHistory.empty(self.model.schedule.steps, self.cfg.diffusion)
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.batches = [(users.to(device), rows.to(device)) for users, rows in inputs["batches"]]
         self.done = 0

@@ -49,7 +49,7 @@ START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 def start_ray() -> None:
     import ray
 
-    from ld4mrec_dist.train.trainer import RAY_TRAIN_FAST_ENV
+    from ld4mrec_dist.train.launch import RAY_TRAIN_FAST_ENV
 
     env = {**RAY_TRAIN_FAST_ENV, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for key, value in RAY_TRAIN_FAST_ENV.items():

@@ -14,7 +14,7 @@ Inputs, measured here:
   catalogue always: its two 630,010 × 256 layers with Adam state do not fit beside the
   other sessions of this machine). Rows say which.
 - bytes: 2 gloo processes run `train_step` with each strategy's hook (benchmarks/communication.py)
-  and count every all-reduce and all-gather; compared with `strategy.collectives` at W = 2.
+  and count every all-reduce and all-gather; compared with `scaling_model.collectives` at W = 2.
 Inputs, documented (command-line parameters): link bandwidth and latency (`strategy.NETWORKS`:
 g5.2xlarge's "up to 10 Gbps", its 5 Gbps single-flow cap, NVLink-class intra-node figures)
 and GPU arithmetic rates (`strategy.COMPUTES`: assumed fractions of spec peaks, not measured).
@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULTS_DIR, Context, append_results, machine, markdown_table, row  # noqa: E402
-from ld4mrec_dist import strategy as st  # noqa: E402
+from ld4mrec_dist import scaling_model as sm  # noqa: E402
 
 BENCH = "scaling"
 WORLDS = (1, 2, 4, 8, 16, 32, 64)
@@ -47,7 +47,7 @@ SCENARIOS = (  # (network, compute): the cluster file's workers; an NVLink node;
     ("g5.2xlarge", "cpu-measured"),
 )
 EXTRA_COMPUTES = {
-    "a100-bf16": st.Compute("a100-bf16", 1 / 156e12, 1 / 156e12, 1e-4,
+    "a100-bf16": sm.Compute("a100-bf16", 1 / 156e12, 1 / 156e12, 1e-4,
                             "assumed: half of the A100's 312 TFLOPS dense bf16 peak, 0.1 ms fixed"),
 }
 
@@ -63,9 +63,10 @@ def measure_compute(shape_name: str, steps: int, warmup: int = 2) -> dict[str, A
     from benchmarks.communication import SHAPES, build_model, random_batch, random_features
     from ld4mrec_dist.build import build_optimizers
     from ld4mrec_dist.config import Config, ModelSection
-    from ld4mrec_dist.train.step import SamplerHistory, train_step
+    from ld4mrec_dist.sampler import SamplerHistory
+    from ld4mrec_dist.train.step import train_step
 
-    shape = st.SHAPES[shape_name]
+    shape = sm.SHAPES[shape_name]
     n_users, n_items, d_text, d_image = SHAPES[shape_name]
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -73,7 +74,7 @@ def measure_compute(shape_name: str, steps: int, warmup: int = 2) -> dict[str, A
         model = build_model(n_users, n_items, random_features(n_items, d_text, d_image), shape.hidden)
         cfg = Config(model=ModelSection(hidden=shape.hidden))
         cfg.train.batch_size = shape.batch
-        opts, history = build_optimizers(model, cfg), SamplerHistory.empty(model, cfg)
+        opts, history = build_optimizers(model, cfg), SamplerHistory.empty(model.schedule.steps, cfg.diffusion)
         rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
         cpu, wall = [], []
         for i in range(warmup + steps):
@@ -91,40 +92,40 @@ def measure_compute(shape_name: str, steps: int, warmup: int = 2) -> dict[str, A
             "cpu_s": cpu, "all_wall_s": wall}
 
 
-def fit_compute(measured: dict[str, float]) -> st.Compute:
+def fit_compute(measured: dict[str, float]) -> sm.Compute:
     """t = a·F_item + t₀ over the measured shapes (same B, D and feature widths, so the
     item-independent FLOPs are one constant F_rest and t₀ / F_rest its rate). One shape:
     one rate for both parts."""
     import numpy as np
 
     names = list(measured)
-    f_item = np.array([st.step_flops(st.SHAPES[n])[0] for n in names])
-    f_rest = st.step_flops(st.SHAPES[names[0]])[1]
+    f_item = np.array([sm.step_flops(sm.SHAPES[n])[0] for n in names])
+    f_rest = sm.step_flops(sm.SHAPES[names[0]])[1]
     t = np.array([measured[n] for n in names])
     if len(names) == 1:
         rate = t[0] / (f_item[0] + f_rest)
-        return st.Compute("cpu-measured", rate, rate, 0.0, f"one shape measured ({names[0]}): one FLOP rate")
+        return sm.Compute("cpu-measured", rate, rate, 0.0, f"one shape measured ({names[0]}): one FLOP rate")
     a, t0 = np.linalg.lstsq(np.stack([f_item, np.ones_like(f_item)], 1), t, rcond=None)[0]
-    return st.Compute("cpu-measured", float(a), max(float(t0), 0.0) / f_rest, 0.0,
+    return sm.Compute("cpu-measured", float(a), max(float(t0), 0.0) / f_rest, 0.0,
                       f"least squares over {', '.join(names)} (1 thread, this machine)")
 
 
 # ---------------------------------------------------------------- tables
 
 
-def predictions(computes: dict[str, st.Compute], networks: dict[str, st.Network], scenarios, measured: dict[str, float],
+def predictions(computes: dict[str, sm.Compute], networks: dict[str, sm.Network], scenarios, measured: dict[str, float],
                 worlds=WORLDS) -> list[dict[str, Any]]:
     out = []
     for net_name, comp_name in scenarios:
         net, comp = networks[net_name], computes[comp_name]
-        for shape in st.SHAPES.values():
+        for shape in sm.SHAPES.values():
             use = measured.get(shape.name) if comp_name == "cpu-measured" else None
             source = ("measured" if use is not None else "FLOPs fit of the measured shapes"
                       if comp_name == "cpu-measured" else "assumed FLOP rate")
             for w in worlds:
-                group = st.best_item_group(shape, w, net, comp) if w > 1 else 1
-                for s in st.MODELLED:
-                    p = st.predict(s, shape, w, net, comp, compute_s=use, item_group=group if s == "item_parallel"
+                group = sm.best_item_group(shape, w, net, comp) if w > 1 else 1
+                for s in sm.MODELLED:
+                    p = sm.predict(s, shape, w, net, comp, compute_s=use, item_group=group if s == "item_parallel"
                                    else None)
                     out.append({**asdict(p), "scenario": f"{net_name} + {comp_name}", "compute_source": source,
                                 "item_group": group if s == "item_parallel" else None,
@@ -139,8 +140,8 @@ def mib(x: float) -> str:
 def summary_table(preds: list[dict], scenario: str, worlds=(2, 8, 64)) -> str:
     """Per shape and strategy: bytes per step at W = 8, step time and efficiency at `worlds`."""
     rows = []
-    for shape in st.SHAPES.values():
-        for s in st.MODELLED:
+    for shape in sm.SHAPES.values():
+        for s in sm.MODELLED:
             sel = {p["world"]: p for p in preds if p["scenario"] == scenario and p["shape"] == shape.name
                    and p["strategy"] == s}
             if not sel:
@@ -160,8 +161,8 @@ def summary_table(preds: list[dict], scenario: str, worlds=(2, 8, 64)) -> str:
 def efficiency_table(preds: list[dict], scenarios: list[str], worlds=(2, 8, 64)) -> str:
     """Per shape and strategy: scaling efficiency at `worlds` in each scenario (the README's table)."""
     rows = []
-    for shape in st.SHAPES.values():
-        for s in st.MODELLED:
+    for shape in sm.SHAPES.values():
+        for s in sm.MODELLED:
             cells = []
             for sc in scenarios:
                 sel = {p["world"]: p for p in preds if p["scenario"] == sc and p["shape"] == shape.name
@@ -172,7 +173,7 @@ def efficiency_table(preds: list[dict], scenarios: list[str], worlds=(2, 8, 64))
     return markdown_table(head, rows)
 
 
-def batch_table(computes: dict[str, st.Compute], networks: dict[str, st.Network], scenario: tuple[str, str],
+def batch_table(computes: dict[str, sm.Compute], networks: dict[str, sm.Network], scenario: tuple[str, str],
                 shapes=("electronics", "electronics_x10"), batches=(256, 512, 1024, 4096), world: int = 8) -> str:
     """Bigger per-rank batches: at W = `world`, users/s as a multiple of one rank at B = 256
     (the speed-up a user sees) and the scaling efficiency, per strategy and per-rank B. The
@@ -180,14 +181,14 @@ def batch_table(computes: dict[str, st.Compute], networks: dict[str, st.Network]
     net, comp = networks[scenario[0]], computes[scenario[1]]
     rows = []
     for name in shapes:
-        base = st.SHAPES[name]
-        one_rank = st.predict("ddp", base, 1, net, comp).users_per_s
-        for s in st.MODELLED:
+        base = sm.SHAPES[name]
+        one_rank = sm.predict("ddp", base, 1, net, comp).users_per_s
+        for s in sm.MODELLED:
             cells = []
             for b in batches:
                 shape = replace(base, batch=b)
-                group = st.best_item_group(shape, world, net, comp) if s == "item_parallel" else None
-                p = st.predict(s, shape, world, net, comp, item_group=group)
+                group = sm.best_item_group(shape, world, net, comp) if s == "item_parallel" else None
+                p = sm.predict(s, shape, world, net, comp, item_group=group)
                 cells.append(f"{p.users_per_s / one_rank:.1f}× / {p.efficiency:.2f}")
             rows.append([name, s, *cells])
     head = ["shape", "strategy", *(f"B = {b}: speed-up / eff." for b in batches)]
@@ -220,13 +221,13 @@ def plot(preds: list[dict], scenarios: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shapes = list(st.SHAPES)
+    shapes = list(sm.SHAPES)
     fig, axes = plt.subplots(len(scenarios), len(shapes), figsize=(4 * len(shapes), 3.2 * len(scenarios)),
                              sharex=True, sharey=True, squeeze=False)
     for i, sc in enumerate(scenarios):
         for j, sh in enumerate(shapes):
             ax = axes[i][j]
-            for s in st.MODELLED:
+            for s in sm.MODELLED:
                 pts = sorted((p["world"], p["efficiency"]) for p in preds
                              if p["scenario"] == sc and p["shape"] == sh and p["strategy"] == s)
                 ax.plot([w for w, _ in pts], [e for _, e in pts], marker="o", ms=3, label=s)
@@ -235,7 +236,7 @@ def plot(preds: list[dict], scenarios: list[str], path: Path) -> None:
             ax.set_ylim(1e-3, 1.5)
             ax.grid(True, which="both", alpha=0.3)
             if i == 0:
-                ax.set_title(f"{sh} (|I| = {st.SHAPES[sh].n_items:,})", fontsize=9)
+                ax.set_title(f"{sh} (|I| = {sm.SHAPES[sh].n_items:,})", fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"{sc}\nscaling efficiency", fontsize=8)
             if i == len(scenarios) - 1:
@@ -250,27 +251,27 @@ def plot(preds: list[dict], scenarios: list[str], path: Path) -> None:
 # ---------------------------------------------------------------- entry points
 
 
-def parse_network(text: str) -> st.Network:
+def parse_network(text: str) -> sm.Network:
     name, gbps, lat = text.split(":")
-    return st.Network(name, float(gbps), float(lat), "command line")
+    return sm.Network(name, float(gbps), float(lat), "command line")
 
 
-def parse_compute(text: str) -> st.Compute:
+def parse_compute(text: str) -> sm.Compute:
     name, tflops = text.split(":")
     rate = 1 / (float(tflops) * 1e12)
-    return st.Compute(name, rate, rate, 0.0, "command line (effective TFLOPS)")
+    return sm.Compute(name, rate, rate, 0.0, "command line (effective TFLOPS)")
 
 
 def run(ctx: Context, compute_shapes: list[str] | None = None, byte_shapes: list[str] | None = None,
-        networks: dict[str, st.Network] | None = None, computes: dict[str, st.Compute] | None = None,
+        networks: dict[str, sm.Network] | None = None, computes: dict[str, sm.Compute] | None = None,
         scenarios=SCENARIOS, model_only: bool = False, out_dir: Path | None = None) -> list[dict]:
     """Measure (unless `model_only`), predict, write scaling.md / scaling.png; result rows."""
     from benchmarks.communication import measure
 
     compute_shapes = compute_shapes or (["baby"] if ctx.quick else ["baby", "sports", "electronics"])
     byte_shapes = byte_shapes or (["baby"] if ctx.quick else ["baby", "electronics"])
-    networks = {**st.NETWORKS, **(networks or {})}
-    computes = {**st.COMPUTES, **EXTRA_COMPUTES, **(computes or {})}
+    networks = {**sm.NETWORKS, **(networks or {})}
+    computes = {**sm.COMPUTES, **EXTRA_COMPUTES, **(computes or {})}
     out_dir = out_dir or ctx.results_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -297,10 +298,10 @@ def run(ctx: Context, compute_shapes: list[str] | None = None, byte_shapes: list
     print("\nmeasured (2 gloo processes) vs predicted bytes per step:\n" + check_md, flush=True)
     held_out: dict[str, Any] = {}
     if len(measured_compute) > 2:  # the fit without the largest shape predicts it
-        names = sorted(measured_compute, key=lambda n: st.SHAPES[n].n_items)
+        names = sorted(measured_compute, key=lambda n: sm.SHAPES[n].n_items)
         sub = fit_compute({n: measured_compute[n] for n in names[:-1]})
         held_out = {"shape": names[-1], "measured_s": measured_compute[names[-1]],
-                    "predicted_s": sub.step_s(st.SHAPES[names[-1]])}
+                    "predicted_s": sub.step_s(sm.SHAPES[names[-1]])}
         print(f"[scaling] compute fit on {names[:-1]} predicts {names[-1]}: {held_out['predicted_s'] * 1e3:.0f} ms, "
               f"measured {held_out['measured_s'] * 1e3:.0f} ms", flush=True)
     preds = predictions(computes, networks, scenarios, measured_compute)
@@ -310,7 +311,7 @@ def run(ctx: Context, compute_shapes: list[str] | None = None, byte_shapes: list
           "machine: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in wall_compute.items()) + "): "
           + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in measured_compute.items())
           + f"; fit ({fit.source}): t = 10·B·I·D / {1 / fit.item_s_per_flop / 1e9:.1f} GFLOP/s + "
-            f"{fit.rest_s_per_flop * st.step_flops(st.SHAPES['baby'])[1] * 1e3:.0f} ms (the item-independent part "
+            f"{fit.rest_s_per_flop * sm.step_flops(sm.SHAPES['baby'])[1] * 1e3:.0f} ms (the item-independent part "
             f"at B = 256, d = 256, text 384 + image 4096; scaled by its FLOPs elsewhere)"
           + (f"; fitted without {held_out['shape']}, it predicts {held_out['predicted_s'] * 1e3:.0f} ms there "
              f"(measured {held_out['measured_s'] * 1e3:.0f} ms)." if held_out else "."),

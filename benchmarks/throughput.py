@@ -109,15 +109,17 @@ def _profile_rank(rank: int, world: int, cfg_dict: dict, dataset: str, v_IK: np.
 def full_path(cfg, workers: int, storage: Path, tag: str) -> dict:
     """Run the real trainer; users/s of the epochs after the first, from metrics.jsonl."""
     from ld4mrec_dist.config import config_from_dict, config_to_dict
-    from ld4mrec_dist.train.trainer import fit, make_torch_trainer, prepare_run
+    from ld4mrec_dist.train.launch import fit, make_torch_trainer
+    from ld4mrec_dist.train.trainer import prepare_run
 
     d = config_to_dict(cfg)
     d["scaling"]["num_workers"] = workers
     d["run"] = {"name": f"bench-{tag}-{workers}w-{time.strftime('%H%M%S')}", "storage": str(storage), "resume": ""}
     run_cfg = config_from_dict(d)
     t0 = time.perf_counter()
-    ds, run_dir = prepare_run(run_cfg)
-    fit(make_torch_trainer(run_cfg, ds, run_dir))
+    prepared = prepare_run(run_cfg)
+    run_dir = prepared.run_dir
+    fit(make_torch_trainer(run_cfg, run_dir, prepared.worker))
     wall = time.perf_counter() - t0
     rows = [json.loads(ln) for ln in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     rows = [r for r in rows if r["epoch"] > 1]  # the first epoch is warm-up

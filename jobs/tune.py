@@ -69,7 +69,7 @@ INTERRUPTED_EXIT = 130  # the shell's code for a SIGINT
 def init_ray() -> None:
     import ray
 
-    from ld4mrec_dist.train.trainer import RAY_TRAIN_FAST_ENV
+    from ld4mrec_dist.train.launch import RAY_TRAIN_FAST_ENV
 
     for key, value in RAY_TRAIN_FAST_ENV.items():
         os.environ.setdefault(key, value)

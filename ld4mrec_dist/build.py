@@ -56,7 +56,7 @@ def wrap_cnet(model: LD4MRec, device: torch.device, strategy: str = "ddp") -> to
     C-Net's, so DDP never broadcasts them (the features are a GB at Electronics scale).
     `strategy`: how the gradients cross ranks, a resolved `scaling.strategy` (`ddp`,
     `ddp_bf16`, `powersgd`: `strategy.register_comm_hook`; `auto` is resolved before, by
-    `strategy.resolve_strategy`). Checked even in one process, so a strategy the trainer
+    `scaling_model.resolve_strategy`). Checked even in one process, so a strategy the trainer
     cannot run fails on a laptop as it would on a cluster.
     """
     from ld4mrec_dist import strategy as strategies

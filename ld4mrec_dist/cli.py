@@ -18,7 +18,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 def config_for(config_path: str | None, resume: str | None, overrides: list[str],
                from_checkpoint: str | None = None) -> Config:
     """The run's config: a resumed run's saved config.yaml is the base, unless --config."""
-    from ld4mrec_dist.train.trainer import anchored_path
+    from ld4mrec_dist.run_dir import anchored_path
 
     if from_checkpoint and not resume:
         raise ConfigError("--from-checkpoint NAME needs --resume RUN_DIR")
@@ -43,7 +43,9 @@ def run_cli(config_path: str | None, resume: str | None, overrides: list[str],
             from_checkpoint: str | None = None) -> int:
     from data_pipeline.errors import DataError
     from ld4mrec_dist.train.checkpoint import CheckpointError
-    from ld4mrec_dist.train.trainer import ResourceError, TrainingFailed, TrainingInterrupted, run_training
+    from ld4mrec_dist.train.failures import TrainingFailed, TrainingInterrupted
+    from ld4mrec_dist.train.resources import ResourceError
+    from ld4mrec_dist.train.trainer import run_training
 
     try:
         cfg = config_for(config_path, resume, overrides, from_checkpoint)

@@ -32,7 +32,8 @@ from ld4mrec_dist.eval.baselines import (
     train_data_of,
 )
 from ld4mrec_dist.eval.evaluator import EvalData, ScoreFn, dataset_eval_data, evaluate
-from ld4mrec_dist.train.trainer import resolve_dataset, run_training
+from ld4mrec_dist.run_dir import resolve_dataset
+from ld4mrec_dist.train.trainer import run_training
 
 Log = Callable[[str], None]
 Row = dict[str, Any]  # one table row: model, runs, test (mean), test_std, time_s, … (also the JSON)

@@ -24,6 +24,8 @@ INPUT_NORMS = ("none", "l2")
 LR_SCALINGS = ("none", "sqrt", "linear")
 COLLAB_NORMS = ("none", "history", "unit")
 FEATURE_NORMS = ("none", "standardize", "l2")
+STRATEGIES = ("ddp", "ddp_bf16", "powersgd", "item_parallel", "auto")
+"""Every value `scaling.strategy` accepts (what each does: ld4mrec_dist/strategy.py)."""
 
 
 class ConfigError(ValueError):
@@ -228,7 +230,8 @@ class ScalingSection:
     any worker starts). > 0: an autoscaling cluster may still add them; the worker group
     waits up to this long for them (per start attempt) before the run fails."""
     strategy: str = "ddp"
-    """How C-Net's gradients cross ranks (ld4mrec_dist/strategy.py, docs/design.md §9):
+    """How C-Net's gradients cross ranks (ld4mrec_dist/strategy.py, chosen by `auto` in
+    ld4mrec_dist/scaling_model.py; docs/design.md §9):
     ddp (float32 all-reduce, exact); ddp_bf16 (bfloat16 all-reduce, half the bytes);
     powersgd (rank-4 PowerSGD with error feedback, ~64× fewer bytes for the item layers);
     item_parallel (C-Net's two |I|-sized layers sharded over item groups of
@@ -241,8 +244,6 @@ class ScalingSection:
     num_workers. The W / item_group groups split the users between them (data parallel)."""
 
     def __post_init__(self) -> None:
-        from ld4mrec_dist.strategy import STRATEGIES
-
         _check(self.num_workers >= 0, f"scaling.num_workers={self.num_workers}: must be ≥ 0")
         _check(self.cpus_per_worker > 0, f"scaling.cpus_per_worker={self.cpus_per_worker}: must be > 0")
         _check(self.wait_for_resources_s >= 0,

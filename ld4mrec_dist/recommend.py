@@ -43,7 +43,7 @@ def check_device(device: str) -> torch.device:
 def run_dataset(cfg: Config, dataset: str | None) -> PreparedDataset:
     """The dataset to score: `dataset` if given, else the one the run trained on; a dataset
     that moved since training points to --dataset."""
-    from ld4mrec_dist.train.trainer import resolve_dataset
+    from ld4mrec_dist.run_dir import resolve_dataset
 
     if dataset:
         if not storage.exists(dataset):

@@ -10,18 +10,25 @@ A run directory is a local folder or an object-store URI (`RunDir`). Ray Train a
     final_metrics.json   best epoch, its valid/test metrics, wall time (written at the end)
     curves.png           loss and valid/test curves
     .fault_injected      marker of a test-only fault injection (fires once per run)
+
+It also says where a run's directory and dataset are: `resolve_run_dir`, `resolve_dataset`,
+and, inside `ray job submit --working-dir`, where relative paths land (`anchor_job_paths`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from data_pipeline import storage
+from data_pipeline.dataset import PreparedDataset
+from ld4mrec_dist.config import Config
 
 CONFIG_FILE = "config.yaml"
 ITEM_FACTORS_FILE = "item_factors.npy"
@@ -32,6 +39,11 @@ CURVES_FILE = "curves.png"
 FAULT_MARKER = ".fault_injected"
 
 RunDir = Path | str  # a local directory, or an object-store URI string
+
+# Ray's temporary copy of `ray job submit --working-dir`: relative paths would land there.
+RAY_JOB_WORKING_DIR_MARK = "runtime_resources/working_dir_files/_ray_pkg_"
+HOME_ENV = "LD4MREC_HOME"
+DEFAULT_HOME = "~/ld4mrec"
 
 
 def run_location(location: str) -> RunDir:
@@ -57,3 +69,65 @@ def write_item_factors(run_dir: RunDir, v_IK: np.ndarray) -> None:
 def rewrite_metrics(run_dir: RunDir, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl = the loop's history: rows of epochs lost to a failure vanish."""
     storage.write_text(file_in(run_dir, METRICS_FILE), "".join(json.dumps(r) + "\n" for r in history))
+
+
+# ---------------------------------------------------------------- where a run and its dataset are
+
+
+def in_ray_job_working_dir() -> bool:
+    """True inside `ray job submit --working-dir …`, whose current directory is a temporary copy."""
+    return RAY_JOB_WORKING_DIR_MARK in os.getcwd().replace(os.sep, "/")
+
+
+def persistent_home() -> Path:
+    """Where relative paths of a Ray job resolve: $LD4MREC_HOME, default ~/ld4mrec (on the driver's node)."""
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser().resolve()
+
+
+def anchored_path(value: str) -> str:
+    """A relative local path made absolute under `persistent_home()` inside a Ray job's
+    temporary working directory; anything else unchanged."""
+    if not value or storage.is_uri(value) or Path(value).expanduser().is_absolute() or not in_ray_job_working_dir():
+        return value
+    return str(persistent_home() / value)
+
+
+def anchor_job_paths(cfg: Config) -> None:
+    """Inside a Ray job, move relative data/run paths out of Ray's temporary copy of the
+    working directory (deleted later) to `persistent_home()`, and say so."""
+    moved = []
+    for section, name in (("data", "path"), ("data", "root"), ("run", "storage"), ("run", "resume")):
+        part = getattr(cfg, section)
+        value = getattr(part, name)
+        if anchored_path(value) != value:
+            setattr(part, name, anchored_path(value))
+            moved.append(f"{section}.{name}={value} → {getattr(part, name)}")
+    if moved:
+        print(f"[ld4mrec] Ray job: relative paths resolve under ${HOME_ENV} ({persistent_home()}), not in "
+              f"Ray's temporary copy of --working-dir: {'; '.join(moved)}", flush=True)
+
+
+def resolve_dataset(cfg: Config) -> RunDir:
+    """The prepared dataset: `data.path` (local or URI), or the synthetic one (prepared once)."""
+    if cfg.data.path:
+        return run_location(storage.normalize(cfg.data.path))
+    from data_pipeline.prepare import prepare_synthetic
+
+    root = Path(cfg.data.root).expanduser().resolve()
+    return Path(prepare_synthetic(cfg.data.synthetic, cfg.data.setting, root, seed=cfg.data.seed))
+
+
+def resolve_run_dir(cfg: Config, ds: PreparedDataset) -> RunDir:
+    """The run's directory: the one `run.resume` names, or a new, empty one under `run.storage`."""
+    if cfg.run.resume:
+        run_dir = storage.normalize(cfg.run.resume)
+        if not storage.list_dir(run_dir):
+            raise FileNotFoundError(f"--resume {run_dir}: no such run directory (or it is empty)")
+        return run_location(run_dir)
+    name = cfg.run.name or f"{ds.name}-{cfg.model.ablation}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = storage.join(cfg.run.storage, name)
+    if storage.list_dir(run_dir):
+        raise FileExistsError(f"run directory {run_dir} exists: choose another run.name, "
+                              f"or resume it with --resume {run_dir}")
+    storage.make_dirs(run_dir)
+    return run_location(run_dir)

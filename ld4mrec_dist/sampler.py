@@ -20,8 +20,12 @@ equal inputs on every rank give bit-equal tables and probabilities.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+from ld4mrec_dist.config import DiffusionSection
 
 
 def init_history(steps: int, history: int) -> tuple[Tensor, Tensor]:
@@ -84,3 +88,24 @@ def importance_weights(p_T: Tensor, t_B: Tensor) -> Tensor:
     """w_B = 1 / (T · p_t), float32 on t_B's device (1 under uniform sampling)."""
     steps = p_T.numel()
     return (1.0 / (steps * p_T.to(t_B.device)[t_B - 1])).float()
+
+
+@dataclass
+class SamplerHistory:
+    """The importance-sampling history (Eq. 13): equal on every rank after every step."""
+
+    table_TH: Tensor  # float64 [T, H] the latest H losses of each step
+    counts_T: Tensor  # int64 [T] losses ever recorded per step
+
+    @classmethod
+    def empty(cls, steps: int, diffusion: DiffusionSection) -> SamplerHistory:
+        """T `steps` (the model's schedule is their one owner), H from the config."""
+        return cls(*init_history(steps, diffusion.history))
+
+    def probabilities(self, diffusion: DiffusionSection) -> Tensor:
+        """p_T, float64 [T] (uniform until every step has H values)."""
+        return step_probabilities(self.table_TH, self.counts_T, diffusion.uniform_floor,
+                                  enabled=diffusion.importance_sampling)
+
+    def record(self, t_N: Tensor, loss_N: Tensor) -> None:
+        self.table_TH, self.counts_T = update_history(self.table_TH, self.counts_T, t_N, loss_N)

@@ -22,7 +22,7 @@ from ld4mrec_dist.parallel.item import (
     slice_loss,
 )
 from ld4mrec_dist.parallel.topk import item_parallel_ranking, item_parallel_topk, merge_topk, topk_ordered
-from ld4mrec_dist.strategy import item_parallel_bytes_per_step  # the formula lives with the scaling model
+from ld4mrec_dist.scaling_model import item_parallel_bytes_per_step  # the formula lives with the scaling model
 
 __all__ = [
     "ItemLayout", "SliceDraw", "build_item_optimizers", "draw_slice", "item_mesh", "item_parallel_bytes_per_step",

@@ -58,9 +58,8 @@ from ld4mrec_dist.cnet import timestep_embedding
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.encoders import as_csr
 from ld4mrec_dist.model import LD4MRec, no_autocast
-from ld4mrec_dist.sampler import importance_weights, sample_steps
+from ld4mrec_dist.sampler import SamplerHistory, importance_weights, sample_steps
 from ld4mrec_dist.timing import StepTimer, untimed
-from ld4mrec_dist.train.step import SamplerHistory
 
 # timer("piece") -> a context manager that times the piece (benchmarks); None: not timed.
 
@@ -319,7 +318,7 @@ def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, his
     to use instead of drawing one (tests, replays). Returns the batch's loss (detached scalar)."""
     timed = timer or untimed
     with timed("forward"):
-        p_T = history.probabilities(cfg)
+        p_T = history.probabilities(cfg.diffusion)
         x_BL = column_slice(rows_BI, layout.lo, layout.hi).to(model.device)
         if draw is None:
             draw = draw_slice(model, x_BL, p_T, *generators)

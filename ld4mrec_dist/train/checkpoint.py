@@ -20,6 +20,7 @@ import torch
 
 from data_pipeline import storage
 from data_pipeline.storage import Location
+from ld4mrec_dist.run_dir import RunDir, run_location
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -111,6 +112,20 @@ def checkpoint_names(run_dir: Location) -> list[str]:
     checkpoint_<date>_<time>.<µs>, so the name orders them, partial ones included."""
     names = [n for n in storage.list_dir(run_dir) if n.startswith("checkpoint_") and n != RAY_SNAPSHOT_FILE]
     return sorted(names, reverse=True)
+
+
+def latest_checkpoint_dir(run_dir: RunDir) -> RunDir | None:
+    """The run's newest complete-looking Ray Train checkpoint (by the epoch it records)."""
+    candidates = []
+    for name in storage.list_dir(run_dir):
+        meta = storage.join(run_dir, name, META_FILE)
+        if not name.startswith("checkpoint_") or not storage.is_file(meta):
+            continue
+        try:
+            candidates.append((json.loads(storage.read_bytes(meta)).get("epoch", -1), name))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return run_location(storage.join(run_dir, max(candidates)[1])) if candidates else None
 
 
 @dataclass

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.distributed as tdist
 from torch import Tensor
 
 from ld4mrec_dist import dist
@@ -27,9 +28,20 @@ from ld4mrec_dist.build import build_optimizers, dense_parameters, wrap_cnet
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.eval.evaluator import RankFn, ranking_by_scores
 from ld4mrec_dist.model import LD4MRec
+from ld4mrec_dist.parallel.checkpoint import load_plain_state, plain_state
+from ld4mrec_dist.parallel.item import (
+    build_item_optimizers,
+    item_mesh,
+    item_parallel_step,
+    local_tensor,
+    shard_items,
+    slice_generators,
+)
+from ld4mrec_dist.parallel.topk import item_parallel_ranking
+from ld4mrec_dist.sampler import SamplerHistory
 from ld4mrec_dist.timing import StepTimer
 from ld4mrec_dist.train.context import WorkerContext
-from ld4mrec_dist.train.step import SamplerHistory, train_step
+from ld4mrec_dist.train.step import train_step
 
 
 def digest(tensors: Iterable[Tensor]) -> str:
@@ -126,8 +138,6 @@ class ItemParallel:
     (0: all W); the users split over the W / W_item item groups."""
 
     def __init__(self, model: LD4MRec, cfg: Config, worker: WorkerContext):
-        from ld4mrec_dist.parallel.item import build_item_optimizers, item_mesh, shard_items
-
         group = cfg.scaling.item_group or worker.world
         if worker.world % group:
             raise ValueError(f"scaling.item_group={group} does not divide the {worker.world} workers")
@@ -140,44 +150,30 @@ class ItemParallel:
         self.generators: tuple[torch.Generator, torch.Generator] | None = None
 
     def start_epoch(self, epoch: int) -> None:
-        from ld4mrec_dist.parallel.item import slice_generators
-
         # Dropout (on x_t's columns: each rank drops entries of its own slice) per world rank.
         torch.manual_seed(epoch_seed(self.cfg, epoch, dist.rank()))
         self.generators = slice_generators(self.cfg.train.seed, epoch, self.layout, self.device)
 
     def step(self, sampler: SamplerHistory, users_B: Tensor, rows_BI: Tensor, autocast: bool,
              timer: StepTimer) -> Tensor:
-        from ld4mrec_dist.parallel.item import item_parallel_step
-
         assert self.generators is not None, "start_epoch first"
         return item_parallel_step(self.model, self.layout, self.opts, sampler, users_B, rows_BI, self.generators,
                                   self.cfg, autocast=autocast, timer=timer)
 
     def rank_fn(self) -> RankFn:
-        from ld4mrec_dist.parallel.topk import item_parallel_ranking
-
         return item_parallel_ranking(self.model, self.layout)
 
     def full_state(self) -> dict[str, Any]:
         """Gathered from the shards (a collective: every rank calls it); full on rank 0 only,
         in the single-process form, so a checkpoint resumes under any layout."""
-        from ld4mrec_dist.parallel.checkpoint import plain_state
-
         return plain_state(self.model, self.opts)
 
     def load_state(self, saved: dict[str, Any]) -> None:
-        from ld4mrec_dist.parallel.checkpoint import load_plain_state
-
         load_plain_state(self.model, self.opts, saved)
 
     def cnet_digest(self) -> str:
         """The same on every rank when the data groups agree: the item group's shard digests,
         in item-rank order."""
-        import torch.distributed as tdist
-
-        from ld4mrec_dist.parallel.item import local_tensor
-
         mine = digest(local_tensor(p) for p in dense_parameters(self.model))
         shards: list[Any] = [None] * self.layout.item_world
         tdist.all_gather_object(shards, mine, group=self.layout.item_group)

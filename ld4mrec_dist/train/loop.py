@@ -9,6 +9,7 @@ that writes the run directory and (under Ray Train) a checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.partition import read_rank_rows
 from ld4mrec_dist.rows import RowStore, epoch_order, torch_minibatches
 from ld4mrec_dist.run_dir import BEST_MODEL_FILE, file_in, read_item_factors, rewrite_metrics
-from ld4mrec_dist.strategy import resolve_strategy
+from ld4mrec_dist.sampler import SamplerHistory
 from ld4mrec_dist.timing import PieceTimer
 from ld4mrec_dist.train.checkpoint import check_compatible, load_checkpoint, quiet_report_logs, state_bytes
 from ld4mrec_dist.train.context import WorkerContext, worker_context
@@ -33,7 +34,24 @@ from ld4mrec_dist.train.engine import Engine, build_engine, digest
 from ld4mrec_dist.train.faults import with_injected_fault
 from ld4mrec_dist.train.lr_rule import lr_at_step, scaled_lr, set_lr
 from ld4mrec_dist.train.state import LoopState, best_model_state, checkpoint_state, restored_loop
-from ld4mrec_dist.train.step import SamplerHistory
+
+
+@dataclass(frozen=True)
+class WorkerInput:
+    """What the driver hands every rank (as a plain dict: Ray Train's `train_loop_config`)."""
+
+    cfg: dict[str, Any]  # the run's config, `config_to_dict`
+    dataset: str  # the prepared dataset's location, verified by the driver
+    run_dir: str  # a local path or an object-store URI
+    strategy: str  # `scaling.strategy` as the driver resolved it (`auto` included), for every rank
+    resume_from: str = ""  # the checkpoint a --resume verified (used when Ray Train hands over none)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> WorkerInput:
+        return cls(**config)
 
 
 @dataclass
@@ -58,7 +76,7 @@ class Run:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    run = setup(config, worker_context())
+    run = setup(WorkerInput.from_dict(config), worker_context())
     cfg, state = run.cfg, run.state
     for epoch in range(state.epoch, cfg.train.epochs):
         epoch_row = train_epoch(run, epoch)  # Alg. 1 l.2-13 over this rank's users
@@ -79,20 +97,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the pieces, in loop order
 
 
-def setup(config: dict[str, Any], worker: WorkerContext) -> Run:
+def setup(given: WorkerInput, worker: WorkerContext) -> Run:
     """This rank's data, model, optimizers and loop state (restored when resuming)."""
-    cfg = config_from_dict(config["cfg"])
+    cfg = config_from_dict(given.cfg)
     quiet_report_logs()  # one console line per epoch, not one per Ray report
-    run_dir = config["run_dir"]  # a local path or an object-store URI
-    ds = open_dataset(config["dataset"], verify="sizes")  # the driver hashed it; here only a cheap listing
+    run_dir = given.run_dir
+    ds = open_dataset(given.dataset, verify="sizes")  # the driver hashed it; here only a cheap listing
     model = build_model(cfg, ds, read_item_factors(run_dir), worker.device)
-    strategy, _ = resolve_strategy(cfg, ds.n_items, worker.world, ds.feature_dims)  # the driver printed why
-    engine = build_engine(model, cfg, worker, strategy)
-    sampler, state = SamplerHistory.empty(model, cfg), LoopState()
+    engine = build_engine(model, cfg, worker, given.strategy)
+    sampler, state = SamplerHistory.empty(model.schedule.steps, cfg.diffusion), LoopState()
     # Ray's latest checkpoint; else the one a --resume verified in the driver (Ray's snapshot may not list it)
-    saved = worker.saved_state() or (load_checkpoint(config["resume_from"]) if config.get("resume_from") else None)
+    saved = worker.saved_state() or (load_checkpoint(given.resume_from) if given.resume_from else None)
     if saved is not None:
-        check_compatible(saved, config["cfg"], ds.manifest_sha256)
+        check_compatible(saved, given.cfg, ds.manifest_sha256)
         engine.load_state(saved)
         sampler, state = restored_loop(saved)
         if worker.rank == 0:

@@ -8,7 +8,7 @@ from typing import Any
 from ld4mrec_dist.build import item_factors_of
 from ld4mrec_dist.config import Config, config_to_dict
 from ld4mrec_dist.model import LD4MRec
-from ld4mrec_dist.train.step import SamplerHistory
+from ld4mrec_dist.sampler import SamplerHistory
 
 
 @dataclass

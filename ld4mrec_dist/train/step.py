@@ -7,8 +7,6 @@ N = W·B (t, L_rec) pairs gathered over the W ranks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
@@ -16,29 +14,8 @@ from ld4mrec_dist import dist
 from ld4mrec_dist.build import Optimizers
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.model import LD4MRec
-from ld4mrec_dist.sampler import init_history, step_probabilities, update_history
+from ld4mrec_dist.sampler import SamplerHistory
 from ld4mrec_dist.timing import StepTimer, untimed
-
-
-@dataclass
-class SamplerHistory:
-    """The importance-sampling history (Eq. 13): equal on every rank after every step."""
-
-    table_TH: Tensor  # float64 [T, H] the latest H losses of each step
-    counts_T: Tensor  # int64 [T] losses ever recorded per step
-
-    @classmethod
-    def empty(cls, model: LD4MRec, cfg: Config) -> SamplerHistory:
-        """T from the model's schedule (its one owner), H from the config."""
-        return cls(*init_history(model.schedule.steps, cfg.diffusion.history))
-
-    def probabilities(self, cfg: Config) -> Tensor:
-        """p_T, float64 [T] (uniform until every step has H values)."""
-        return step_probabilities(self.table_TH, self.counts_T, cfg.diffusion.uniform_floor,
-                                  enabled=cfg.diffusion.importance_sampling)
-
-    def record(self, t_N: Tensor, loss_N: Tensor) -> None:
-        self.table_TH, self.counts_T = update_history(self.table_TH, self.counts_T, t_N, loss_N)
 
 
 def train_step(model: LD4MRec, cnet: nn.Module, opts: Optimizers, history: SamplerHistory,
@@ -53,7 +30,7 @@ def train_step(model: LD4MRec, cnet: nn.Module, opts: Optimizers, history: Sampl
     device = model.device
     # l.3-8: t ~ p_t, forward process q(x_t | f_s(x_in)), C-Net's prediction, loss (Eq. 13).
     with timed("forward"):
-        p_T = history.probabilities(cfg)
+        p_T = history.probabilities(cfg.diffusion)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(rows_BI, users_B, step_probs=p_T, generator=generator, cnet=cnet)
         if not torch.isfinite(out.loss):

@@ -141,7 +141,9 @@ def run_trial(params: dict[str, Any], sweep_dir: Path, stall_timeout_s: float = 
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ld4mrec_dist.train import trainer
+    from ld4mrec_dist.train import launch, trainer
+    from ld4mrec_dist.train.checkpoint import latest_checkpoint_dir
+    from ld4mrec_dist.train.resources import runs_in_process
 
     t0 = time.perf_counter()
     trial_id = tune.get_context().get_trial_id()
@@ -153,23 +155,23 @@ def run_trial(params: dict[str, Any], sweep_dir: Path, stall_timeout_s: float = 
         # finish) restarts it on resume: report the saved result instead of training again.
         tune.report(final_report(final))
         return
-    if cfg.scaling.num_workers > 0 and trainer.latest_checkpoint_dir(run_dir) is not None:
+    if not runs_in_process(cfg) and latest_checkpoint_dir(run_dir) is not None:
         cfg.run.resume = str(run_dir)  # Tune restarted this trial: Ray Train resumes it
     elif run_dir.exists():
         shutil.rmtree(run_dir)  # interrupted before its first checkpoint (or in-process): start it over
-    ds, prepared_dir = trainer.prepare_run(cfg)
-    if cfg.scaling.num_workers == 0:
-        out = train_in_process(trainer.loop_config(cfg, ds, prepared_dir), run_dir)
+    prepared = trainer.prepare_run(cfg)
+    if runs_in_process(cfg):
+        out = train_in_process(prepared.worker.as_dict(), run_dir)
         trainer.finish_run(cfg, run_dir, out, time.perf_counter() - t0)
         return
     what = (f"trial {trial_id}: setting up its Ray Train run (cluster checks) "
             f"did not finish within stall_timeout_s={stall_timeout_s:g}s")
     report = TuneReportCallback()  # type: ignore[no-untyped-call]
-    torch_trainer = within(stall_timeout_s, what, lambda: trainer.make_torch_trainer(
-        cfg, ds, prepared_dir, callbacks=[report]))
+    torch_trainer = within(stall_timeout_s, what, lambda: launch.make_torch_trainer(
+        cfg, prepared.run_dir, prepared.worker, callbacks=[report]))
     bound_worker_start(torch_trainer, stall_timeout_s)
     try:
-        out = trainer.fit(torch_trainer)
+        out = launch.fit(torch_trainer)
     except Exception as err:
         if not is_worker_start_timeout(err):
             raise
@@ -310,7 +312,9 @@ def auto_concurrency(cfg: Config) -> int:
 def trial_request(cfg: Config) -> dict[str, float]:
     """What one trial reserves: its driver's CPU and its workers' placement group, or, in
     process, the CPUs (and GPU) of one worker."""
-    if cfg.scaling.num_workers == 0:
+    from ld4mrec_dist.train.resources import runs_in_process
+
+    if runs_in_process(cfg):
         gpu = {"GPU": 1.0} if cfg.scaling.use_gpu else {}
         return {"CPU": max(cfg.scaling.cpus_per_worker, TRIAL_DRIVER_CPU), **gpu}
     request = {"CPU": TRIAL_DRIVER_CPU + cfg.scaling.num_workers * cfg.scaling.cpus_per_worker}
@@ -350,7 +354,7 @@ def trial_name(trial: Any) -> str:
 def create_sweep(spec: SweepSpec, user_base: Config, storage: str | Path, name: str,
                  max_concurrent: int | None = None) -> tuple[Path, Any]:
     """Write the sweep directory and prepare the dataset once: the directory and its Tuner."""
-    from ld4mrec_dist.train.trainer import resolve_dataset
+    from ld4mrec_dist.run_dir import resolve_dataset
     from ld4mrec_dist.tune.search_space import check_space_values
 
     check_space_values(spec, user_base)

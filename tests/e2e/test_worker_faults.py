@@ -8,8 +8,13 @@ import shutil
 
 import pytest
 
-from ld4mrec_dist.train.checkpoint import CheckpointError, checkpoint_names, choose_resume_checkpoint
-from ld4mrec_dist.train.trainer import latest_checkpoint_dir, run_training
+from ld4mrec_dist.train.checkpoint import (
+    CheckpointError,
+    checkpoint_names,
+    choose_resume_checkpoint,
+    latest_checkpoint_dir,
+)
+from ld4mrec_dist.train.trainer import run_training
 
 from .conftest import TINY_MODEL, make_config
 

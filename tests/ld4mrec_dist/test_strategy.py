@@ -1,4 +1,5 @@
-"""Gradient strategies (ld4mrec_dist/strategy.py): byte formulas against closed forms, the
+"""Gradient strategies (ld4mrec_dist/strategy.py) and the scaling model
+(ld4mrec_dist/scaling_model.py): byte formulas against closed forms, the
 torch DDP hooks on 2 real gloo processes (benchmarks.harness.gloo_spawn), PowerSGD's state
 through a checkpoint and resume (bitwise continuation) on the same processes, `auto` on
 hand-computed cases, and the config's errors."""
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks.harness import free_port, gloo_spawn
+from ld4mrec_dist import scaling_model as sm
 from ld4mrec_dist import strategy as st
 from ld4mrec_dist.config import ConfigError, load_config
 
@@ -28,10 +30,10 @@ def closed_form_params(i: int, d: int, k: int, dims: tuple[int, ...]) -> int:
 
 
 def test_gradient_bytes_follow_closed_forms():
-    shape = st.Shape("t", I, D, B, K, DIMS)
+    shape = sm.Shape("t", I, D, B, K, DIMS)
     params = closed_form_params(I, D, K, DIMS)
-    assert sum(math.prod(s) for s in st.grad_shapes(I, D, K, DIMS)) == params
-    by = {s: st.bytes_per_step(s, shape, WORLD) for s in st.MODELLED}
+    assert sum(math.prod(s) for s in sm.grad_shapes(I, D, K, DIMS)) == params
+    by = {s: sm.bytes_per_step(s, shape, WORLD) for s in sm.MODELLED}
     assert by["ddp"]["C-Net gradients (fp32)"] == 4 * params
     assert by["ddp_bf16"]["C-Net gradients (bf16)"] == 2 * params
     # PowerSGD, r = 4: FC_in [D, I] and FC_out [I, D] give (I + D)·r each; W1 [D, 2D] (D + 2D)·r,
@@ -40,7 +42,7 @@ def test_gradient_bytes_follow_closed_forms():
     r = st.POWERSGD_RANK
     pq = 2 * (I + D) * r + (D + 2 * D) * r + (2 * D) * r + 2 * (2 * D) * r
     plain = (D + I) + 3 * D + 4 * D + (K * D) + 2 * (DIMS[0] * D)
-    assert st.powersgd_elements(st.grad_shapes(I, D, K, DIMS), r) == (pq, plain)
+    assert sm.powersgd_elements(sm.grad_shapes(I, D, K, DIMS), r) == (pq, plain)
     assert by["powersgd"][f"C-Net gradients (PowerSGD P, Q, rank {r})"] == 4 * pq
     assert by["powersgd"]["C-Net gradients (uncompressed tensors)"] == 4 * plain
     for s in ("ddp", "ddp_bf16", "powersgd"):
@@ -49,35 +51,35 @@ def test_gradient_bytes_follow_closed_forms():
     # item_parallel (one item group): two [B, D] float32 all-reduces and the loss instead of
     # any gradient, as item_parallel_bytes_per_step says (parallel/'s tests count them)
     item = by["item_parallel"]
-    theirs = st.item_parallel_bytes_per_step(B, D)
+    theirs = sm.item_parallel_bytes_per_step(B, D)
     assert item["FC_in output + FC_out input gradient [B, D]"] == 2 * B * D * 4 == theirs["activations"]
     assert item["per-user loss over item slices"] == (B + 1) * 4 == theirs["loss"]
     assert not any("gradients" in k for k in item)
-    two_groups = st.bytes_per_step("item_parallel", shape, 4, item_group=2)
+    two_groups = sm.bytes_per_step("item_parallel", shape, 4, item_group=2)
     assert two_groups["C-Net gradients over data replicas"] == 4 * (params - (2 * I * D + I) + (2 * I * D + I) / 2)
 
 
 def test_ring_times_and_buckets_follow_closed_forms():
-    net = st.Network("n", gbps=8.0, latency_us=10.0)  # 1e9 bytes/s
-    ar = st.Collective("x", "all_reduce", 1e6, 3)
-    ag = st.Collective("y", "all_gather", 1e6, 1)
-    assert st.collective_time(ar, 4, net) == pytest.approx(2 * 3 / 4 * 1e-3 + 2 * 3 * 3 * 10e-6)
-    assert st.collective_time(ag, 4, net) == pytest.approx(3 / 4 * 1e-3 + 3 * 10e-6)
-    assert st.collective_time(ar, 1, net) == 0.0
+    net = sm.Network("n", gbps=8.0, latency_us=10.0)  # 1e9 bytes/s
+    ar = sm.Collective("x", "all_reduce", 1e6, 3)
+    ag = sm.Collective("y", "all_gather", 1e6, 1)
+    assert sm.collective_time(ar, 4, net) == pytest.approx(2 * 3 / 4 * 1e-3 + 2 * 3 * 3 * 10e-6)
+    assert sm.collective_time(ag, 4, net) == pytest.approx(3 / 4 * 1e-3 + 3 * 10e-6)
+    assert sm.collective_time(ar, 1, net) == 0.0
     mib = 1 << 20
-    assert st.bucket_count([(mib // 4,)]) == 1  # exactly the first bucket's cap
-    assert st.bucket_count([(10,), (mib // 4,)]) == 2  # reversed: the 1 MiB tensor closes the first bucket
-    assert st.bucket_count([(30 * mib // 4,), (10,), (mib // 4,)]) == 2
-    assert st.bucket_count(st.grad_shapes(I, D, K, DIMS)) == 2
+    assert sm.bucket_count([(mib // 4,)]) == 1  # exactly the first bucket's cap
+    assert sm.bucket_count([(10,), (mib // 4,)]) == 2  # reversed: the 1 MiB tensor closes the first bucket
+    assert sm.bucket_count([(30 * mib // 4,), (10,), (mib // 4,)]) == 2
+    assert sm.bucket_count(sm.grad_shapes(I, D, K, DIMS)) == 2
 
 
 def test_prediction_adds_compute_and_communication():
-    shape = st.Shape("t", I, D, B, K, DIMS)
-    net, comp = st.Network("n", 8.0, 0.0), st.Compute("c", 1e-12, 1e-12)
-    p1 = st.predict("ddp", shape, 1, net, comp)
+    shape = sm.Shape("t", I, D, B, K, DIMS)
+    net, comp = sm.Network("n", 8.0, 0.0), sm.Compute("c", 1e-12, 1e-12)
+    p1 = sm.predict("ddp", shape, 1, net, comp)
     assert p1.comm_s == 0 and p1.efficiency == pytest.approx(1.0)
-    p4 = st.predict("ddp", shape, 4, net, comp)
-    comm = sum(st.collective_time(c, 4, net) for c in st.collectives("ddp", shape, 4))
+    p4 = sm.predict("ddp", shape, 4, net, comp)
+    comm = sum(sm.collective_time(c, 4, net) for c in sm.collectives("ddp", shape, 4))
     assert p4.step_s == pytest.approx(p1.compute_s + comm)
     assert p4.users_per_s == pytest.approx(4 * B / p4.step_s)
     assert p4.efficiency == pytest.approx(p4.users_per_s / (4 * p1.users_per_s))
@@ -85,52 +87,52 @@ def test_prediction_adds_compute_and_communication():
 
 # ---------------------------------------------------------------- auto
 
-FREE = st.Compute("free", 0.0, 0.0, 1e-12)  # compute costs (almost) nothing: step time = communication
-NO_LATENCY = st.Network("fast", 8.0, 0.0)
+FREE = sm.Compute("free", 0.0, 0.0, 1e-12)  # compute costs (almost) nothing: step time = communication
+NO_LATENCY = sm.Network("fast", 8.0, 0.0)
 DATA_PARALLEL = ("ddp", "ddp_bf16", "powersgd")
 
 
 def test_auto_on_one_rank_is_ddp():
-    assert st.choose_strategy(1, st.SHAPES["electronics"], NO_LATENCY, FREE)[0] == "ddp"
+    assert sm.choose_strategy(1, sm.SHAPES["electronics"], NO_LATENCY, FREE)[0] == "ddp"
 
 
 def test_auto_keeps_exact_ddp_when_communication_is_free():
-    infinite = st.Network("inf", 1e12, 0.0)
-    slow = st.Compute("slow", 1e-9, 1e-9)  # PowerSGD's extra matmuls then cost more than it saves
-    name, reason = st.choose_strategy(4, st.SHAPES["baby"], infinite, slow, available=DATA_PARALLEL)
+    infinite = sm.Network("inf", 1e12, 0.0)
+    slow = sm.Compute("slow", 1e-9, 1e-9)  # PowerSGD's extra matmuls then cost more than it saves
+    name, reason = sm.choose_strategy(4, sm.SHAPES["baby"], infinite, slow, available=DATA_PARALLEL)
     assert name == "ddp" and "ms/step" in reason
     # item_parallel is as exact, but plain DDP wins while it is within the tolerance of the best
     both = (*DATA_PARALLEL, "item_parallel")
-    assert st.choose_strategy(4, st.SHAPES["baby"], infinite, slow, available=both, item_group=2)[0] == "ddp"
+    assert sm.choose_strategy(4, sm.SHAPES["baby"], infinite, slow, available=both, item_group=2)[0] == "ddp"
 
 
 def test_auto_prefers_bf16_when_powersgd_cannot_compress():
     # d = 2: no [2, m] matrix compresses 2× at rank min(2, m, 4), so PowerSGD all-reduces
     # everything in float32 (= ddp's bytes) and bf16 halves them: bf16 is 2× faster than both.
-    shape = st.Shape("thin", 50_000, hidden=2, batch=1, svd_rank=2, feature_dims=(2,))
-    assert st.powersgd_elements(st.grad_shapes(50_000, 2, 2, (2,)))[0] == 0
-    name, _ = st.choose_strategy(2, shape, NO_LATENCY, FREE, available=DATA_PARALLEL)
+    shape = sm.Shape("thin", 50_000, hidden=2, batch=1, svd_rank=2, feature_dims=(2,))
+    assert sm.powersgd_elements(sm.grad_shapes(50_000, 2, 2, (2,)))[0] == 0
+    name, _ = sm.choose_strategy(2, shape, NO_LATENCY, FREE, available=DATA_PARALLEL)
     assert name == "ddp_bf16"
 
 
 def test_auto_picks_powersgd_when_gradients_dominate_and_item_parallel_only_when_wired():
-    shape = st.Shape("wide", 200_000, hidden=256, batch=8, svd_rank=8, feature_dims=(8,))
-    preds = {s: st.predict(s, shape, 4, NO_LATENCY, FREE, item_group=2) for s in st.MODELLED}
+    shape = sm.Shape("wide", 200_000, hidden=256, batch=8, svd_rank=8, feature_dims=(8,))
+    preds = {s: sm.predict(s, shape, 4, NO_LATENCY, FREE, item_group=2) for s in sm.MODELLED}
     # hand check: ddp moves 4·(2·I·D + I), PowerSGD 4·(2·(I + D)·r + I) (FC_out's bias stays
     # whole): ≈ (2D + 1) / (2r + 1) = 57× less; the rest (z_in, sampler, small layers) < 1 %
     assert preds["ddp"].step_s / preds["powersgd"].step_s == pytest.approx(513 / 9, rel=0.02)
     # item groups of 2: half the users per step, but 2 all-reduces of [B, D] plus the data
     # replicas' all-reduce of half the item layers ≈ half of ddp's bytes: slower than PowerSGD
     assert preds["item_parallel"].users_per_s < preds["powersgd"].users_per_s
-    assert st.choose_strategy(4, shape, NO_LATENCY, FREE, available=DATA_PARALLEL)[0] == "powersgd"
-    assert st.best_item_group(shape, 4, NO_LATENCY, FREE) == 4  # one item group: no gradient at all
+    assert sm.choose_strategy(4, shape, NO_LATENCY, FREE, available=DATA_PARALLEL)[0] == "powersgd"
+    assert sm.best_item_group(shape, 4, NO_LATENCY, FREE) == 4  # one item group: no gradient at all
     wired = (*DATA_PARALLEL, "item_parallel")
-    assert st.choose_strategy(4, shape, NO_LATENCY, FREE, available=wired)[0] == "item_parallel"
+    assert sm.choose_strategy(4, shape, NO_LATENCY, FREE, available=wired)[0] == "item_parallel"
 
 
 def test_auto_respects_a_memory_limit():
-    shape = st.SHAPES["electronics_x10"]
-    name, reason = st.choose_strategy(2, shape, NO_LATENCY, FREE, memory_limit=1 << 30)
+    shape = sm.SHAPES["electronics_x10"]
+    name, reason = sm.choose_strategy(2, shape, NO_LATENCY, FREE, memory_limit=1 << 30)
     assert name == "ddp" and "fits" in reason
 
 
@@ -146,19 +148,19 @@ def test_a_strategy_the_trainer_cannot_run_is_refused_with_a_clear_error(monkeyp
     cfg = load_config(None, ["scaling.strategy=item_parallel"])
     monkeypatch.setattr(st, "WIRED", ("ddp", "ddp_bf16", "powersgd"))  # as before the trainer ran it
     with pytest.raises(st.StrategyUnavailable, match="not wired into the trainer yet; use one of"):
-        st.resolve_strategy(cfg, 1_000, 2)
+        sm.resolve_strategy(cfg, 1_000, 2)
     with pytest.raises(st.StrategyUnavailable, match="not wired"):
-        st.describe_choice(cfg, 1_000, 1)
+        sm.describe_choice(cfg, 1_000, 1)
 
 
 def test_describe_choice_names_the_strategy_and_why():
     cfg = load_config(None, ["scaling.strategy=auto", "scaling.use_gpu=true"])
-    line = st.describe_choice(cfg, 63_001, 4)
-    name, _ = st.resolve_strategy(cfg, 63_001, 4)
+    line = sm.describe_choice(cfg, 63_001, 4)
+    name, _ = sm.resolve_strategy(cfg, 63_001, 4)
     assert f"gradient strategy: {name} (scaling.strategy=auto)" in line and "g5.2xlarge" in line
-    assert "one rank" in st.describe_choice(cfg, 63_001, 1)
+    assert "one rank" in sm.describe_choice(cfg, 63_001, 1)
     fixed = load_config(None, ["scaling.strategy=ddp_bf16"])
-    assert st.describe_choice(fixed, 63_001, 4).endswith("ddp_bf16: set by scaling.strategy")
+    assert sm.describe_choice(fixed, 63_001, 4).endswith("ddp_bf16: set by scaling.strategy")
 
 
 def test_auto_must_be_resolved_before_a_hook_is_registered():
@@ -234,11 +236,11 @@ def _powersgd_resume(rank: int, world: int, directory: str) -> dict:
 
     from ld4mrec_dist.config import Config, DiffusionSection, ModelSection, TrainSection
     from ld4mrec_dist.model import LD4MRec
+    from ld4mrec_dist.sampler import SamplerHistory
     from ld4mrec_dist.timing import untimed
     from ld4mrec_dist.train.checkpoint import load_checkpoint, save_checkpoint
     from ld4mrec_dist.train.engine import DataParallel, digest
     from ld4mrec_dist.train.state import LoopState, checkpoint_state, restored_loop
-    from ld4mrec_dist.train.step import SamplerHistory
 
     users = 8
     cfg = Config(model=ModelSection(hidden=D, svd_rank=K), diffusion=DiffusionSection(steps=5, history=2),
@@ -267,13 +269,13 @@ def _powersgd_resume(rank: int, world: int, directory: str) -> dict:
         return eng.cnet_digest(), digest([eng.model.z_in.weight])
 
     whole = engine()
-    sampler = SamplerHistory.empty(whole.model, cfg)
+    sampler = SamplerHistory.empty(whole.model.schedule.steps, cfg.diffusion)
     steps(whole, sampler, 0, N_STEPS)
     steps(whole, sampler, 1, M_STEPS)
     out: dict = {"whole": digests(whole), "iter": whole.hook_state.iter}
 
     first = engine()
-    sampler = SamplerHistory.empty(first.model, cfg)
+    sampler = SamplerHistory.empty(first.model.schedule.steps, cfg.diffusion)
     steps(first, sampler, 0, N_STEPS)
     full = first.full_state()
     ck = Path(directory) / "ck"
@@ -338,10 +340,10 @@ def test_powersgd_runs_compresses_and_keeps_ranks_equal(hooked):
 
 
 def test_measured_bytes_and_calls_match_the_model(hooked):
-    shapes = st.grad_shapes(I, D, K, DIMS)
+    shapes = sm.grad_shapes(I, D, K, DIMS)
     params = sum(math.prod(s) for s in shapes)
-    buckets = st.bucket_count(shapes)
-    pq, plain = st.powersgd_elements(shapes)
+    buckets = sm.bucket_count(shapes)
+    pq, plain = sm.powersgd_elements(shapes)
     assert (hooked[0]["ddp_bf16"]["bytes"], hooked[0]["ddp_bf16"]["calls"]) == (2 * params, buckets)
     assert (hooked[0]["powersgd"]["bytes"], hooked[0]["powersgd"]["calls"]) == (4 * (pq + plain), 3 * buckets)
 

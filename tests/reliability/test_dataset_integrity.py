@@ -219,13 +219,13 @@ def test_training_driver_refuses_a_tampered_dataset(ds, tmp_path):
 
 def test_training_worker_checks_sizes(ds, tmp_path):
     from ld4mrec_dist.config import config_to_dict, load_config
-    from ld4mrec_dist.train.loop import train_loop_per_worker
+    from ld4mrec_dist.train.loop import WorkerInput, train_loop_per_worker
 
     shard = ds / "test" / "part-00000.parquet"
     shard.write_bytes(shard.read_bytes()[:-10])
     cfg = load_config(overrides=[f"data.path={ds}", "scaling.num_workers=0"])
     with pytest.raises(DataError) as err:
-        train_loop_per_worker({"cfg": config_to_dict(cfg), "dataset": str(ds), "run_dir": str(tmp_path)})
+        train_loop_per_worker(WorkerInput(config_to_dict(cfg), str(ds), str(tmp_path), "ddp").as_dict())
     assert_damaged(err, "test/part-00000.parquet is")
 
 

@@ -18,7 +18,8 @@ import torch
 
 from data_pipeline.prepare import prepare_synthetic
 from ld4mrec_dist.config import load_config
-from ld4mrec_dist.train import trainer
+from ld4mrec_dist.run_dir import anchored_path
+from ld4mrec_dist.train import failures, launch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,13 +50,13 @@ def test_used_up_restarts_end_in_one_line_with_the_resume_command(tmp_path):
         0: RuntimeError("Traceback (most recent call last):\n  File x\nRuntimeError: [gloo] Connection closed by peer"),
         1: ActorDiedError("The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker")})
     cfg = load_config(overrides=["scaling.max_failures=2"])
-    message = trainer.failure_message(err, cfg, tmp_path)
+    message = failures.failure_message(err, cfg, tmp_path)
     assert "\n" not in message
     assert message.startswith("training failed: worker rank 1 died (and 1 other rank(s) failed with it)")
     assert "2 restart(s) (scaling.max_failures) used up" in message
     assert message.endswith(f"python jobs/train.py --resume {tmp_path}")
     one = WorkerGroupError("1 worker failed", {0: RuntimeError("Traceback …\nFloatingPointError: non-finite loss")})
-    assert "worker rank 0 raised FloatingPointError: non-finite loss" in trainer.failure_message(one, cfg, tmp_path)
+    assert "worker rank 0 raised FloatingPointError: non-finite loss" in failures.failure_message(one, cfg, tmp_path)
 
 
 def test_ctrl_c_of_a_ray_run_prints_the_resume_command(job, tiny_settings, tiny_data, tmp_path, monkeypatch, capsys):
@@ -63,8 +64,8 @@ def test_ctrl_c_of_a_ray_run_prints_the_resume_command(job, tiny_settings, tiny_
         (Path(run_dir) / "checkpoint_2026-01-01_00-00-00.000000").mkdir()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "make_torch_trainer", lambda *a, **k: None)
-    monkeypatch.setattr(trainer, "fit", interrupted_fit)
+    monkeypatch.setattr(launch, "make_torch_trainer", lambda *a, **k: None)
+    monkeypatch.setattr(launch, "fit", interrupted_fit)
     code = job("train").main([*tiny_settings, f"data.path={tiny_data}", f"run.storage={tmp_path}", "run.name=r",
                                "scaling.num_workers=1"])
     assert code == 130
@@ -77,7 +78,7 @@ def test_ray_trains_own_sigint_exit_counts_as_ctrl_c(tmp_path):
             raise SystemExit(0)
 
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(AbortedTrainer(), load_config(), tmp_path)
+        launch.fit(AbortedTrainer(), load_config(), tmp_path)
 
 
 def test_ctrl_c_of_an_in_process_run_exits_130_and_says_there_is_nothing_to_resume(tiny_settings, tiny_data, tmp_path):
@@ -195,4 +196,4 @@ def test_relative_paths_in_a_ray_job_land_in_a_persistent_place(job, tiny_settin
     assert not any(p.name != "__pycache__" for p in pkg.iterdir())
     assert f"run.storage=runs → {home / 'runs'}" in capsys.readouterr().out
     # --resume with a relative path resolves to the same place.
-    assert trainer.anchored_path("runs/r") == str(home / "runs" / "r")
+    assert anchored_path("runs/r") == str(home / "runs" / "r")

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from ld4mrec_dist.config import load_config
-from ld4mrec_dist.train import trainer
-from ld4mrec_dist.train.trainer import ResourceError, TrainingFailed, cluster_shortfall, run_training
+from ld4mrec_dist.train import launch, resources
+from ld4mrec_dist.train.failures import TrainingFailed
+from ld4mrec_dist.train.resources import ResourceError, cluster_shortfall
+from ld4mrec_dist.train.trainer import run_training
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
@@ -46,7 +48,7 @@ def test_infeasible_request_fails_before_fit(ray_local, tiny_data, tiny_config, 
     def no_fit(*_args, **_kw):
         raise AssertionError("fit() must not start")
 
-    monkeypatch.setattr(trainer, "fit", no_fit)
+    monkeypatch.setattr(launch, "fit", no_fit)
     with pytest.raises(ResourceError) as info:
         run_training(tiny_config(tiny_data, tmp_path, "infeasible", "train.epochs=1", *overrides))
     message = str(info.value)
@@ -57,8 +59,8 @@ def test_infeasible_request_fails_before_fit(ray_local, tiny_data, tiny_config, 
 def test_autoscaling_option_skips_the_up_front_check(ray_local):
     cfg = load_config(overrides=["scaling.num_workers=3", "scaling.cpus_per_worker=1",
                                  "scaling.wait_for_resources_s=600"])
-    trainer.check_cluster_fits(cfg)  # no error: the cluster may still grow
-    assert trainer.start_timeout_s(cfg) == 600
+    resources.check_cluster_fits(cfg)  # no error: the cluster may still grow
+    assert resources.start_timeout_s(cfg) == 600
 
 
 @pytest.mark.slow

@@ -24,8 +24,8 @@ from ld4mrec_dist.eval.metrics import mask_items
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.parallel.checkpoint import load_plain_state, load_sharded, plain_state, save_sharded
 from ld4mrec_dist.parallel.topk import merge_topk, topk_ordered
-from ld4mrec_dist.sampler import sample_steps
-from ld4mrec_dist.train.step import SamplerHistory, train_step
+from ld4mrec_dist.sampler import SamplerHistory, sample_steps
+from ld4mrec_dist.train.step import train_step
 
 U, I, D, K, B = 9, 11, 8, 3, 4  # 11 items on 2 ranks: slices of 6 and 5
 FEATS = (("text", 5), ("image", 4))
@@ -62,7 +62,7 @@ def _model(cfg: Config) -> LD4MRec:
 
 def _history(model: LD4MRec, cfg: Config) -> SamplerHistory:
     """A full history, so that p_t is not uniform and the importance weights differ from 1."""
-    h = SamplerHistory.empty(model, cfg)
+    h = SamplerHistory.empty(model.schedule.steps, cfg.diffusion)
     t_N = torch.arange(1, 6).repeat(2)
     h.record(t_N, torch.linspace(0.1, 2.0, 10, dtype=torch.float64))
     return h
@@ -143,7 +143,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
         slice_generators,
     )
     from ld4mrec_dist.parallel.topk import item_parallel_ranking, item_parallel_topk
-    from ld4mrec_dist.strategy import item_parallel_bytes_per_step
+    from ld4mrec_dist.scaling_model import item_parallel_bytes_per_step
 
     warnings.simplefilter("ignore")
     cfg = _cfg()
@@ -155,7 +155,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
         return model, layout, build_item_optimizers(model, cfg)
 
     def step(model, layout, opts, history, seed):
-        t_B, target_BI, noise_BI = _full_draw(model, history.probabilities(cfg), seed)
+        t_B, target_BI, noise_BI = _full_draw(model, history.probabilities(cfg.diffusion), seed)
         lo, hi = layout.lo, layout.hi
         draw = SliceDraw(t_B, target_BI[:, lo:hi], noise_BI[:, lo:hi])
         with CollectiveBytes() as counted:
@@ -186,7 +186,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     # bf16 autocast runs through the sharded layers (a fresh model, one step).
     bf16_model, bf16_layout, bf16_opts = sharded()
     bf16_history = _history(bf16_model, cfg)
-    t_B, target_BI, noise_BI = _full_draw(bf16_model, bf16_history.probabilities(cfg), SEEDS[1])
+    t_B, target_BI, noise_BI = _full_draw(bf16_model, bf16_history.probabilities(cfg.diffusion), SEEDS[1])
     bf16_draw = SliceDraw(t_B, target_BI[:, layout.lo:layout.hi], noise_BI[:, layout.lo:layout.hi])
     bf16_loss = float(item_parallel_step(bf16_model, bf16_layout, bf16_opts, bf16_history, USERS, _rows(),
                                          (None, None), cfg, autocast=True, draw=bf16_draw))
@@ -194,7 +194,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     # The production draw: t shared by the item group, ε and the mask of the slice only.
     gens = slice_generators(cfg.train.seed, 3, layout, torch.device("cpu"))
     x_BL = column_slice(_rows(), layout.lo, layout.hi)
-    own = draw_slice(model, x_BL, history.probabilities(cfg), *gens)
+    own = draw_slice(model, x_BL, history.probabilities(cfg.diffusion), *gens)
     draws = {"t": _np(own.t), "noise": _np(own.noise), "changed": _np(own.target != x_BL)}
 
     # Top-k of a fresh model: k = 3, k = 8 (more than a slice holds) and k = I (every masked
@@ -219,7 +219,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     data_model = _model(cfg)
     data_layout = shard_items(data_model, item_mesh(world, 1))
     data_opts, data_history = build_item_optimizers(data_model, cfg), _history(data_model, cfg)
-    draw = SliceDraw(*_full_draw(data_model, data_history.probabilities(cfg), seed, users))
+    draw = SliceDraw(*_full_draw(data_model, data_history.probabilities(cfg.diffusion), seed, users))
     data_loss = item_parallel_step(data_model, data_layout, data_opts, data_history, users, _rows(users),
                                    (None, None), cfg, draw=draw)
     ddp_model = _model(cfg)
@@ -455,7 +455,7 @@ def _rank4(rank: int, world: int) -> dict:
         shard_items,
     )
     from ld4mrec_dist.parallel.topk import item_parallel_topk
-    from ld4mrec_dist.strategy import item_parallel_bytes_per_step
+    from ld4mrec_dist.scaling_model import item_parallel_bytes_per_step
 
     warnings.simplefilter("ignore")
     cfg = _cfg()
@@ -466,7 +466,7 @@ def _rank4(rank: int, world: int) -> dict:
         return model, layout, build_item_optimizers(model, cfg)
 
     def step(model, layout, opts, history, seed, users, cfg: Config = cfg):
-        full = _full_draw(model, history.probabilities(cfg), seed, users)
+        full = _full_draw(model, history.probabilities(cfg.diffusion), seed, users)
         draw = SliceDraw(full[0], full[1][:, layout.lo:layout.hi], full[2][:, layout.lo:layout.hi])
         return float(item_parallel_step(model, layout, opts, history, users, _rows(users), (None, None), cfg,
                                         draw=draw))

@@ -7,8 +7,9 @@ import torch
 from ld4mrec_dist.build import build_optimizers
 from ld4mrec_dist.config import DiffusionSection, ModelSection, load_config
 from ld4mrec_dist.model import LD4MRec
+from ld4mrec_dist.sampler import SamplerHistory
 from ld4mrec_dist.timing import PieceTimer
-from ld4mrec_dist.train.step import SamplerHistory, train_step
+from ld4mrec_dist.train.step import train_step
 
 U, I, T = 6, 10, 4
 
@@ -27,7 +28,7 @@ def _setup(lr: float = 1e-2):
 
 def test_a_step_updates_cnet_the_batchs_z_in_rows_and_the_history():
     cfg, model, opts, rows, users = _setup()
-    sampler = SamplerHistory.empty(model, cfg)
+    sampler = SamplerHistory.empty(model.schedule.steps, cfg.diffusion)
     assert sampler.table_TH.shape == (T, 2)  # T from the model's schedule
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     timer = PieceTimer()
@@ -47,7 +48,7 @@ def test_a_non_finite_loss_stops_before_any_update():
     with torch.no_grad():
         model.cnet.fc_out.bias.fill_(float("nan"))
     before = [p.detach().clone() for p in model.parameters()]
-    sampler = SamplerHistory.empty(model, cfg)
+    sampler = SamplerHistory.empty(model.schedule.steps, cfg.diffusion)
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         train_step(model, model.cnet, opts, sampler, users, rows, torch.Generator().manual_seed(1), cfg)
     for p, b in zip(model.parameters(), before, strict=True):
