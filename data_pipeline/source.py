@@ -46,6 +46,9 @@ class Source:
     """Modality name -> feature rows, in modality order; row r belongs to item index r."""
     files: list[Path] = field(default_factory=list)
     """Every input file read (recorded in the manifest with its sha256)."""
+    item_table: Path | None = None
+    """A table describing the items (RecBole `.item`, CSV, Parquet) whose fields become
+    modalities (`item_fields`); None: the source has none."""
 
     @property
     def n_rows(self) -> int:

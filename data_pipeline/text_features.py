@@ -203,24 +203,38 @@ def aligned_texts(path: Path, keys: np.ndarray, texts: np.ndarray, item_ids: np.
 
 
 def item_text_feature(spec: str, key: str, item_ids: np.ndarray, encoder: TextEncoder,
-                      cache_dir: str | Path | None) -> tuple[str, FeatureSource]:
+                      cache_dir: str | Path | None, encoding: str = "utf-8") -> tuple[str, FeatureSource]:
     """`--item-text [MODALITY=]FILE:COLUMN` -> (modality, embedded rows aligned to `item_ids`).
 
-    FILE is .csv/.tsv/.parquet with the item-id column `key` and the text column COLUMN."""
-    from data_pipeline.readers.tabular import read_table
+    FILE is a RecBole .item, .csv/.tsv or .parquet with the item-id column `key` and the text
+    column COLUMN; a RecBole column may be named with its type (`title:token_seq`)."""
+    from data_pipeline.readers.recbole import TYPES, read_any_table
     from data_pipeline.source import require_columns, string_column
 
     name, sep, rest = spec.partition("=")
     if not sep:
         name, rest = "text", spec
-    file, _, column = rest.rpartition(":")
+    file, column = split_file_column(rest)
+    if column.rpartition(":")[2] in TYPES:
+        column = column.rpartition(":")[0]                    # a typed header names its field
     if not name or not file or not column:
         raise DataError(f"--item-text {spec!r}: write FILE:COLUMN or MODALITY=FILE:COLUMN, e.g. items.csv:title")
     path = Path(file)
-    table, off = read_table(path)
+    table, _, off = read_any_table(path, encoding)
     require_columns(path, table.column_names, [key, column],
                     "The item-id column follows --col-item (default item_id); COLUMN names the text.")
     keys = string_column(path, key, table.column(key), off)
     col = pc.cast(table.column(column).combine_chunks(), pa.string()).fill_null("")
     texts = np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
     return name, text_feature(name, path, aligned_texts(path, keys, texts, item_ids), encoder, cache_dir)
+
+
+def split_file_column(spec: str) -> tuple[str, str]:
+    """FILE:COLUMN -> (FILE, COLUMN) where COLUMN may hold colons itself (`x.item:title:token_seq`):
+    the longest prefix naming an existing file, else the text before the last colon."""
+    parts = spec.split(":")
+    for k in range(len(parts) - 1, 0, -1):
+        if Path(":".join(parts[:k])).is_file():
+            return ":".join(parts[:k]), ":".join(parts[k:])
+    file, _, column = spec.rpartition(":")
+    return file, column

