@@ -375,7 +375,7 @@ def multi_hot(table: ItemTable, f: ItemField) -> tuple[FeatureSource, float, str
     for item, ts in enumerate(tags):
         cols = [column[t] for t in ts if t in column]
         rows[item, cols] = 1.0
-    return array_feature(f.name, table.path, rows), coverage_of(rows.any(axis=1)), detail
+    return array_feature(f.name, table.path, rows), coverage_of(np.asarray(rows.any(axis=1))), detail
 
 
 def dense(table: ItemTable, f: ItemField) -> tuple[FeatureSource, float, str]:
@@ -407,31 +407,6 @@ def dense(table: ItemTable, f: ItemField) -> tuple[FeatureSource, float, str]:
     rows[has] = (rows[has] - mean) / np.where(std > 0, std, 1.0)
     return (array_feature(f.name, table.path, rows.astype(np.float32)), coverage_of(has),
             f"{f.name} ({f.type}): standardised over the items with a value")
-
-
-# ---------------------------------------------------------------- what prepare prints
-
-
-def modality_table(manifest: Mapping[str, Any]) -> str:
-    """The dataset's modalities (name, kind, width, item coverage %, where from) and the skipped
-    item fields with their reasons, from the manifest."""
-    described = manifest["config"].get("modalities", {})
-    fields = manifest["config"].get("item_fields", {}).get("fields", [])
-    why = {f["modality"]: f"{f['reason']} ({f['by']})" for f in fields if f["modality"]}
-    rows = [("modality", "kind", "width", "items", "from (why)")]
-    for m in manifest["modalities"]:
-        d = described.get(m["name"], {"kind": "dense", "coverage": 1.0, "detail": "feature file, as given"})
-        reason = f" — {why[m['name']]}" if m["name"] in why else ""
-        rows.append((m["name"], d["kind"], str(m["dim"]), f"{100 * d['coverage']:.1f}%", d["detail"] + reason))
-    if len(rows) == 1:
-        rows.append(("(none)", "-", "-", "-", "the BG-Block will have no modality: LD4MRec becomes unimodal"))
-    widths = [max(len(r[k]) for r in rows) for k in range(4)]
-    lines = ["  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]),
-                        r[3].rjust(widths[3]), r[4]]) for r in rows]
-    lines += [f"skipped item field {f['field']} ({f['type']}): {f['reason']}" for f in fields if f["kind"] == "skip"]
-    if fields:
-        lines.append("(override a field's kind with --item-fields FIELD:KIND,... ; KIND in " + ", ".join(KINDS) + ")")
-    return "\n".join(lines)
 
 
 MODALITY_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")

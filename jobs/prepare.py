@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_pipeline.errors import DataError
 from data_pipeline.item_fields import KINDS
 from data_pipeline.protocol import SETTINGS, ProtocolConfig
+from data_pipeline.readers.registry import READERS, misuse
 from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD
 from data_pipeline.synthetic import SHAPES
-from data_pipeline.readers.registry import READERS, misuse
 from data_pipeline.text_features import ENCODERS
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--items", metavar="FILE",
                    help="item table (.item, .csv/.tsv, .parquet keyed by the --col-item column) whose fields become "
                         "modalities (recbole: default <name>.item beside the .inter file)")
-    p.add_argument("--item-fields", default="", metavar="FIELD:KIND,...",
+    p.add_argument("--item-fields", type=item_fields_option, default={}, metavar="FIELD:KIND,...",
                    help=f"override the automatic kind of item-table fields, KIND in {KINDS}, "
                         "e.g. title:text,genre:multi_hot,year:skip")
     p.add_argument("--item-text", action="append", default=[], metavar="[MODALITY=]FILE:COLUMN",
@@ -85,52 +86,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def item_fields_option(spec: str) -> dict[str, str]:
+    """--item-fields FIELD:KIND,... -> field -> kind (an argparse error when malformed)."""
+    from data_pipeline.item_fields import parse_item_fields
+
+    try:
+        return parse_item_fields(spec)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def read_source(args: argparse.Namespace):
     """(the `Source` the arguments name with every item modality, extra manifest config)."""
-    from data_pipeline.item_fields import parse_item_fields
+    from data_pipeline.modalities import ModalityOptions, add_modalities
 
     reader = READERS[args.source]
     assert reader.read is not None, "a generated source is never read"
-    overrides = parse_item_fields(args.item_fields)
     source = reader.read(args)
-    key = args.col_item or "item_id"
-    encoder = lazy_encoder(args)
-    table = Path(args.items) if args.items else source.item_table
-    if table is None and overrides:
-        raise DataError(f"--item-fields: {source.name} has no item table; name one with --items FILE")
-    modalities: list[tuple[str, object, dict]] = []             # (name, FeatureSource, description)
-    extra: dict = {}
-    if table is not None:
-        from data_pipeline.item_fields import ItemPlan, item_modalities, read_item_table
-
-        plan = reader.item_plan if table == source.item_table else ItemPlan()   # a preset fits its own table
-        items = item_modalities(read_item_table(table, key, source.item_ids, args.encoding), source.item_ids,
-                                encoder, args.cache_dir, overrides, plan, args.no_text)
-        modalities += [(n, f, items.described[n]) for n, f in items.features.items()]
-        extra["item_fields"] = {"file": table.name, "key": key, "fields": items.fields}
-        if table not in source.files:
-            source.files.append(table)
-    for spec in args.item_text:
-        from data_pipeline.text_features import item_text_feature
-
-        name, feat = item_text_feature(spec, key, source.item_ids, encoder(), args.cache_dir, args.encoding)
-        modalities.append((name, feat, {"kind": "text", "fields": [spec], "coverage": 1.0,
-                                        "detail": f"--item-text {spec}, encoder {encoder().name}"}))
-        source.files.append(feat.path)
-    modalities += [(n, f, {"kind": "dense", "coverage": 1.0, "fields": [],
-                           "detail": f"{f.path.name}, as given"}) for n, f in source.features.items()]
-    modalities.sort(key=lambda m: m[2]["kind"] != "text")          # text first, then in order (stable)
-    names = [m[0] for m in modalities]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise DataError(f"modality {twice[0]!r} comes from two inputs; name an --item-text MODALITY=FILE:COLUMN, "
-                        "rename the --feature, or skip the item field")
-    source.features = {n: f for n, f, _ in modalities}
-    extra["modalities"] = {n: d for n, _, d in modalities}
-    texts = [n for n, _, d in modalities if d["kind"] == "text"]
-    if texts:
-        extra["text"] = {"encoder": encoder().name, "modalities": texts}
-    return source, extra
+    opts = ModalityOptions(Path(args.items) if args.items else None, args.item_fields, tuple(args.item_text),
+                           args.no_text, args.col_item or "item_id", args.encoding, args.cache_dir)
+    return source, add_modalities(source, opts, reader.item_plan, lazy_encoder(args))
 
 
 def lazy_encoder(args: argparse.Namespace):
@@ -172,7 +147,7 @@ def summary(manifest: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from data_pipeline.dataset import open_dataset
-    from data_pipeline.item_fields import modality_table
+    from data_pipeline.modalities import modality_table
     from data_pipeline.prepare import prepare_dataset, prepare_synthetic
 
     try:

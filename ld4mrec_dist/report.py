@@ -54,3 +54,29 @@ def plot_training_curves(history: list[dict[str, Any]], title: str = "") -> byte
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def modality_lines(manifest: dict[str, Any], requested: Sequence[str] | None, ablation: str) -> list[str]:
+    """Start-up lines saying which modalities the BG-Block conditions on (kind, width, item
+    coverage from the dataset's manifest); the first line says so when it has none."""
+    from ld4mrec_dist.model import select_modalities
+
+    available = [m["name"] for m in manifest["modalities"]]
+    if ablation == "no_bg":
+        return [f"[ld4mrec] modalities: none used (model.ablation=no_bg replaces the BG-Block; dataset has "
+                f"{available or 'none'})"]
+    used = select_modalities(requested, available)
+    if not used:
+        why = "the dataset has none" if not available else f"model.modalities=[] (the dataset has {available})"
+        return [f"[ld4mrec] WARNING: the BG-Block has no modality ({why}): it is the identity and LD4MRec "
+                "trains without item content (C-Net = FC_in → BD → FC_out)"]
+    dims = {m["name"]: m["dim"] for m in manifest["modalities"]}
+    described = manifest.get("config", {}).get("modalities", {})
+    parts = []
+    for name in used:
+        d = described.get(name, {})
+        cover = f", {100 * d['coverage']:.1f}% of items" if "coverage" in d else ""
+        parts.append(f"{name} ({d.get('kind', 'dense')}, {dims[name]} wide{cover})")
+    unused = [m for m in available if m not in used]
+    tail = f"; not used: {', '.join(unused)}" if unused else ""
+    return [f"[ld4mrec] BG-Block modalities, in order: {'; '.join(parts)}{tail}"]

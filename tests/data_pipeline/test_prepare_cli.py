@@ -65,3 +65,21 @@ def test_noise_ratio_and_all_random_noise_are_recorded(tmp_path, capsys):
         clean = m["counts"]["kept_per_split"]["train"]
         assert m["counts"]["rows_per_split"]["train"] - clean == int(0.3 * clean + 0.5)
     assert cli.parse_args(["--natural-share", "0.2"]).natural_share == 0.2   # the older spelling still works
+
+
+def test_every_reader_of_the_table_is_a_source_with_its_checks(capsys):
+    from data_pipeline.readers.registry import READERS
+
+    for name, reader in READERS.items():
+        if reader.read is None:
+            assert cli.parse_args(["--source", name]).source == name
+            continue
+        with pytest.raises(SystemExit):
+            cli.parse_args(["--source", name])                  # every real source needs --out
+        assert f"--source {name} needs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--source", "mmrec", "--path", "x", "--out", "y", "--feature", "a=b.npy"])
+    assert "MMRec features are the <modality>_feat.npy files" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--source", "synthetic", "--items", "items.csv"])
+    assert "--source synthetic takes --shape" in capsys.readouterr().err

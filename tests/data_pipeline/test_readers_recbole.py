@@ -1,10 +1,17 @@
-"""RecBole atomic files: typed headers, string ids, .item float_seq features."""
+"""RecBole atomic files: typed headers, string ids, the .item file's float_seq fields as dense modalities."""
 
 import numpy as np
 import pytest
 
 from data_pipeline.errors import DataError
+from data_pipeline.item_fields import item_modalities, read_item_table
 from data_pipeline.readers.recbole import read_recbole
+
+
+def item_features(src):
+    """The modalities the source's item table gives (no text encoder needed here)."""
+    table = read_item_table(src.item_table, "item_id", src.item_ids)
+    return item_modalities(table, src.item_ids, encoder=lambda: pytest.fail("no text field here"), cache_dir=None)
 
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
 
@@ -16,9 +23,12 @@ def test_reads_inter_and_item(tmp_path, tsv):
     src = read_recbole(tmp_path)
     assert src.format == "recbole" and src.item_ids.tolist() == ["a", "b", "c"]
     np.testing.assert_array_equal(src.item_N, [1, 0, 2])
-    assert list(src.features) == ["emb"]
-    feat = np.concatenate([b for _, b in src.features["emb"].chunks(10)])
-    np.testing.assert_array_equal(feat, [[1, 1], [2, 2], [3, 3]])
+    items = item_features(src)
+    assert list(items.features) == ["emb"] and src.item_table == tmp_path / "ml.item"
+    assert items.fields[1]["kind"] == "skip" and "identifier" in items.fields[1]["reason"]   # x, y, z: one per item
+    feat = np.concatenate([b for _, b in items.features["emb"].chunks(10)])
+    z = np.sqrt(1.5)                                             # (1, 2, 3) standardised: ±1/√(2/3)
+    np.testing.assert_allclose(feat, [[-z, -z], [0, 0], [z, z]], rtol=1e-6)
 
 
 def test_untyped_header_is_an_error(tmp_path, tsv):
@@ -27,11 +37,15 @@ def test_untyped_header_is_an_error(tmp_path, tsv):
         read_recbole(tmp_path)
 
 
-def test_missing_item_features(tmp_path, tsv):
-    tsv(tmp_path / "ml.inter", HEADER, [("u", "a", 5, 1), ("u", "zz", 5, 2)])
-    tsv(tmp_path / "ml.item", "item_id:token\temb:float_seq", [("a", "1 2")])
-    with pytest.raises(DataError, match=r"ml.item: no 'emb' features .* 'zz'"):
-        read_recbole(tmp_path)
+def test_an_item_without_a_row_gets_a_zero_row_and_lowers_coverage(tmp_path, tsv):
+    tsv(tmp_path / "ml.inter", HEADER, [("u", "a", 5, 1), ("u", "zz", 5, 2), ("u", "b", 5, 3)])
+    tsv(tmp_path / "ml.item", "item_id:token\temb:float_seq", [("a", "1 2"), ("b", "3 6")])
+    items = item_features(read_recbole(tmp_path))
+    np.testing.assert_array_equal(items.features["emb"].array, [[-1, -1], [1, 1], [0, 0]])
+    assert items.described["emb"]["coverage"] == pytest.approx(2 / 3, abs=1e-6)
+    tsv(tmp_path / "ml.item", "item_id:token\temb:float_seq", [("x", "1 2")])
+    with pytest.raises(DataError, match=r"ml.item: none of its item_id values matches"):
+        item_features(read_recbole(tmp_path))
 
 
 def test_non_numeric_rating(tmp_path, tsv):
@@ -44,4 +58,7 @@ def test_bad_float_seq_value_names_its_line(tmp_path, tsv):
     tsv(tmp_path / "ml.inter", HEADER, [("u", "a", 5, 1), ("u", "b", 5, 2)])
     tsv(tmp_path / "ml.item", "item_id:token\temb:float_seq", [("a", "1 2"), ("b", "3 x")])
     with pytest.raises(DataError, match=r"'emb', line 3: 'x' is not a number"):
-        read_recbole(tmp_path)
+        item_features(read_recbole(tmp_path))
+    tsv(tmp_path / "ml.item", "item_id:token\temb:float_seq", [("a", "1 2"), ("b", "3")])
+    with pytest.raises(DataError, match=r"'emb', line 3: 1 values where line 2 has 2"):
+        item_features(read_recbole(tmp_path))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ld4mrec_dist.report import format_table, plot_training_curves, read_metrics
+from ld4mrec_dist.report import format_table, modality_lines, plot_training_curves, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,3 +40,26 @@ def test_training_curves_are_a_png_with_partial_test_points():
     png = plot_training_curves(history, title="run")
     assert png.startswith(PNG_MAGIC) and len(png) > 1000
     assert plot_training_curves([]).startswith(PNG_MAGIC)  # a run stopped before its first evaluation
+
+
+def manifest_with(*modalities):
+    """A manifest's modality parts: (name, dim, kind, coverage) per modality."""
+    return {"modalities": [{"name": n, "dim": d} for n, d, _, _ in modalities],
+            "config": {"modalities": {n: {"kind": k, "coverage": c} for n, _, k, c in modalities}}}
+
+
+def test_modality_lines_name_what_the_bg_block_uses():
+    manifest = manifest_with(("title", 384, "text", 1.0), ("genre", 18, "multi_hot", 0.975))
+    (line,) = modality_lines(manifest, None, "none")
+    assert line == ("[ld4mrec] BG-Block modalities, in order: title (text, 384 wide, 100.0% of items); "
+                    "genre (multi_hot, 18 wide, 97.5% of items)")
+    assert "not used: title" in modality_lines(manifest, ["genre"], "none")[0]
+
+
+def test_modality_lines_warn_first_when_the_bg_block_has_none():
+    (line,) = modality_lines(manifest_with(), None, "none")
+    assert line.startswith("[ld4mrec] WARNING: the BG-Block has no modality (the dataset has none)")
+    (line,) = modality_lines(manifest_with(("genre", 6, "multi_hot", 1.0)), [], "none")
+    assert "model.modalities=[]" in line and "WARNING" in line
+    assert "no_bg replaces the BG-Block" in modality_lines(manifest_with(("genre", 6, "multi_hot", 1.0)), None,
+                                                           "no_bg")[0]
