@@ -168,9 +168,10 @@ def item_rows(path: Path, key: str, keys: np.ndarray, item_ids: np.ndarray, off:
     sorted_keys = keys[order]
     dup = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
     if dup.size:
-        first = order[dup[0]:dup[0] + 2]
+        first = np.sort(order[dup[0]:dup[0] + 2]) + off
+        where = "lines" if off else "rows"
         raise DataError(f"{path}: {key} {str(sorted_keys[dup[0]])!r} has more than one row "
-                        f"(lines {int(first.min()) + off} and {int(first.max()) + off}); keep one")
+                        f"({where} {first[0]} and {first[1]}); keep one")
     pos = np.minimum(np.searchsorted(sorted_keys, item_ids), max(sorted_keys.size - 1, 0))
     found = sorted_keys[pos] == item_ids if sorted_keys.size else np.zeros(item_ids.size, bool)
     if item_ids.size and not found.any():

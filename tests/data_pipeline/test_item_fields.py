@@ -166,3 +166,32 @@ def test_parse_item_fields_errors():
     assert itf.parse_item_fields("title:text, year:token:skip") == {"title": "text", "year": "skip"}
     with pytest.raises(DataError, match="FIELD:KIND"):
         itf.parse_item_fields("title")
+
+
+def test_item_table_errors_name_the_file_and_the_fix(tmp_path):
+    ids = np.array(["a", "b"])
+    (tmp_path / "t.item").write_text("item_id:token\tgenre:token_seq\na\tx\nb\ty\na\tz\n")
+    with pytest.raises(DataError, match=r"t.item: item_id 'a' has more than one row \(lines 2 and 4\)"):
+        itf.read_item_table(tmp_path / "t.item", "item_id", ids)
+    (tmp_path / "t.item").write_text("item_id\tgenre\na\tx\n")
+    with pytest.raises(DataError, match="typed headers like user_id:token"):
+        itf.read_item_table(tmp_path / "t.item", "item_id", ids)
+    (tmp_path / "t.csv").write_text("iid,genre\na,x\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['item_id'\].*--col-item"):
+        itf.read_item_table(tmp_path / "t.csv", "item_id", ids)
+    (tmp_path / "t.csv").write_text("item_id,price\na,1\nb,cheap\n")
+    table = itf.read_item_table(tmp_path / "t.csv", "item_id", ids)
+    with pytest.raises(DataError, match=r"'price', line 3: 'cheap' is not a number"):
+        itf.item_modalities(table, ids, lambda: None, None, {"price": "dense"})
+
+
+def test_mmrec_features_stay_as_given_beside_an_item_table(tmp_path, monkeypatch, capsys, make_mmrec):
+    folder = make_mmrec(n_items=12)
+    (tmp_path / "items.csv").write_text("item_id,brand\n" + "".join(f"{i},b{i % 3}\n" for i in range(12)))
+    assert prepare(tmp_path, monkeypatch, "--source", "mmrec", "--path", str(folder), "--items",
+                   str(tmp_path / "items.csv"), "--out", str(tmp_path / "ds")) == 0
+    manifest = open_dataset(tmp_path / "ds").manifest
+    assert [(m["name"], m["dim"]) for m in manifest["modalities"]] == [("brand", 3), ("text", 3), ("image", 5)]
+    assert manifest["config"]["modalities"]["text"]["detail"] == "text_feat.npy, as given"
+    np.testing.assert_array_equal(open_dataset(tmp_path / "ds").feature("text"),
+                                  np.load(folder / "text_feat.npy"))
