@@ -119,7 +119,6 @@ class ItemPlan:
 
     choices: Mapping[str, Choice] = field(default_factory=dict)
     composed: tuple[ComposedText, ...] = ()
-    by: str = ""
 
 
 @dataclass
@@ -131,7 +130,6 @@ class ItemModalities:
     """Modality -> {kind, fields, coverage, detail} for the manifest and the printed table."""
     fields: list[dict[str, Any]]
     """Every field: {field, type, kind, by, reason, modality}."""
-    encoder: str | None = None
 
 
 # ---------------------------------------------------------------- reading a table
@@ -240,7 +238,8 @@ def auto_kind(f: ItemField) -> Choice:
     if f.type == "token_seq":
         counts = Counter(t for v in present for t in set(f.tags(v)))
         single = sum(1 for c in counts.values() if c == 1) / len(counts)
-        if f.separator is None and words >= TEXT_MIN_WORDS and single >= 0.5:
+        wordy = not all(is_number(t) for t in counts)           # id lists ("12 34 56") are tags, not text
+        if f.separator is None and wordy and words >= TEXT_MIN_WORDS and single >= 0.5:
             return Choice("text", f"free text: {words:.1f} words per item, {single:.0%} of its "
                                   f"{len(counts):,} words on one item only")
         return Choice("multi_hot", f"tag list: {len(counts):,} distinct tags, "
@@ -313,7 +312,6 @@ def item_modalities(table: ItemTable, item_ids: np.ndarray, encoder: Callable[[]
     out = ItemModalities({}, {}, record)
     if texts:
         enc = encoder()
-        out.encoder = enc.name
         for name, (values, fields, detail) in texts.items():
             feat, coverage = text_modality(name, table.path, values, enc, cache_dir)
             out.features[name] = feat

@@ -134,8 +134,7 @@ ITEM_PLAN = ItemPlan(
              "release_year": Choice("skip", IN_TEXT, "movielens-1m"),
              "genre": Choice("multi_hot", "the genres as a multi-hot (also written into the text)", "movielens-1m")},
     composed=(ComposedText("text", ("movie_title", "release_year", "genre"), composed_text,
-                           "movie_title, release_year, genre as \"title (year). genres\""),),
-    by="movielens-1m")
+                           "movie_title, release_year, genre as \"title (year). genres\""),))
 """Item side: `text` embeds "The American President (1995). Comedy, Drama, Romance" per movie,
 `genre` is the 18-genre multi-hot; the rest of the general item-field path applies unchanged."""
 

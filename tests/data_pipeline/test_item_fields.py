@@ -137,6 +137,7 @@ def field(values, ftype="token", sep=None):
     ([str(1900 + i) for i in range(30)], "token", "dense", "30 distinct"),
     (["Action Drama", "Drama", "Comedy Action"] * 5, "token_seq", "multi_hot", "tag list"),
     (["the red night", "blue city river", "a long war"], "token_seq", "text", "free text"),
+    (["12 31 7", "40 52 6", "70 81 9"], "token_seq", "multi_hot", "tag list"),
     (["sony", "acme", "sony"], "token", "multi_hot", "category"),
     (["x1", "x2", "x3"], "token", "skip", "identifier"),
     ([None, None], "token", "skip", "no item has a value"),
