@@ -265,6 +265,7 @@ def choose(table: ItemTable, overrides: Mapping[str, str], plan: ItemPlan, no_te
     if unknown:
         raise DataError(f"--item-fields names {unknown}, which {table.path.name} does not have; its fields are "
                         f"{[f.name for f in table.fields]}")
+    in_text = {n for c in plan.composed for n in c.fields}                  # fields a preset writes into a text
     choices = {}
     for f in table.fields:
         if f.name in overrides:
@@ -275,6 +276,8 @@ def choose(table: ItemTable, overrides: Mapping[str, str], plan: ItemPlan, no_te
             choice = auto_kind(f)
         if no_text and choice.kind == "text":
             choice = Choice("skip", f"text, and --no-text asks for none ({choice.reason})", choice.by)
+        elif no_text and f.name in in_text and choice.kind == "skip" and choice.by != "override":
+            choice = Choice("skip", "part of the text modality, which --no-text leaves out", choice.by)
         choices[f.name] = choice
     return choices
 

@@ -179,3 +179,5 @@ def test_cli_prepares_text_and_genre_modalities(tmp_path, monkeypatch, capsys):
     assert len(list((tmp_path / "cache" / "text").glob("*.npy"))) == 1
     assert cli.main(args + ["--no-text", "--out", str(tmp_path / "ds2")]) == 0
     assert [m["name"] for m in open_dataset(tmp_path / "ds2").manifest["modalities"]] == ["genre"]
+    assert "skipped item field movie_title (token_seq): part of the text modality, which --no-text leaves out" \
+        in capsys.readouterr().out
