@@ -285,7 +285,7 @@ def choose(table: ItemTable, overrides: Mapping[str, str], plan: ItemPlan, no_te
 # ---------------------------------------------------------------- building the modalities
 
 
-def item_modalities(table: ItemTable, item_ids: np.ndarray, encoder: Callable[[], Any],
+def item_modalities(table: ItemTable, encoder: Callable[[], Any],
                     cache_dir: str | Path | None, overrides: Mapping[str, str] | None = None,
                     plan: ItemPlan = ItemPlan(), no_text: bool = False) -> ItemModalities:
     """Every field of `table` as a modality or a skip; `encoder()` gives the text encoder (called

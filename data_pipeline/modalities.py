@@ -45,8 +45,8 @@ def add_modalities(source: Source, opts: ModalityOptions, plan: ItemPlan,
     made: list[tuple[str, FeatureSource, dict[str, Any]]] = []
     extra: dict[str, Any] = {}
     if table is not None:
-        items = item_modalities(read_item_table(table, opts.key, source.item_ids, opts.encoding), source.item_ids,
-                                encoder, opts.cache_dir, opts.item_fields,
+        items = item_modalities(read_item_table(table, opts.key, source.item_ids, opts.encoding), encoder,
+                                opts.cache_dir, opts.item_fields,
                                 plan if table == source.item_table else ItemPlan(), opts.no_text)
         made += [(n, f, items.described[n]) for n, f in items.features.items()]
         extra["item_fields"] = {"file": table.name, "key": opts.key, "fields": items.fields}

@@ -183,7 +183,7 @@ def test_item_table_errors_name_the_file_and_the_fix(tmp_path):
     (tmp_path / "t.csv").write_text("item_id,price\na,1\nb,cheap\n")
     table = itf.read_item_table(tmp_path / "t.csv", "item_id", ids)
     with pytest.raises(DataError, match=r"'price', line 3: 'cheap' is not a number"):
-        itf.item_modalities(table, ids, lambda: None, None, {"price": "dense"})
+        itf.item_modalities(table, lambda: None, None, {"price": "dense"})
 
 
 def test_mmrec_features_stay_as_given_beside_an_item_table(tmp_path, monkeypatch, capsys, make_mmrec):

@@ -70,7 +70,7 @@ def movielens_items(src):
     """(item modalities of ml-1m.item under the MovieLens preset, the texts the encoder saw)."""
     enc = RecordingEncoder()
     table = read_item_table(src.item_table, "item_id", src.item_ids)
-    return item_modalities(table, src.item_ids, lambda: enc, None, plan=ml.ITEM_PLAN), enc.texts
+    return item_modalities(table, lambda: enc, None, plan=ml.ITEM_PLAN), enc.texts
 
 
 def test_reads_the_wheel_interactions_genres_and_texts(tmp_path):

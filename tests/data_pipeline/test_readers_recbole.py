@@ -11,7 +11,7 @@ from data_pipeline.readers.recbole import read_recbole
 def item_features(src):
     """The modalities the source's item table gives (no text encoder needed here)."""
     table = read_item_table(src.item_table, "item_id", src.item_ids)
-    return item_modalities(table, src.item_ids, encoder=lambda: pytest.fail("no text field here"), cache_dir=None)
+    return item_modalities(table, encoder=lambda: pytest.fail("no text field here"), cache_dir=None)
 
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
 
