@@ -56,16 +56,13 @@ def plot_training_curves(history: list[dict[str, Any]], title: str = "") -> byte
     return buf.getvalue()
 
 
-def modality_lines(manifest: dict[str, Any], requested: Sequence[str] | None, ablation: str) -> list[str]:
-    """Start-up lines saying which modalities the BG-Block conditions on (kind, width, item
-    coverage from the dataset's manifest); the first line says so when it has none."""
-    from ld4mrec_dist.model import select_modalities
-
+def modality_lines(manifest: dict[str, Any], used: Sequence[str], ablation: str) -> list[str]:
+    """Start-up lines saying which modalities (`used`, in order) the BG-Block conditions on, with
+    kind, width and item coverage from the dataset's manifest; the first line says so when it has none."""
     available = [m["name"] for m in manifest["modalities"]]
     if ablation == "no_bg":
         return [f"[ld4mrec] modalities: none used (model.ablation=no_bg replaces the BG-Block; dataset has "
                 f"{available or 'none'})"]
-    used = select_modalities(requested, available)
     if not used:
         why = "the dataset has none" if not available else f"model.modalities=[] (the dataset has {available})"
         return [f"[ld4mrec] WARNING: the BG-Block has no modality ({why}): it is the identity and LD4MRec "

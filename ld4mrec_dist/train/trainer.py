@@ -18,6 +18,7 @@ from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
 from ld4mrec_dist.config import Config, config_to_dict, config_to_yaml, load_config
 from ld4mrec_dist.encoders import svd_item_factors
+from ld4mrec_dist.model import select_modalities
 from ld4mrec_dist.report import format_table, modality_lines, plot_training_curves, read_metrics
 from ld4mrec_dist.run_dir import (
     CONFIG_FILE,
@@ -92,7 +93,8 @@ def prepare_run(cfg: Config) -> PreparedRun:
     item_factors_for_run(ds, cfg, run_dir)
     print(f"[ld4mrec] dataset {ds.location} ({ds.n_users} users × {ds.n_items} items, "
           f"modalities {ds.modalities}); run directory {run_dir}", flush=True)
-    print("\n".join(modality_lines(ds.manifest, cfg.model.modalities, cfg.model.ablation)), flush=True)
+    print("\n".join(modality_lines(ds.manifest, select_modalities(cfg.model.modalities, ds.modalities),
+                                   cfg.model.ablation)), flush=True)
     print(describe_choice(cfg, ds.n_items, rank_count(cfg), ds.feature_dims), flush=True)
     strategy, _ = resolve_strategy(cfg, ds.n_items, rank_count(cfg), ds.feature_dims)
     worker = WorkerInput(config_to_dict(cfg), ds.location, str(run_dir), strategy, resume_from)

@@ -50,16 +50,16 @@ def manifest_with(*modalities):
 
 def test_modality_lines_name_what_the_bg_block_uses():
     manifest = manifest_with(("title", 384, "text", 1.0), ("genre", 18, "multi_hot", 0.975))
-    (line,) = modality_lines(manifest, None, "none")
+    (line,) = modality_lines(manifest, ["title", "genre"], "none")
     assert line == ("[ld4mrec] BG-Block modalities, in order: title (text, 384 wide, 100.0% of items); "
                     "genre (multi_hot, 18 wide, 97.5% of items)")
     assert "not used: title" in modality_lines(manifest, ["genre"], "none")[0]
 
 
 def test_modality_lines_warn_first_when_the_bg_block_has_none():
-    (line,) = modality_lines(manifest_with(), None, "none")
+    (line,) = modality_lines(manifest_with(), [], "none")
     assert line.startswith("[ld4mrec] WARNING: the BG-Block has no modality (the dataset has none)")
     (line,) = modality_lines(manifest_with(("genre", 6, "multi_hot", 1.0)), [], "none")
     assert "model.modalities=[]" in line and "WARNING" in line
-    assert "no_bg replaces the BG-Block" in modality_lines(manifest_with(("genre", 6, "multi_hot", 1.0)), None,
+    assert "no_bg replaces the BG-Block" in modality_lines(manifest_with(("genre", 6, "multi_hot", 1.0)), [],
                                                            "no_bg")[0]
