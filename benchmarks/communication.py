@@ -76,7 +76,7 @@ def _rank(rank: int, world: int, shape: tuple, steps: int, strategies: tuple[str
     from ld4mrec_dist.build import build_optimizers, wrap_cnet
     from ld4mrec_dist.config import Config, ModelSection
     from ld4mrec_dist.sampler import SamplerHistory
-    from ld4mrec_dist.train.step import train_step
+    from ld4mrec_dist.step import train_step
 
     n_users, n_items, d_text, d_image = shape
     features = random_features(n_items, d_text, d_image)

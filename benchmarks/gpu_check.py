@@ -217,19 +217,19 @@ def _item_parallel(p: Part, backend: str) -> None:
     from benchmarks.gpu_smoke import shape_setup
     from benchmarks.harness import build
     from benchmarks.roofline import time_block
-    from ld4mrec_dist.build import build_model, wrap_cnet
+    from ld4mrec_dist.build import build_model, build_optimizers, wrap_cnet
     from ld4mrec_dist.eval.evaluator import EvalData, evaluate, evaluate_ranking
     from ld4mrec_dist.parallel import (
-        build_item_optimizers,
         item_mesh,
         item_parallel_ranking,
         item_parallel_step,
+        item_param_groups,
         shard_items,
     )
     from ld4mrec_dist.parallel.item import local_tensor
     from ld4mrec_dist.rows import epoch_order, minibatches, rows_with_items, to_torch_csr
     from ld4mrec_dist.sampler import SamplerHistory
-    from ld4mrec_dist.train.step import train_step
+    from ld4mrec_dist.step import train_step
 
     plan, device = p.plan, p.device
     # An indexed device: DDP takes device_ids=[dev.index], the mesh and generators this GPU.
@@ -248,7 +248,7 @@ def _item_parallel(p: Part, backend: str) -> None:
     dp_cnet = wrap_cnet(dp_model, dev)  # DDP over the 1-process group, as the trainer has it
     ip_model = build_model(cfg, ds, v_IK, dev)
     layout = shard_items(ip_model, item_mesh(1, 1, dev.type))
-    ip_opts = build_item_optimizers(ip_model, cfg)
+    ip_opts = build_optimizers(ip_model, cfg, item_param_groups(ip_model))
     dp_hist = SamplerHistory.empty(dp_model.schedule.steps, cfg.diffusion)
     ip_hist = SamplerHistory.empty(ip_model.schedule.steps, cfg.diffusion)
     common = {"shape": shape, "users": ds.n_users, "items": ds.n_items, "batch": b, "hidden": cfg.model.hidden,

@@ -4,7 +4,7 @@ Shapes: B users per step, I items, D hidden, U users.
 
 - `ideal_steps`: LD4MRec forward / backward / Adam+SparseAdam on batches sliced from one
   pre-densified in-memory tensor [U, I] in a plain loop (the reference of throughput).
-- `profiled_steps`: the training loop's own step function (`train.step.train_step`) and
+- `profiled_steps`: the training loop's own step function (`step.train_step`) and
   batch feed (`rows.torch_minibatches`), timed piece by piece through the step's timer:
   data (RowStore slice → torch CSR), forward (densify, encoders, C-Net, loss), backward
   (+ DDP all-reduce), z_in sync, optimizer, history (gather + update). With W > 1
@@ -77,13 +77,13 @@ def ideal_steps(model, opts, x_UI: torch.Tensor, users_U: torch.Tensor, batch: i
 
 def profiled_steps(model, opts, store, cfg, steps: int, warmup: int = 3, cnet=None,
                    bf16: bool = False) -> dict[str, Any]:
-    """The loop's own step (`train.step.train_step`, fed by `rows.torch_minibatches`), timed
+    """The loop's own step (`step.train_step`, fed by `rows.torch_minibatches`), timed
     piece by piece through its timer. Returns seconds per step of each piece."""
     from ld4mrec_dist import dist
     from ld4mrec_dist.rows import epoch_order, torch_minibatches
     from ld4mrec_dist.sampler import SamplerHistory
+    from ld4mrec_dist.step import train_step
     from ld4mrec_dist.timing import PieceTimer
-    from ld4mrec_dist.train.step import train_step
 
     device = model.device
     cnet = cnet or model.cnet

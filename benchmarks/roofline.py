@@ -143,7 +143,7 @@ class Trainee:
         self.done = 0
 
     def step(self, timer: Callable[[str], Any] | None = None) -> None:
-        from ld4mrec_dist.train.step import train_step
+        from ld4mrec_dist.step import train_step
 
         users_B, rows_BI = self.batches[self.done % len(self.batches)]
         train_step(self.model, self.model.cnet, self.opts, self.history, users_B, rows_BI, self.gen, self.cfg,

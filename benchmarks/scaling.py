@@ -7,7 +7,7 @@
     python benchmarks/scaling.py --model-only --network my-net:25:30 --compute my-gpu:80  # other parameters
 
 Inputs, measured here:
-- compute: one rank's `train_step` (ld4mrec_dist/train/step.py) in this process, one torch
+- compute: one rank's `train_step` (ld4mrec_dist/step.py) in this process, one torch
   thread, at the shapes of `--compute-shapes`; a least-squares fit of the measured times
   against the step's FLOPs (`strategy.step_flops`: t = a·F_item + t₀, t₀ scaled by the
   item-independent FLOPs) extrapolates to the shapes not measured (the 10× Electronics
@@ -64,7 +64,7 @@ def measure_compute(shape_name: str, steps: int, warmup: int = 2) -> dict[str, A
     from ld4mrec_dist.build import build_optimizers
     from ld4mrec_dist.config import Config, ModelSection
     from ld4mrec_dist.sampler import SamplerHistory
-    from ld4mrec_dist.train.step import train_step
+    from ld4mrec_dist.step import train_step
 
     shape = sm.SHAPES[shape_name]
     n_users, n_items, d_text, d_image = SHAPES[shape_name]

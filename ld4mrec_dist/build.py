@@ -8,6 +8,7 @@ benchmark times exactly what training runs.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -77,12 +78,16 @@ def dense_parameters(model: LD4MRec) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if n != "z_in.weight"]
 
 
-def build_optimizers(model: LD4MRec, cfg: Config) -> Optimizers:
+def build_optimizers(model: LD4MRec, cfg: Config,
+                     param_groups: Sequence[Sequence[torch.nn.Parameter]] | None = None) -> Optimizers:
     """Adam over C-Net (PyTorch's fused kernel unless `train.fused_adam=false`: one pass per
     parameter instead of ~10 on CPU), SparseAdam over z_in (no fused form exists; it
-    touches the batch's B rows only)."""
-    adam = torch.optim.Adam(dense_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                            fused=cfg.train.fused_adam or None)
+    touches the batch's B rows only). `param_groups`: Adam's groups, as the engine's step
+    parts give them (item-parallel: the sharded and the plain parameters apart, since a
+    fused or foreach kernel takes one kind per call); None: one group, `dense_parameters`."""
+    groups = [dense_parameters(model)] if param_groups is None else param_groups
+    adam = torch.optim.Adam([{"params": list(g)} for g in groups], lr=cfg.train.lr,
+                            weight_decay=cfg.train.weight_decay, fused=cfg.train.fused_adam or None)
     return Optimizers(dense=adam, z_in=torch.optim.SparseAdam([model.z_in.weight], lr=cfg.train.lr))
 
 

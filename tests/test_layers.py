@@ -4,7 +4,8 @@ from its own layer or the layers below it, and no modules import each other in a
     1 settings      config                          (imports nothing of the package)
     2 primitives    dist, timing, rows, partition, run_dir, report, encoders, cnet,
                     diffusion, sampler, strategy    (gradient sync at run time)
-    3 model         model, build, scaling_model     (the cost model and `auto`)
+    3 model         model, build, step (the one training step of every engine),
+                    scaling_model (the cost model and `auto`)
     4 eval/         ranking metrics and evaluation
     5 parallel/     item-parallel C-Net (sharding, its step pieces, top-k, checkpoints)
     6 train/        the loop, its engines and step, the driver
@@ -26,7 +27,7 @@ LAYERS = (
     ("__init__", "config"),
     ("dist", "timing", "rows", "partition", "run_dir", "report", "encoders", "cnet", "diffusion", "sampler",
      "strategy"),
-    ("model", "build", "scaling_model"),
+    ("model", "build", "step", "scaling_model"),
     ("eval",),
     ("parallel",),
     ("train",),

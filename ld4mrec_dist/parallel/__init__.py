@@ -11,11 +11,12 @@ Modules: `item` (mesh, sharding, the step), `topk` (ranking over slices), `check
 from ld4mrec_dist.parallel.checkpoint import load_plain_state, load_sharded, plain_state, save_sharded
 from ld4mrec_dist.parallel.item import (
     ItemLayout,
+    ItemParallelStep,
     SliceDraw,
-    build_item_optimizers,
     draw_slice,
     item_mesh,
     item_parallel_step,
+    item_param_groups,
     item_slice,
     shard_items,
     slice_generators,
@@ -25,8 +26,8 @@ from ld4mrec_dist.parallel.topk import item_parallel_ranking, item_parallel_topk
 from ld4mrec_dist.scaling_model import item_parallel_bytes_per_step  # the formula lives with the scaling model
 
 __all__ = [
-    "ItemLayout", "SliceDraw", "build_item_optimizers", "draw_slice", "item_mesh", "item_parallel_bytes_per_step",
-    "item_parallel_ranking", "item_parallel_step", "item_parallel_topk", "item_slice", "load_plain_state",
-    "load_sharded", "merge_topk", "plain_state", "save_sharded", "shard_items", "slice_generators", "slice_loss",
-    "topk_ordered",
+    "ItemLayout", "ItemParallelStep", "SliceDraw", "draw_slice", "item_mesh", "item_parallel_bytes_per_step",
+    "item_parallel_ranking", "item_parallel_step", "item_parallel_topk", "item_param_groups", "item_slice",
+    "load_plain_state", "load_sharded", "merge_topk", "plain_state", "save_sharded", "shard_items",
+    "slice_generators", "slice_loss", "topk_ordered",
 ]

@@ -11,7 +11,7 @@ columns and its output all-reduced (B·D); FC_out (output = items) is `ColwisePa
 weight [I, D] and bias split by rows, so C-Net returns this slice of x̂ [B, L], and in
 backward the gradient of FC_out's input is all-reduced (B·D). Everything between (BD and BG
 blocks, z_in) is replicated and gets the same gradients on every rank of the group (z_in's
-only to float rounding: it is averaged over the whole world, `item_parallel_step`).
+only to float rounding: it is averaged over the whole world, `ItemParallelStep.sync_grads`).
 `CNet.forward` itself runs unchanged.
 
 What DTensor does not express is done here with plain collectives over the item group:
@@ -59,9 +59,8 @@ from ld4mrec_dist.config import Config
 from ld4mrec_dist.encoders import as_csr
 from ld4mrec_dist.model import LD4MRec, no_autocast
 from ld4mrec_dist.sampler import SamplerHistory, importance_weights, sample_steps
-from ld4mrec_dist.timing import StepTimer, untimed
-
-# timer("piece") -> a context manager that times the piece (benchmarks); None: not timed.
+from ld4mrec_dist.step import StepLoss, run_step
+from ld4mrec_dist.timing import StepTimer
 
 MESH_DIMS = ("data", "item")
 L2_EPS = 1e-12
@@ -175,16 +174,11 @@ def shard_items(model: LD4MRec, mesh: DeviceMesh) -> ItemLayout:
     return layout
 
 
-def build_item_optimizers(model: LD4MRec, cfg: Config) -> Optimizers:
-    """`build.build_optimizers` for a sharded model: the same Adam (fused per
-    `train.fused_adam`) with the DTensor shards and the plain replicated parameters in two
-    parameter groups (a fused or foreach kernel takes one kind per call), same SparseAdam."""
+def item_param_groups(model: LD4MRec) -> list[list[nn.Parameter]]:
+    """Adam's parameter groups of a sharded model: the DTensor shards, then the plain
+    replicated parameters (a fused or foreach kernel takes one kind per call)."""
     params = dense_parameters(model)
-    groups: list[dict[str, Any]] = [{"params": [p for p in params if isinstance(p, DTensor)]},
-              {"params": [p for p in params if not isinstance(p, DTensor)]}]
-    adam = torch.optim.Adam(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                            fused=cfg.train.fused_adam or None)
-    return Optimizers(dense=adam, z_in=torch.optim.SparseAdam([model.z_in.weight], lr=cfg.train.lr))
+    return [[p for p in params if isinstance(p, DTensor)], [p for p in params if not isinstance(p, DTensor)]]
 
 
 def local_tensor(x: Tensor) -> Tensor:
@@ -307,48 +301,60 @@ def average_over_data(params: Iterable[Tensor], layout: ItemLayout) -> None:
             g.div_(layout.data_world)
 
 
-def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, history: SamplerHistory,
-                       users_B: Tensor, rows_BI: Tensor, generators: tuple[torch.Generator, torch.Generator],
-                       cfg: Config, autocast: bool = False, timer: StepTimer | None = None,
-                       draw: SliceDraw | None = None) -> Tensor:
-    """Alg. 1 l.3-13 for one batch on a rank of a ("data", "item") mesh: what `train_step`
-    does, item-parallel. `rows_BI`: the batch's full sparse rows (the same on the item group),
-    `generators`: `slice_generators`; `autocast`: C-Net in bf16, as in `train_step` (FC_in's
-    all-reduce then sums bf16 partial products); `draw`, when given, is the forward process
-    to use instead of drawing one (tests, replays). Returns the batch's loss (detached scalar)."""
-    timed = timer or untimed
-    with timed("forward"):
-        p_T = history.probabilities(cfg.diffusion)
-        x_BL = column_slice(rows_BI, layout.lo, layout.hi).to(model.device)
+@dataclass
+class ItemParallelStep:
+    """The item-parallel parts of `step.run_step` on a rank of a ("data", "item") mesh.
+    `generators`: `slice_generators` of the epoch; `draw`, when given, is the forward process to use
+    instead of drawing one (tests, replays). With `autocast`, FC_in's all-reduce sums bf16
+    partial products."""
+
+    model: LD4MRec
+    layout: ItemLayout
+    generators: tuple[torch.Generator, torch.Generator] | None = None
+    draw: SliceDraw | None = None
+
+    @property
+    def history_group(self) -> tdist.ProcessGroup:
+        # The item ranks of a group hold the same t and L_rec: the history sees each user
+        # once, in data-rank order, as with DDP.
+        return self.layout.data_group
+
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        return item_param_groups(self.model)
+
+    def forward_loss(self, users_B: Tensor, rows_BI: Tensor, p_T: Tensor, autocast: bool) -> StepLoss:
+        """This slice's loss share (back-propagated here; FC_out's backward all-reduce adds
+        the shares' gradients up) and the batch's loss and L_rec summed over the item group."""
+        x_BL = column_slice(rows_BI, self.layout.lo, self.layout.hi).to(self.model.device)
+        draw = self.draw
         if draw is None:
-            draw = draw_slice(model, x_BL, p_T, *generators)
-        with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = slice_loss(model, layout, rows_BI, x_BL, users_B, draw, p_T)
-        loss, rec_B = reduce_losses(out, layout)
-        if not torch.isfinite(loss):
-            raise FloatingPointError("non-finite training loss: lower train.lr or enable train.grad_clip")
-    with timed("backward"):
-        opts.dense.zero_grad(set_to_none=True)
-        opts.z_in.zero_grad(set_to_none=True)
-        torch.autograd.backward(out.share)
-    dense = [p for group in opts.dense.param_groups for p in group["params"]]
-    with timed("sync dense"):  # over the data group (DataParallel's DDP does it inside backward)
-        average_over_data(dense, layout)
-    with timed("sync z_in"):
-        # Over the whole world: the W_item ranks of a group agree on z_in's rows to float
-        # rounding only (a 2-rank Ray run ended with z_in digests that differed when each
-        # rank kept its own), so their mean keeps every replica bitwise equal.
-        dist.synced_sparse_grad(model.z_in.weight, cfg.train.batch_size)
-    with timed("optimizer"):
-        if cfg.train.grad_clip > 0:
-            clip_grad_norm(dense, cfg.train.grad_clip, layout)
-        opts.dense.step()
-        opts.z_in.step()
-    with timed("history"):
-        # Over the data group (the item ranks of a group hold the same t and L_rec): the
-        # history sees each user once, in data-rank order, as with DDP.
-        history.record(*dist.gather_step_losses(out.t, rec_B, cfg.train.batch_size, group=layout.data_group))
-    return loss
+            assert self.generators is not None, "an epoch's generators first (slice_generators)"
+            draw = draw_slice(self.model, x_BL, p_T, *self.generators)
+        with torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = slice_loss(self.model, self.layout, rows_BI, x_BL, users_B, draw, p_T)
+        loss, rec_B = reduce_losses(out, self.layout)
+        return StepLoss(out.share, loss, out.t, rec_B)
+
+    def sync_grads(self, params: Sequence[Tensor]) -> None:
+        """Over the data group (DataParallel's DDP does it inside backward). z_in's rows are
+        synced over the whole world by the step: the W_item ranks of a group agree on them to
+        float rounding only (a 2-rank Ray run ended with z_in digests that differed when each
+        rank kept its own), so their mean keeps every replica bitwise equal."""
+        average_over_data(params, self.layout)
+
+    def clip_grads(self, params: Sequence[Tensor], max_norm: float) -> None:
+        clip_grad_norm(params, max_norm, self.layout)
+
+
+def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, history: SamplerHistory,
+                       users_B: Tensor, rows_BI: Tensor,
+                       generators: tuple[torch.Generator, torch.Generator] | None, cfg: Config,
+                       autocast: bool = False, timer: StepTimer | None = None,
+                       draw: SliceDraw | None = None) -> Tensor:
+    """`step.run_step` with the item-parallel parts, as `step.train_step` is with the
+    data-parallel ones (for tests and benchmarks that step a model directly)."""
+    return run_step(ItemParallelStep(model, layout, generators, draw), model, opts, history, users_B, rows_BI, cfg,
+                    autocast=autocast, timer=timer)
 
 
 @torch.no_grad()

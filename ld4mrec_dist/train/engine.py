@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as tdist
@@ -24,24 +24,17 @@ from torch import Tensor
 
 from ld4mrec_dist import dist
 from ld4mrec_dist import strategy as strategies
-from ld4mrec_dist.build import build_optimizers, dense_parameters, wrap_cnet
+from ld4mrec_dist.build import Optimizers, build_optimizers, dense_parameters, wrap_cnet
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.eval.evaluator import RankFn, ranking_by_scores
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.parallel.checkpoint import load_plain_state, plain_state
-from ld4mrec_dist.parallel.item import (
-    build_item_optimizers,
-    item_mesh,
-    item_parallel_step,
-    local_tensor,
-    shard_items,
-    slice_generators,
-)
+from ld4mrec_dist.parallel.item import ItemParallelStep, item_mesh, local_tensor, shard_items, slice_generators
 from ld4mrec_dist.parallel.topk import item_parallel_ranking
 from ld4mrec_dist.sampler import SamplerHistory
+from ld4mrec_dist.step import DataParallelStep, run_step
 from ld4mrec_dist.timing import StepTimer
 from ld4mrec_dist.train.context import WorkerContext
-from ld4mrec_dist.train.step import train_step
 
 
 def digest(tensors: Iterable[Tensor]) -> str:
@@ -58,6 +51,28 @@ def epoch_seed(cfg: Config, epoch: int, rank: int) -> int:
     return dist.stream_seed(cfg.train.seed, epoch, rank)
 
 
+class Engine(Protocol):
+    """What the loop sees of how the ranks share a run (`DataParallel`, `ItemParallel`)."""
+
+    opts: Optimizers
+    data_rank: int  # this rank's place among the ranks that hold different users
+    data_world: int
+    counts_users: bool  # whether this rank's users count in the epoch's loss and users/s
+
+    def start_epoch(self, epoch: int) -> None: ...
+
+    def step(self, sampler: SamplerHistory, users_B: Tensor, rows_BI: Tensor, autocast: bool,
+             timer: StepTimer) -> Tensor: ...
+
+    def rank_fn(self) -> RankFn: ...
+
+    def full_state(self) -> dict[str, Any]: ...
+
+    def load_state(self, saved: dict[str, Any]) -> None: ...
+
+    def cnet_digest(self) -> str: ...
+
+
 class DataParallel:
     """C-Net replicated (in DDP when W > 1), the users split over all W ranks."""
 
@@ -67,9 +82,10 @@ class DataParallel:
         self.model, self.cfg, self.device = model, cfg, worker.device
         self.cnet = wrap_cnet(model, worker.device, strategy)
         self.hook_state = strategies.hook_state(self.cnet)  # PowerSGD's (None: a stateless strategy)
-        self.opts = build_optimizers(model, cfg)
-        self.data_rank, self.data_world = worker.rank, worker.world
         self.generator = torch.Generator(device=worker.device)
+        self.parts = DataParallelStep(model, self.cnet, self.generator)
+        self.opts = build_optimizers(model, cfg, self.parts.param_groups())
+        self.data_rank, self.data_world = worker.rank, worker.world
 
     def start_epoch(self, epoch: int) -> None:
         seed = epoch_seed(self.cfg, epoch, dist.rank())
@@ -78,8 +94,8 @@ class DataParallel:
 
     def step(self, sampler: SamplerHistory, users_B: Tensor, rows_BI: Tensor, autocast: bool,
              timer: StepTimer) -> Tensor:
-        return train_step(self.model, self.cnet, self.opts, sampler, users_B, rows_BI, self.generator, self.cfg,
-                          autocast=autocast, timer=timer)
+        return run_step(self.parts, self.model, self.opts, sampler, users_B, rows_BI, self.cfg,
+                        autocast=autocast, timer=timer)
 
     def rank_fn(self) -> RankFn:
         return ranking_by_scores(self.model.score)
@@ -143,22 +159,22 @@ class ItemParallel:
             raise ValueError(f"scaling.item_group={group} does not divide the {worker.world} workers")
         self.model, self.cfg, self.device = model, cfg, worker.device
         self.layout = shard_items(model, item_mesh(worker.world // group, group, worker.device.type))
-        self.opts = build_item_optimizers(model, cfg)
+        self.parts = ItemParallelStep(model, self.layout)  # its generators: per epoch
+        self.opts = build_optimizers(model, cfg, self.parts.param_groups())
         self.data_rank, self.data_world = self.layout.data_rank, self.layout.data_world
         # The ranks of an item group hold the same users: only item rank 0 counts them.
         self.counts_users = self.layout.item_rank == 0
-        self.generators: tuple[torch.Generator, torch.Generator] | None = None
 
     def start_epoch(self, epoch: int) -> None:
         # Dropout (on x_t's columns: each rank drops entries of its own slice) per world rank.
         torch.manual_seed(epoch_seed(self.cfg, epoch, dist.rank()))
-        self.generators = slice_generators(self.cfg.train.seed, epoch, self.layout, self.device)
+        self.parts.generators = slice_generators(self.cfg.train.seed, epoch, self.layout, self.device)
 
     def step(self, sampler: SamplerHistory, users_B: Tensor, rows_BI: Tensor, autocast: bool,
              timer: StepTimer) -> Tensor:
-        assert self.generators is not None, "start_epoch first"
-        return item_parallel_step(self.model, self.layout, self.opts, sampler, users_B, rows_BI, self.generators,
-                                  self.cfg, autocast=autocast, timer=timer)
+        assert self.parts.generators is not None, "start_epoch first"
+        return run_step(self.parts, self.model, self.opts, sampler, users_B, rows_BI, self.cfg,
+                        autocast=autocast, timer=timer)
 
     def rank_fn(self) -> RankFn:
         return item_parallel_ranking(self.model, self.layout)
@@ -180,7 +196,6 @@ class ItemParallel:
         return hashlib.sha256("".join(shards).encode()).hexdigest()
 
 
-Engine = DataParallel | ItemParallel
 
 
 def build_engine(model: LD4MRec, cfg: Config, worker: WorkerContext, strategy: str) -> Engine:

@@ -25,7 +25,7 @@ from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.parallel.checkpoint import load_plain_state, load_sharded, plain_state, save_sharded
 from ld4mrec_dist.parallel.topk import merge_topk, topk_ordered
 from ld4mrec_dist.sampler import SamplerHistory, sample_steps
-from ld4mrec_dist.train.step import train_step
+from ld4mrec_dist.step import train_step
 
 U, I, D, K, B = 9, 11, 8, 3, 4  # 11 items on 2 ranks: slices of 6 and 5
 FEATS = (("text", 5), ("image", 4))
@@ -134,11 +134,11 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     from ld4mrec_dist.parallel.comm import CollectiveBytes
     from ld4mrec_dist.parallel.item import (
         SliceDraw,
-        build_item_optimizers,
         column_slice,
         draw_slice,
         item_mesh,
         item_parallel_step,
+        item_param_groups,
         shard_items,
         slice_generators,
     )
@@ -152,7 +152,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     def sharded() -> tuple[LD4MRec, object, object]:
         model = _model(cfg)
         layout = shard_items(model, mesh)
-        return model, layout, build_item_optimizers(model, cfg)
+        return model, layout, build_optimizers(model, cfg, item_param_groups(model))
 
     def step(model, layout, opts, history, seed):
         t_B, target_BI, noise_BI = _full_draw(model, history.probabilities(cfg.diffusion), seed)
@@ -218,7 +218,8 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     users, seed = DATA_USERS[rank], SEEDS[0] + 10 * rank
     data_model = _model(cfg)
     data_layout = shard_items(data_model, item_mesh(world, 1))
-    data_opts, data_history = build_item_optimizers(data_model, cfg), _history(data_model, cfg)
+    data_opts = build_optimizers(data_model, cfg, item_param_groups(data_model))
+    data_history = _history(data_model, cfg)
     draw = SliceDraw(*_full_draw(data_model, data_history.probabilities(cfg.diffusion), seed, users))
     data_loss = item_parallel_step(data_model, data_layout, data_opts, data_history, users, _rows(users),
                                    (None, None), cfg, draw=draw)
@@ -447,10 +448,10 @@ def _rank4(rank: int, world: int) -> dict:
     from ld4mrec_dist.parallel.comm import CollectiveBytes
     from ld4mrec_dist.parallel.item import (
         SliceDraw,
-        build_item_optimizers,
         column_slice,
         item_mesh,
         item_parallel_step,
+        item_param_groups,
         score_slice,
         shard_items,
     )
@@ -463,7 +464,7 @@ def _rank4(rank: int, world: int) -> dict:
     def sharded(data: int, item: int, cfg: Config = cfg):
         model = _model(cfg)
         layout = shard_items(model, item_mesh(data, item))
-        return model, layout, build_item_optimizers(model, cfg)
+        return model, layout, build_optimizers(model, cfg, item_param_groups(model))
 
     def step(model, layout, opts, history, seed, users, cfg: Config = cfg):
         full = _full_draw(model, history.probabilities(cfg.diffusion), seed, users)

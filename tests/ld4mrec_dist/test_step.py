@@ -8,8 +8,8 @@ from ld4mrec_dist.build import build_optimizers
 from ld4mrec_dist.config import DiffusionSection, ModelSection, load_config
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.sampler import SamplerHistory
+from ld4mrec_dist.step import train_step
 from ld4mrec_dist.timing import PieceTimer
-from ld4mrec_dist.train.step import train_step
 
 U, I, T = 6, 10, 4
 
