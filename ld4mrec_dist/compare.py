@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from data_pipeline.dataset import PreparedDataset, open_dataset
-from ld4mrec_dist.config import Config
+from ld4mrec_dist.config import Config, metric_names
 from ld4mrec_dist.eval.baselines import (
     Baseline,
     Params,
@@ -170,7 +170,7 @@ def _settings(row: Row) -> str:
 
 def markdown_table(rows: list[Row], ks: list[int]) -> str:
     """Test metrics (mean ± std over runs), the mean wall time of one run, the valid-selected settings."""
-    names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    names = metric_names(ks, by_cutoff=True)
     header = "| model | runs | " + " | ".join(f"test {n}" for n in names) + " | time (s) | settings |"
     sep = "|" + " --- |" * (len(names) + 4)
     body = [f"| {r['model']} | {r['runs']} | " + " | ".join(_cell(r, n) for n in names)

@@ -8,6 +8,7 @@ and type-checked by OmegaConf; each dataclass validates itself in `__post_init__
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,23 @@ COLLAB_NORMS = ("none", "history", "unit")
 FEATURE_NORMS = ("none", "standardize", "l2")
 STRATEGIES = ("ddp", "ddp_bf16", "powersgd", "item_parallel", "auto")
 """Every value `scaling.strategy` accepts (what each does: ld4mrec_dist/strategy.py)."""
+RANKING_METRICS = ("recall", "ndcg")
+"""The ranking metrics of every evaluation, each at every cut-off of `eval.ks`, named
+`metric@k` (computed by eval/metrics.py; read by the selection, the reports and compare)."""
+
+
+def metric_name(metric: str, k: int) -> str:
+    """The name of a ranking metric at cut-off k, as metrics.jsonl and the reports write it."""
+    return f"{metric}@{k}"
+
+
+def metric_names(ks: Sequence[int], by_cutoff: bool = False) -> list[str]:
+    """`metric@k` of every ranking metric at every cut-off: metric by metric (the order in
+    which the evaluator's sums travel through an all-reduce), or cut-off by cut-off (the
+    columns of printed tables)."""
+    if by_cutoff:
+        return [metric_name(m, k) for k in ks for m in RANKING_METRICS]
+    return [metric_name(m, k) for m in RANKING_METRICS for k in ks]
 
 
 class ConfigError(ValueError):
@@ -209,7 +227,7 @@ class EvalSection:
     def __post_init__(self) -> None:
         _check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), f"eval.ks={self.ks}: need positive cut-offs")
         name, _, k = self.select_metric.partition("@")
-        _check(name in ("recall", "ndcg") and k.isdigit() and int(k) in self.ks,
+        _check(name in RANKING_METRICS and k.isdigit() and int(k) in self.ks,
                f"eval.select_metric={self.select_metric!r}: use recall@K or ndcg@K with K in eval.ks")
 
 

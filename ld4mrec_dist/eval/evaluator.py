@@ -17,8 +17,9 @@ import scipy.sparse as sp
 import torch
 
 from data_pipeline.dataset import PreparedDataset
+from ld4mrec_dist.config import metric_names
 from ld4mrec_dist.dist import all_reduce_sum
-from ld4mrec_dist.eval.metrics import hits, mask_items, metric_names, top_items
+from ld4mrec_dist.eval.metrics import hits, mask_items, top_items
 from ld4mrec_dist.eval.metrics import metric_sums as user_metric_sums
 from ld4mrec_dist.partition import RankRows, read_rank_rows
 from ld4mrec_dist.rows import to_dense, to_torch_csr

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ld4mrec_dist.config import RANKING_METRICS, metric_name
+
 NEG_INF = float("-inf")
 
 
@@ -29,7 +31,8 @@ def hits(truth_BI: torch.Tensor, items_BC: torch.Tensor) -> torch.Tensor:
 
 
 def metric_sums(hits_BC: torch.Tensor, n_truth_B: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:
-    """Per-cut-off sums over the batch of Recall@k and NDCG@k (float64 scalars)."""
+    """Per-cut-off sums over the batch of Recall@k and NDCG@k (float64 scalars), keyed by
+    the names of `config.metric_names`."""
     n_truth_B = n_truth_B.to(torch.float64)
     k_max = hits_BC.shape[1]
     discount_C = 1.0 / torch.log2(torch.arange(k_max, dtype=torch.float64, device=hits_BC.device) + 2.0)
@@ -38,13 +41,9 @@ def metric_sums(hits_BC: torch.Tensor, n_truth_B: torch.Tensor, ks: list[int]) -
     for k in ks:
         kk = min(k, k_max)
         hits = hits_BC[:, :kk]
-        out[f"recall@{k}"] = (hits.sum(1) / n_truth_B).sum()
         dcg_B = (hits * discount_C[:kk]).sum(1)
         idcg_B = ideal_cum_C[(torch.clamp(n_truth_B, max=kk) - 1).long()]
-        out[f"ndcg@{k}"] = (dcg_B / idcg_B).sum()
+        per_user = {"recall": hits.sum(1) / n_truth_B, "ndcg": dcg_B / idcg_B}
+        out.update({metric_name(m, k): per_user[m].sum() for m in RANKING_METRICS})
     return out
 
-
-def metric_names(ks: list[int]) -> list[str]:
-    """The fixed order in which metric sums travel through an all-reduce."""
-    return [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]

@@ -16,7 +16,7 @@ from typing import Any
 
 from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
-from ld4mrec_dist.config import Config, config_to_dict, config_to_yaml, load_config
+from ld4mrec_dist.config import Config, config_to_dict, config_to_yaml, load_config, metric_names
 from ld4mrec_dist.encoders import svd_item_factors
 from ld4mrec_dist.model import select_modalities
 from ld4mrec_dist.report import format_table, modality_lines, plot_training_curves, read_metrics
@@ -153,7 +153,7 @@ def finish_run(cfg: Config, run_dir: RunDir, out: dict[str, Any], wall: float) -
     if history:
         png = plot_training_curves(history, title=storage.name_of(run_dir))
         storage.write_bytes(file_in(run_dir, CURVES_FILE), png)
-    names = [f"{m}@{k}" for k in cfg.eval.ks for m in ("recall", "ndcg")]
+    names = metric_names(cfg.eval.ks, by_cutoff=True)
     print(f"\n[ld4mrec] best epoch {final['best_epoch']} of {final['epochs_run']} "
           f"(selected on valid {cfg.eval.select_metric}); {wall:.0f}s")
     print(format_table(["split", *names], [[s, *[d.get(n, float('nan')) for n in names]]
