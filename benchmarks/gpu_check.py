@@ -1,4 +1,4 @@
-"""The one-command GPU check (issue 12 §4): every GPU figure the README asks for, in one run.
+"""The one-command GPU check: every GPU figure the README asks for, in one run.
 
     python benchmarks/gpu_check.py --out DIR                        # the GPU machine: < 9 min
     python benchmarks/gpu_check.py --device cpu --tiny --out DIR    # dry run of every code path, < 60 s

@@ -1,4 +1,4 @@
-"""(7) The training step against its GEMM roofline (issue 12 §3), one thread, Baby shape.
+"""(7) The training step against its GEMM roofline, one thread, Baby shape.
 
 Question: how close does one `train_step` (the function the loop runs) come to the time of
 its unavoidable matrix products? Reference, measured bare in the same process, in blocks
@@ -9,7 +9,7 @@ image MLPs' 4096-wide inputs make those a large share). The GEMM shapes are read
 model's own `nn.Linear` calls (forward hooks), not written down here.
 
 Variants (same init, same batches): `before` = `model.fused_forward=false,
-train.fused_adam=false` (the code path before issue 12), each optimisation alone, and
+train.fused_adam=false` (the straightforward code path), each optimisation alone, and
 `after` = the defaults. Per variant: ms per step, the ratio five-GEMMs / step, the
 per-piece split `train_step` reports through its `timer`, and a torch.profiler split
 (GEMMs, random numbers, optimizer, other ops, and the Python/dispatch rest). Rows go to

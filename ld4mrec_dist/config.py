@@ -137,12 +137,14 @@ class ModelSection:
     """LeakyReLU slope between consecutive BG stages (Eq. 22's text → image step); 1.0 makes
     it the identity."""
     fused_forward: bool = True
-    """The training forward in few passes over [B, I] (issue 12 §3): the soft-reconstruction
+    """The training forward in few passes over [B, I] (each costs as much as one of the step's
+    GEMMs; measured in benchmarks/roofline.py): the soft-reconstruction
     mask drawn at its ≈ p·B·I chosen entries (geometric gaps, not one uniform per entry),
     f_s(x_in) kept sparse (never densified), x_t built inside the noise tensor, x̂ − f_s
     inside x̂, the loss's squared error and its gradient one pass each. Same math (tests),
     another random stream for the mask (hence for ε after it). false: the
-    straightforward one-tensor-per-operation form (the code before issue 12)."""
+    straightforward one-tensor-per-operation form, kept as the reference the fused one is
+    tested against and to reproduce runs made with it."""
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 2 and self.hidden % 2 == 0, f"model.hidden={self.hidden}: must be an even number ≥ 2")
@@ -169,26 +171,25 @@ class TrainSection:
     """How the learning rate follows the global batch G = batch_size × data-parallel ranks:
     `none` (lr whatever G), `sqrt` (lr·√(G / lr_reference_batch), the rule that keeps
     Adam's update noise constant), `linear` (lr·G / lr_reference_batch, SGD's rule).
-    The rule is a pure function of (G, step), so a resume replays it exactly. `none` by
-    measurement: on MovieLens-1M (3 seeds) valid Recall@20 held from G = 256 to 4,096 with lr
-    unchanged, while `sqrt` and `linear` lost 0.003-0.005 (README, "Bigger per-rank batches")."""
+    The rule is a pure function of (G, step), so a resume replays it exactly. `none`
+    because, measured, valid Recall@20 holds up to G = 4,096 with the learning rate
+    unchanged and both rules lose a little (README, "Bigger per-rank batches")."""
     lr_reference_batch: int = 256
     """The global batch at which `lr` is used as given."""
     lr_warmup_steps: int = 0
     """Ramp the (scaled) learning rate linearly over the first N = lr_warmup_steps steps
     (step s uses (s+1)/N of it), as large-batch SGD does with the linear rule; 0: no ramp."""
     weight_decay: float = 1e-5
-    """Adam's L2 penalty on the dense parameters (not z_in). 1e-5, not 0: on ML-1M valid
-    Recall@20 0.1499 → 0.1587 (clean) and 0.1266 → 0.1327 (30 % noise), 3 seeds; on the
-    synthetic data 0.4100 → 0.4156, 2 seeds (README, Results). 1e-4 is worse on both."""
+    """Adam's L2 penalty on the dense parameters (not z_in). 1e-5, not 0 or 1e-4: the best
+    valid Recall@20 of the three on MovieLens-1M (clean and noisy) and on the synthetic
+    data (README, Results)."""
     seed: int = 2024
     eval_every: int = 1
     """Evaluate (and checkpoint) every this many epochs."""
     patience: int = 10
     """Stop after this many evaluations without a better valid Recall@20. 10, not the paper's
-    20: in 18 measured runs (MovieLens-1M and the synthetic data, issue 9) valid Recall@20
-    never waited more than 3 evaluations for its next improvement, so 10 keeps the same best
-    epoch and saves ~10 epochs per run."""
+    20: it keeps the same best epoch in every measured run and saves ~10 epochs per run
+    (the measurement: docs/design.md, "Selection and early stopping")."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value; 0 disables."""
     fail_at_step: int = -1

@@ -15,8 +15,9 @@ Equations (docs/design.md §2 says where and why they differ from the printed pa
     μ_θ = c0_t · x̂_θ + ct_t · x_t                               (Eq. 9)
     L_rec(u, t) = mean_i (μ̃ − μ_θ)² = c0_t² · mean_i (f_s(x_in) − x̂_θ)²   (Eq. 11)
 
-Passes over [B, I] (issue 12 §3). The training forward keeps f_s(x_in) sparse
-(`SparseTarget`: the rows' entries and the chosen ones, nothing of size B·I), draws the
+Passes over [B, I]: each costs about as much as a GEMM of the step, so few are made. The
+training forward keeps f_s(x_in) sparse (`SparseTarget`: the rows' entries and the chosen
+ones, nothing of size B·I), draws the
 soft-reconstruction mask at its chosen entries only (`bernoulli_positions`: ≈ p·B·I
 geometric gaps instead of B·I uniforms), builds x_t inside the noise tensor
 (`q_sample_sparse_`: one pass, plus a scatter at the target's entries) and turns x̂ into

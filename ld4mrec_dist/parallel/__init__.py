@@ -1,4 +1,4 @@
-"""Item-parallel LD4MRec (issue 12 §2, docs/design.md §6.1): C-Net's FC_in and FC_out sharded
+"""Item-parallel LD4MRec (docs/design.md §6.1): C-Net's FC_in and FC_out sharded
 over the items of a ("data", "item") device mesh with torch's tensor-parallel API, the
 forward process drawn per item slice, the loss summed over slices, top-k merged across
 slices, and checkpoints that load into any layout.

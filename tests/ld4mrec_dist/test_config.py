@@ -10,7 +10,7 @@ def test_defaults_are_the_papers_where_it_gives_a_value():
     assert (cfg.diffusion.noise_scale, cfg.diffusion.alpha_min) == (0.01, 0.05)  # Eq. 3, §4.4.2
     assert (cfg.diffusion.sr_prob, cfg.diffusion.sr_gamma) == (0.01, 0.01)  # Eq. 12, §4.4.1
     assert (cfg.diffusion.history, cfg.model.svd_rank) == (10, 64)
-    assert (cfg.train.patience, cfg.train.epochs) == (10, 1000)  # paper: 20; 10 measured equivalent (issue 9)
+    assert (cfg.train.patience, cfg.train.epochs) == (10, 1000)  # paper: 20; 10 kept the best epoch (docs/design.md)
     assert cfg.eval.ks == [10, 20] and cfg.eval.select_metric == "recall@20"
 
 

@@ -1,4 +1,4 @@
-"""Bad input from issue 10's weak spots: each is read correctly or refused with one line
+"""Bad input as real exports carry it: each is read correctly or refused with one line
 that names the file, the line/row (the user's, not our index) and the fix."""
 
 from __future__ import annotations

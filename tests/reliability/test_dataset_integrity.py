@@ -1,6 +1,6 @@
 """Tampered or damaged prepared datasets are refused with one line, never trained on.
 
-Each case alters a copy of a tiny prepared dataset the way issue 10 saw it altered and
+Each case alters a copy of a tiny prepared dataset the way copies, disks and hands alter one and
 checks the one-line `DatasetDamaged` error (the driver's full check, the workers' sizes
 check), plus the hash cache that spares a restart from rehashing.
 """

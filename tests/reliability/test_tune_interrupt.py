@@ -1,4 +1,5 @@
-"""Sweeps survive interruption and never wait forever (issue 10: Failures 4, Hangs; issue 9).
+"""Sweeps survive interruption and never wait forever: a long sweep on a shared cluster is
+interrupted, and a trial that cannot get its resources must end, not hang.
 
 * outcomes are labelled from what happened (ledger + the trial's own run directory), and a
   trial whose Tune result is missing is reported from its final_metrics.json;
