@@ -55,7 +55,7 @@ def _z_in_state(opts: Optimizers) -> dict[str, torch.Tensor]:
 
 def _state(model: LD4MRec, opts: Optimizers) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(what DCP saves and loads, Adam's parameter groups of this layout). Adam's state is
-    saved per parameter name only: the groups differ between layouts (`build_item_optimizers`
+    saved per parameter name only: the groups differ between layouts (`item_param_groups`
     splits them) and their hyperparameters come from the config."""
     model_sd, optim_sd = get_state_dict(model, opts.dense)
     groups = cast(list[dict[str, Any]], optim_sd["param_groups"])
