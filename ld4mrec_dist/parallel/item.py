@@ -11,8 +11,8 @@ columns and its output all-reduced (B·D); FC_out (output = items) is `ColwisePa
 weight [I, D] and bias split by rows, so C-Net returns this slice of x̂ [B, L], and in
 backward the gradient of FC_out's input is all-reduced (B·D). Everything between (BD and BG
 blocks, z_in) is replicated and gets the same gradients on every rank of the group (z_in's
-only to float rounding: it is averaged over the whole world, `ItemParallelStep.sync_grads`).
-`CNet.forward` itself runs unchanged.
+only to float rounding: `step.run_step` averages it over the whole world, see
+`ItemParallelStep.sync_grads`). `CNet.forward` itself runs unchanged.
 
 What DTensor does not express is done here with plain collectives over the item group:
 - the forward process is elementwise: each rank draws ε and the soft-reconstruction mask for

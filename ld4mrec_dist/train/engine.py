@@ -6,10 +6,11 @@ Shapes: B users per rank per step, I items, W ranks, W_item ranks of an item gro
 the users are split over the W ranks, DDP averages C-Net's gradients (through the
 strategy's communication hook). `ItemParallel` (scaling.strategy item_parallel): the ranks
 form a ("data", "item") mesh; the W_item ranks of an item group hold the same users and
-one slice of the items each (ld4mrec_dist/parallel/, docs/design.md §6.1). The loop sees
-only what both offer: which users this rank reads, a step, a ranking for evaluation, the
-full state for checkpoints (PowerSGD's per-rank state included), and a fingerprint of the
-replicated state.
+one slice of the items each (ld4mrec_dist/parallel/, docs/design.md §6.1). Both run the
+one step skeleton `step.run_step`, each with its own parts (`step.DataParallelStep`,
+`parallel.item.ItemParallelStep`). The loop sees (`Engine`) only what both offer: which
+users this rank reads, a step, a ranking for evaluation, the full state for checkpoints
+(PowerSGD's per-rank state included), and a fingerprint of the replicated state.
 """
 
 from __future__ import annotations
@@ -194,8 +195,6 @@ class ItemParallel:
         shards: list[Any] = [None] * self.layout.item_world
         tdist.all_gather_object(shards, mine, group=self.layout.item_group)
         return hashlib.sha256("".join(shards).encode()).hexdigest()
-
-
 
 
 def build_engine(model: LD4MRec, cfg: Config, worker: WorkerContext, strategy: str) -> Engine:
