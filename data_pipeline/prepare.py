@@ -25,20 +25,25 @@ from data_pipeline import storage
 from data_pipeline.errors import DataError
 from data_pipeline.features import write_features
 from data_pipeline.manifest import FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
-from data_pipeline.protocol import ProtocolConfig, ProtocolResult, apply_protocol
+from data_pipeline.protocol import ProtocolConfig, apply_protocol
 from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD, user_rows, write_shards
 from data_pipeline.source import SPLIT_NAMES, Source, index_ids
 from data_pipeline.storage import file_sha256
+from data_pipeline.streaming import SplitsWritten, TabularLog, stream_protocol
 
 
-def prepare_dataset(source: Source, setting: str, out: str | Path, *, seed: int = 2024, overwrite: bool = False,
-                    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD, protocol: ProtocolConfig = ProtocolConfig(),
-                    progress: bool = True, extra_config: dict[str, Any] | None = None) -> Path | str:
+def prepare_dataset(source: Source | TabularLog, setting: str, out: str | Path, *, seed: int = 2024,
+                    overwrite: bool = False, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+                    protocol: ProtocolConfig = ProtocolConfig(), progress: bool = True,
+                    extra_config: dict[str, Any] | None = None) -> Path | str:
     """Apply the protocol to `source` and write the dataset directory `out`; returns its path
     (the normalised URI for an object-store `out`).
 
-    `out` may be an object-store URI (s3://, gs://): the dataset is then built in a local
-    temporary directory and uploaded, manifest last, so it never looks complete early."""
+    A `TabularLog` (streaming.open_log) is prepared in bounded memory, bucket by bucket,
+    except in the noisy setting (read whole: see data_pipeline/streaming.py); the dataset is
+    the same either way. `out` may be an object-store URI (s3://, gs://): the dataset is then
+    built in a local temporary directory and uploaded, manifest last, so it never looks
+    complete early."""
     if storage.is_uri(out):
         return prepare_to_uri(source, setting, storage.normalize(out), seed=seed, overwrite=overwrite,
                               rows_per_shard=rows_per_shard, protocol=protocol, progress=progress,
@@ -48,21 +53,26 @@ def prepare_dataset(source: Source, setting: str, out: str | Path, *, seed: int 
         raise DataError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it, or choose --out")
     if rows_per_shard < 1:
         raise DataError(f"rows per shard {rows_per_shard}: must be ≥ 1")
+    if isinstance(source, TabularLog) and setting == "noisy":
+        source = source.materialise()
     config = run_config(source, setting, seed, rows_per_shard, protocol, extra_config)
-    user_codes, user_uniques = index_ids(source.user_raw)
-    result = apply_protocol(user_codes, source.item_N, source.n_items, source.rating, source.timestamp,
-                            source.split, setting, protocol, seed)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = out.parent / f".{out.name}.tmp-{tag}"
     tmp.mkdir(parents=True)
     try:
-        write_dataset(tmp, source, result, user_uniques, config, rows_per_shard, progress)
+        if isinstance(source, TabularLog):
+            splits = stream_protocol(source, setting, protocol, tmp, out.parent / f".{out.name}.buckets-{tag}",
+                                     rows_per_shard)
+        else:
+            splits = write_splits(tmp, source, setting, protocol, seed, rows_per_shard)
+        write_dataset(tmp, source, splits, config, progress)
         commit(tmp, out, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def prepare_to_uri(source: Source, setting: str, out: str, *, overwrite: bool, **kwargs: Any) -> str:
+def prepare_to_uri(source: Source | TabularLog, setting: str, out: str, *, overwrite: bool, **kwargs: Any) -> str:
     if storage.exists(out) and storage.list_dir(out) and not overwrite:
         raise DataError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it, or choose --out")
     with tempfile.TemporaryDirectory(prefix="ld4mrec-prepare-") as tmp:
@@ -74,7 +84,7 @@ def prepare_to_uri(source: Source, setting: str, out: str, *, overwrite: bool, *
     return out
 
 
-def run_config(source: Source, setting: str, seed: int, rows_per_shard: int, protocol: ProtocolConfig,
+def run_config(source: Source | TabularLog, setting: str, seed: int, rows_per_shard: int, protocol: ProtocolConfig,
                extra: dict[str, Any] | None) -> dict[str, Any]:
     """The config recorded in the manifest (and compared when reusing a synthetic dataset)."""
     config = {"source_format": source.format, "source_name": source.name, "setting": setting, "seed": seed,
@@ -82,48 +92,60 @@ def run_config(source: Source, setting: str, seed: int, rows_per_shard: int, pro
     return json.loads(json.dumps({**config, **(extra or {})}))
 
 
-def write_dataset(folder: Path, source: Source, result: ProtocolResult, user_uniques: np.ndarray,
-                  config: dict[str, Any], rows_per_shard: int, progress: bool) -> dict[str, Any]:
-    """Write shards, features, degrees, id maps and (last) the manifest into `folder`."""
+def write_splits(folder: Path, source: Source, setting: str, protocol: ProtocolConfig, seed: int,
+                 rows_per_shard: int) -> SplitsWritten:
+    """The in-memory path: the protocol over the whole log, then the shards of every split."""
+    user_codes, user_uniques = index_ids(source.user_raw)
+    result = apply_protocol(user_codes, source.item_N, source.n_items, source.rating, source.timestamp,
+                            source.split, setting, protocol, seed)
     index_of = np.full(int(user_uniques.size), -1, np.int64)
     index_of[result.users] = np.arange(result.users.size)
-    n_users, n_items = int(result.users.size), source.n_items
     split_files, eval_sets = {}, {}
     for name in SPLIT_NAMES:
         users, items = result.splits[name]
         split_files[name] = write_shards(user_rows(index_of[users], items), folder / name, rows_per_shard)
         eval_sets[name] = np.unique(index_of[users])
-    degree = np.bincount(result.splits["train"][1], minlength=n_items).astype(np.int64)
-    np.save(folder / "item_degree.npy", degree)
+    return SplitsWritten(
+        split_files, result.counts,
+        {s: int(np.intersect1d(eval_sets[s], eval_sets["train"]).size) for s in ("valid", "test")},
+        np.bincount(result.splits["train"][1], minlength=source.n_items).astype(np.int64),
+        user_uniques[result.users], result.split_source, result.chronology)
+
+
+def write_dataset(folder: Path, source: Source | TabularLog, splits: SplitsWritten, config: dict[str, Any],
+                  progress: bool) -> dict[str, Any]:
+    """Beside the shards already in `folder`: features, degrees, id maps and (last) the manifest."""
+    n_users, n_items = int(splits.user_ids.size), source.n_items
+    np.save(folder / "item_degree.npy", splits.item_degree)
     (folder / "id_maps").mkdir()
     other = [{"file": "item_degree.npy", "sha256": file_sha256(folder / "item_degree.npy")}]
-    for kind, ids in (("users", user_uniques[result.users]), ("items", source.item_ids)):
+    for kind, ids in (("users", splits.user_ids), ("items", source.item_ids)):
         path = folder / "id_maps" / f"{kind}.parquet"
         pq.write_table(pa.table({"index": pa.array(np.arange(ids.size, dtype=np.int32)),
                                  "id": pa.array(ids.astype(str), pa.string())}), path, compression="zstd")
         other.append({"file": f"id_maps/{kind}.parquet", "sha256": file_sha256(path)})
     modalities = write_modalities(folder, source, progress)
-    train_rows = result.counts["rows_per_split"]["train"]
+    counts = splits.counts
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": source.name,
         "config": config,
-        "source": {"format": source.format, "split": result.split_source, "chronology": result.chronology,
+        "source": {"format": source.format, "split": splits.split_source, "chronology": splits.chronology,
                    "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                              for p in source.files]},
         "n_users": n_users,
         "n_items": n_items,
         "modalities": modalities,
-        "counts": result.counts,
-        "eval_users": {s: int(np.intersect1d(eval_sets[s], eval_sets["train"]).size) for s in ("valid", "test")},
-        "train_density": train_rows / max(1, n_users * n_items),
-        "files": {"splits": split_files, "other": other},
+        "counts": counts,
+        "eval_users": splits.eval_users,
+        "train_density": counts["rows_per_split"]["train"] / max(1, n_users * n_items),
+        "files": {"splits": splits.split_files, "other": other},
     }
     write_manifest(folder, manifest)
     return manifest
 
 
-def write_modalities(folder: Path, source: Source, progress: bool) -> list[dict[str, Any]]:
+def write_modalities(folder: Path, source: Source | TabularLog, progress: bool) -> list[dict[str, Any]]:
     """features/<modality>.npy for each modality, in source order; [{name, dim, file, sha256}]."""
     (folder / "features").mkdir()
     entries = []

@@ -81,10 +81,18 @@ class ProtocolResult:
 
 def apply_protocol(user_N: np.ndarray, item_N: np.ndarray, n_items: int, rating: np.ndarray | None,
                    timestamp: np.ndarray | None, split: np.ndarray | None, setting: str,
-                   cfg: ProtocolConfig = ProtocolConfig(), seed: int = 2024) -> ProtocolResult:
-    """Run the protocol on integer user codes and item indices (one entry per input row)."""
+                   cfg: ProtocolConfig = ProtocolConfig(), seed: int = 2024, *,
+                   whole_log: bool = True) -> ProtocolResult:
+    """Run the protocol on integer user codes and item indices (one entry per input row).
+
+    `whole_log=False`: the rows are every row of *some* users (a bucket of the streaming
+    path, rows in input order); clean and as_is are per-user, so the result is that of the
+    whole log restricted to these users. Empty splits are then the caller's to refuse
+    (`check_splits` on the summed counts), and noisy is refused: its draws span the log."""
     if setting not in SETTINGS:
         raise DataError(f"setting {setting!r}: choose one of {SETTINGS}")
+    if setting == "noisy" and not whole_log:
+        raise ValueError("noisy draws its noise over the whole log: apply it to every row at once")
     n = user_N.size
     ts = timestamp if timestamp is not None else np.arange(n, dtype=np.float64)
     chrono = np.lexsort((np.arange(n), ts, user_N))                                # [N] rows by (user, time)
@@ -93,7 +101,8 @@ def apply_protocol(user_N: np.ndarray, item_N: np.ndarray, n_items: int, rating:
     label = split[kept].astype(np.int8) if split is not None else chronological_labels(user_N[kept], cfg)
     counts = {"input_rows": int(n), "kept": int(kept.size), "filtered_by_rating": int((~high).sum()),
               "duplicates_merged": int(high.sum() - kept.size), "dropped": {}}
-    check_splits(label, split is not None)
+    if whole_log:
+        check_splits({s: int((label == c).sum()) for c, s in enumerate(SPLIT_NAMES)}, split is not None)
     rng = np.random.default_rng(seed)
     noise = {s: (np.empty(0, np.int64), np.empty(0, np.int64)) for s in SPLIT_NAMES}
     noise_counts = {s: {"natural": 0, "random": 0} for s in SPLIT_NAMES[:2]}
@@ -148,10 +157,10 @@ def chronological_labels(user_K: np.ndarray, cfg: ProtocolConfig) -> np.ndarray:
     return np.where(rank < n_train, 0, np.where(rank < n_train + n_valid, 1, 2)).astype(np.int8)
 
 
-def check_splits(label: np.ndarray, from_source: bool) -> None:
+def check_splits(kept_per_split: dict[str, int], from_source: bool) -> None:
     """DataError when a split ends up empty."""
     for code, name in enumerate(SPLIT_NAMES):
-        if not (label == code).any():
+        if not kept_per_split[name]:
             why = ("the source split (x_label / split column) has no rows labelled "
                    f"{code}; fix the labels or drop the split column" if from_source else
                    "users have too few interactions for the split (a user needs ≥ 2 rows to reach test, "

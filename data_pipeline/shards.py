@@ -33,14 +33,44 @@ def user_rows(users: np.ndarray, items: np.ndarray) -> pa.Table:
 
 def write_shards(table: pa.Table, folder: Path, rows_per_shard: int) -> list[dict[str, Any]]:
     """`part-00000.parquet …` in `folder`; returns [{file, rows, sha256}] in order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for k, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
-        path = folder / f"part-{k:05d}.parquet"
-        pq.write_table(table.slice(start, rows_per_shard), path, compression="zstd", write_statistics=True)
-        written.append({"file": f"{folder.name}/{path.name}", "rows": min(rows_per_shard, table.num_rows - start),
-                        "sha256": file_sha256(path)})
-    return written
+    writer = ShardWriter(folder, rows_per_shard)
+    writer.add(table)
+    return writer.close()
+
+
+class ShardWriter:
+    """Writes user rows, given in user order piece by piece, as shards of `rows_per_shard` rows.
+
+    At most `rows_per_shard` rows wait in memory beyond the piece being added; the shards are
+    the same bytes as cutting the whole table at once (each is written from one contiguous
+    chunk). An empty split still gets one (empty) shard, so its schema is on disk."""
+
+    def __init__(self, folder: Path, rows_per_shard: int) -> None:
+        self.folder, self.rows_per_shard = folder, rows_per_shard
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.written: list[dict[str, Any]] = []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, rows: pa.Table) -> None:
+        self.pending.append(rows)
+        self.pending_rows += rows.num_rows
+        while self.pending_rows >= self.rows_per_shard:
+            self._write(self.rows_per_shard)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Write what is left; [{file, rows, sha256}] of every shard, in order."""
+        if self.pending_rows or not self.written:
+            self._write(self.pending_rows)
+        return self.written
+
+    def _write(self, n: int) -> None:
+        table = pa.concat_tables(self.pending).combine_chunks() if self.pending else SCHEMA.empty_table()
+        path = self.folder / f"part-{len(self.written):05d}.parquet"
+        pq.write_table(table.slice(0, n), path, compression="zstd", write_statistics=True)
+        self.written.append({"file": f"{self.folder.name}/{path.name}", "rows": n, "sha256": file_sha256(path)})
+        self.pending = [table.slice(n)]
+        self.pending_rows -= n
 
 
 def read_pairs(files: list[str], user_range: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
