@@ -334,8 +334,9 @@ def partition_log(log: TabularLog, bounds: np.ndarray, first: int, last: int, fo
             if mine.size == 0:
                 continue
             order = mine[np.argsort(bucket[mine], kind="stable")]                   # input order within a bucket
-            values = {"user": users, "item": items, "rating": batch.rating, "timestamp": batch.timestamp,
-                      "split": batch.split, "row": batch.first_row + np.arange(users.size)}
+            given = {"user": users, "item": items, "rating": batch.rating, "timestamp": batch.timestamp,
+                     "split": batch.split, "row": batch.first_row + np.arange(users.size)}
+            values = {c: v for c, v in given.items() if v is not None}   # the columns the log has
             table = pa.table({c: pa.array(values[c][order], BUCKET_SCHEMA[c]) for c in cols}, schema=schema)
             buckets, starts = np.unique(bucket[order], return_index=True)
             for b, lo, hi in zip(buckets.tolist(), starts, np.append(starts[1:], order.size), strict=True):

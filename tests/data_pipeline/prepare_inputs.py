@@ -116,7 +116,8 @@ def keyed_features(folder: Path) -> tuple[FeatureFile, ...]:
 MIXED = ColumnMap("who", "what", "stars", "when")
 CASES: dict[str, Case] = {
     "cli-clean": Case(cli_csv, "clean", ColumnMap("u", "i", "r", "t")),
-    "cli-noisy30": Case(cli_noisy_csv, "noisy", ColumnMap("u", "i", "r", "t"), protocol=ProtocolConfig(noise_ratio=0.3)),
+    "cli-noisy30": Case(cli_noisy_csv, "noisy", ColumnMap("u", "i", "r", "t"),
+                        protocol=ProtocolConfig(noise_ratio=0.3)),
     "cli-clean-ratings": Case(cli_noisy_csv, "clean", ColumnMap("u", "i", "r", "t")),
     "cli-as_is": Case(cli_noisy_csv, "as_is", ColumnMap("u", "i", "r", "t"), rows_per_shard=5),
     "mixed-clean": Case(mixed_csv, "clean", MIXED, keyed_features, rows_per_shard=2),

@@ -14,8 +14,15 @@ from data_pipeline.protocol import apply_protocol
 from data_pipeline.readers.tabular import ColumnMap
 from data_pipeline.shards import SCHEMA, ShardWriter, user_rows, write_shards
 from data_pipeline.streaming import StreamLimits, bucket_bounds, open_log, partition_log
-from tests.data_pipeline.prepare_inputs import (CASES, EXPECTED, SYNTHETIC, manifest_sha256, prepare_in_memory,
-                                                prepare_synthetic_tiny, write_csv)
+from tests.data_pipeline.prepare_inputs import (
+    CASES,
+    EXPECTED,
+    SYNTHETIC,
+    manifest_sha256,
+    prepare_in_memory,
+    prepare_synthetic_tiny,
+    write_csv,
+)
 
 RECORDED = json.loads(EXPECTED.read_text())
 # small enough that every case is read in several batches and cut into several buckets,
