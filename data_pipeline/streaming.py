@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -91,8 +92,9 @@ class Batch:
     file: Path
     line: int
     first_row: int
-    users: np.ndarray
-    items: np.ndarray
+    users: pa.Array
+    """[n] user ids, trimmed strings (Arrow: looked up by hash, never turned into Python strings)."""
+    items: pa.Array
     rating: np.ndarray | None
     timestamp: np.ndarray | None
     split: np.ndarray | None
@@ -112,15 +114,15 @@ class TabularLog:
     present: dict[str, str | None]
     """Column role (rating, timestamp, split) -> the column used, or None when absent."""
     n_rows: int
-    user_sorted: np.ndarray
-    """[U] str: the user ids in string order (what batches are looked up in)."""
+    user_lookup: pa.Array
+    """[U] the user ids in string order (what batches are looked up in)."""
     user_code_of_sorted: np.ndarray
-    """[U] int64: the code (dataset order) of each `user_sorted` id."""
+    """[U] int64: the code (dataset order) of each `user_lookup` id."""
     user_ids: np.ndarray
     """[U] str: code -> user id."""
     user_rows: np.ndarray
     """[U] int64: rows per user code."""
-    item_sorted: np.ndarray
+    item_lookup: pa.Array
     item_index_of_sorted: np.ndarray
     item_ids: np.ndarray
     features: dict[str, FeatureSource] = field(default_factory=dict)
@@ -137,8 +139,8 @@ class TabularLog:
 
     def coded(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(user code [n], item index [n]) of a batch."""
-        users = self.user_code_of_sorted[np.searchsorted(self.user_sorted, batch.users)]
-        return users, self.item_index_of_sorted[np.searchsorted(self.item_sorted, batch.items)]
+        users = self.user_code_of_sorted[position(self.user_lookup, batch.users)]
+        return users, self.item_index_of_sorted[position(self.item_lookup, batch.items)]
 
     def materialise(self) -> Source:
         """The whole log as a `Source` (what `read_tabular` returns): for the noisy setting."""
@@ -149,9 +151,10 @@ class TabularLog:
             arrays = [getattr(b, name) for b in parts]
             return None if arrays[0] is None else np.concatenate(arrays)
 
-        return Source(name=self.name, format=self.format, user_raw=np.concatenate([b.users for b in parts]),
-                      item_N=items, item_ids=self.item_ids, rating=joined("rating"), timestamp=joined("timestamp"),
-                      split=joined("split"), features=self.features, files=self.files)
+        users = np_strings(pa.concat_arrays([b.users for b in parts]))
+        return Source(name=self.name, format=self.format, user_raw=users, item_N=items, item_ids=self.item_ids,
+                      rating=joined("rating"), timestamp=joined("timestamp"), split=joined("split"),
+                      features=self.features, files=self.files)
 
 
 def log_files(path: Path) -> list[Path]:
@@ -236,8 +239,8 @@ def scan_batches(files: list[Path], columns: ColumnMap, present: dict[str, str |
                 else:
                     ts = timestamp_column(path, present["timestamp"], pa.chunked_array([col]), line)
                     first_time = col.slice(0, 1)
-            yield Batch(path, line, row, string_column(path, columns.user, rb.column(columns.user), line),
-                        string_column(path, columns.item, rb.column(columns.item), line),
+            yield Batch(path, line, row, id_strings(path, columns.user, rb.column(columns.user), line),
+                        id_strings(path, columns.item, rb.column(columns.item), line),
                         numeric_column(path, present["rating"], rb.column(present["rating"]), line_offset=line)
                         if present["rating"] else None, ts,
                         split_labels(path, present["split"], pa.chunked_array([rb.column(present["split"])]), line)
@@ -246,10 +249,30 @@ def scan_batches(files: list[Path], columns: ColumnMap, present: dict[str, str |
             start += rb.num_rows
 
 
-def merge_counts(ids: np.ndarray, counts: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique ids and their row counts, after adding the ids of `new`."""
-    both, inverse = np.unique(np.concatenate([ids, new]), return_inverse=True)
-    return both, np.bincount(inverse, np.concatenate([counts, np.ones(new.size)]), both.size).astype(np.int64)
+def merge_counts(ids: pa.Array, counts: pa.Array, new: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Unique ids and their row counts, after adding the ids of `new` (hash aggregation)."""
+    fresh = pc.value_counts(new).flatten()   # (values, counts)
+    table = pa.table({"id": pa.concat_arrays([ids, fresh[0]]), "n": pa.concat_arrays([counts, fresh[1]])})
+    merged = table.group_by("id").aggregate([("n", "sum")])
+    return merged.column("id").combine_chunks(), merged.column("n_sum").combine_chunks()
+
+
+def np_strings(ids: pa.Array) -> np.ndarray:
+    """Arrow strings as a NumPy str array (what `source.string_column` returns)."""
+    return np.asarray(ids.to_numpy(zero_copy_only=False), dtype=str)
+
+
+def position(lookup: pa.Array, ids: pa.Array) -> np.ndarray:
+    """[n] int64 index of each id in `lookup` (every id is there: the scan collected them)."""
+    return pc.index_in(ids, value_set=lookup).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def id_strings(path: Path, column: str, arr: pa.Array, line: int) -> pa.Array:
+    """Ids as trimmed Arrow strings; an empty or missing id is `string_column`'s DataError."""
+    ids = pc.utf8_trim_whitespace(pc.cast(arr, pa.string()))
+    if ids.null_count or pc.any(pc.equal(pc.utf8_length(ids), 0)).as_py():
+        string_column(path, column, arr, line)   # raises, naming the line
+    return ids
 
 
 def open_log(path: str | Path, columns: ColumnMap = DEFAULT_COLUMNS, features: tuple[FeatureFile, ...] = (),
@@ -269,33 +292,37 @@ def open_log(path: str | Path, columns: ColumnMap = DEFAULT_COLUMNS, features: t
                "timestamp": optional_column(inputs[0], names, columns.timestamp, defaults.timestamp, "--col-timestamp"),
                "split": optional_column(inputs[0], names, columns.split, None, "--col-split")}
     npys = [f for f in features if f.path.suffix.lower() == ".npy"]
-    users, user_counts = np.empty(0, str), np.empty(0, np.int64)
-    items = np.empty(0, str)
+    users, user_counts = pa.array([], pa.string()), pa.array([], pa.int64())
+    items = pa.array([], pa.string())
     max_item, max_at = -1, (inputs[0], 0)
     n_rows = 0
     for batch in scan_batches(inputs, columns, present, encoding, limits):
         users, user_counts = merge_counts(users, user_counts, batch.users)
-        items = np.union1d(items, batch.items)
+        items = pc.unique(pa.concat_arrays([items, batch.items]))
         if npys:   # .npy rows are item ids: every id must be an integer in range
-            ids = numeric_column(batch.file, "item id", pa.array(batch.items), integer=True, nonnegative=True,
+            ids = numeric_column(batch.file, "item id", batch.items, integer=True, nonnegative=True,
                                  line_offset=batch.line)
             if ids.max() > max_item:
                 max_item, max_at = int(ids.max()), (batch.file, batch.line + int(np.argmax(ids)))
-        n_rows += batch.users.size
+        n_rows += len(batch.users)
     if n_rows == 0:
         raise DataError(f"{path}: holds no interactions")
     for f in npys:
         from data_pipeline.features import npy_feature
 
         check_npy_rows(max_at[0], np.array([max_item]), npy_feature(f.modality, f.path), max_at[1])
-    item_index, item_ids, feats = items_and_features(path, items, features, 0)
-    user_code, user_ids = index_ids(users)
-    per_code = np.zeros(users.size, np.int64)
-    per_code[user_code] = user_counts
+    item_sorted = np.unique(np_strings(items))
+    item_index, item_ids, feats = items_and_features(path, item_sorted, features, 0)
+    user_strings = np_strings(users)
+    user_sorted = np.sort(user_strings)
+    user_code, user_ids = index_ids(user_sorted)
+    per_code = np.zeros(user_sorted.size, np.int64)
+    per_code[user_code[np.searchsorted(user_sorted, user_strings)]] = user_counts.to_numpy()
     return TabularLog(name=name or path.stem, format="parquet" if is_parquet(inputs[0]) else "csv", inputs=inputs,
                       columns=columns, encoding=encoding, limits=limits, present=present, n_rows=n_rows,
-                      user_sorted=users, user_code_of_sorted=user_code, user_ids=user_ids, user_rows=per_code,
-                      item_sorted=items, item_index_of_sorted=item_index, item_ids=item_ids, features=feats,
+                      user_lookup=pa.array(user_sorted, pa.string()), user_code_of_sorted=user_code, user_ids=user_ids,
+                      user_rows=per_code, item_lookup=pa.array(item_sorted, pa.string()),
+                      item_index_of_sorted=item_index, item_ids=item_ids, features=feats,
                       files=inputs + [f.path for f in features])
 
 

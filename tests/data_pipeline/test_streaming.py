@@ -72,7 +72,7 @@ def test_partition_honours_the_limits(tmp_path):
                    tmp_path / "log.parquet")
     limits = StreamLimits(batch_rows=16, bucket_rows=50, open_buckets=3)
     log = open_log(tmp_path / "log.parquet", limits=limits)
-    assert max(b.users.size for b in log.batches()) == limits.batch_rows
+    assert max(len(b.users) for b in log.batches()) == limits.batch_rows
     bounds = bucket_bounds(log.user_rows, limits.bucket_rows)
     assert bounds.size - 1 > limits.open_buckets
     with pytest.raises(ValueError, match="more than open_buckets=3"):
@@ -90,7 +90,7 @@ def test_partition_honours_the_limits(tmp_path):
             assert (np.diff(table.column("row").to_numpy()) > 0).all()   # input order kept
             seen.append(table.column("row").to_numpy())
     assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(n))
-    heavy = int(log.user_code_of_sorted[np.searchsorted(log.user_sorted, "7")])
+    heavy = int(log.user_code_of_sorted[log.user_lookup.index("7").as_py()])
     assert log.user_rows[heavy] > limits.bucket_rows and heavy + 1 in bounds and heavy in bounds
 
 
@@ -169,3 +169,15 @@ def test_bad_limits_and_columns_are_refused(tmp_path):
         open_log(tmp_path / "log.csv", ColumnMap(rating="stars"))
     with pytest.raises(DataError, match="file not found"):
         open_log(tmp_path / "nope.csv")
+
+
+def test_the_prepare_job_streams_csv_and_parquet_logs(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
+    import prepare as cli
+
+    write_csv(tmp_path, {"user_id": np.arange(3), "item_id": np.arange(3)})
+    args = cli.parse_args(["--source", "csv", "--path", str(tmp_path / "log.csv"), "--out", str(tmp_path / "o")])
+    source, _ = cli.read_interactions(args)
+    assert type(source).__name__ == "TabularLog" and source.n_rows == 3
