@@ -201,7 +201,8 @@ def record_batches(path: Path, encoding: str, limits: StreamLimits) -> Iterator[
     """A file's record batches: Parquet row groups sliced to `batch_rows`, or CSV blocks with
     every column a (non-null) string, parsed exactly as `source.read_delimited` does."""
     if is_parquet(path):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=limits.batch_rows)
+        # pre_buffer (the default) reads ahead and holds whole row groups: 3x the memory here
+        yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=limits.batch_rows)
         return
     names = column_names(path, encoding)
     try:
@@ -249,12 +250,15 @@ def scan_batches(files: list[Path], columns: ColumnMap, present: dict[str, str |
             start += rb.num_rows
 
 
-def merge_counts(ids: pa.Array, counts: pa.Array, new: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """Unique ids and their row counts, after adding the ids of `new` (hash aggregation)."""
-    fresh = pc.value_counts(new).flatten()   # (values, counts)
-    table = pa.table({"id": pa.concat_arrays([ids, fresh[0]]), "n": pa.concat_arrays([counts, fresh[1]])})
-    merged = table.group_by("id").aggregate([("n", "sum")])
-    return merged.column("id").combine_chunks(), merged.column("n_sum").combine_chunks()
+def merge_counts(ids: pa.Array, counts: np.ndarray, new: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Unique ids and their row counts, after adding the ids of `new` (new ids appended)."""
+    fresh, n = pc.value_counts(new).flatten()
+    at = pc.index_in(fresh, value_set=ids).fill_null(-1).to_numpy(zero_copy_only=False)
+    n = n.to_numpy(zero_copy_only=False)
+    seen = at >= 0
+    counts[at[seen]] += n[seen]   # fresh ids are distinct: no repeated index
+    unseen = pa.array(~seen)
+    return pa.concat_arrays([ids, fresh.filter(unseen)]), np.concatenate([counts, n[~seen]])
 
 
 def np_strings(ids: pa.Array) -> np.ndarray:
@@ -292,7 +296,7 @@ def open_log(path: str | Path, columns: ColumnMap = DEFAULT_COLUMNS, features: t
                "timestamp": optional_column(inputs[0], names, columns.timestamp, defaults.timestamp, "--col-timestamp"),
                "split": optional_column(inputs[0], names, columns.split, None, "--col-split")}
     npys = [f for f in features if f.path.suffix.lower() == ".npy"]
-    users, user_counts = pa.array([], pa.string()), pa.array([], pa.int64())
+    users, user_counts = pa.array([], pa.string()), np.zeros(0, np.int64)
     items = pa.array([], pa.string())
     max_item, max_at = -1, (inputs[0], 0)
     n_rows = 0
@@ -317,7 +321,7 @@ def open_log(path: str | Path, columns: ColumnMap = DEFAULT_COLUMNS, features: t
     user_sorted = np.sort(user_strings)
     user_code, user_ids = index_ids(user_sorted)
     per_code = np.zeros(user_sorted.size, np.int64)
-    per_code[user_code[np.searchsorted(user_sorted, user_strings)]] = user_counts.to_numpy()
+    per_code[user_code[np.searchsorted(user_sorted, user_strings)]] = user_counts
     return TabularLog(name=name or path.stem, format="parquet" if is_parquet(inputs[0]) else "csv", inputs=inputs,
                       columns=columns, encoding=encoding, limits=limits, present=present, n_rows=n_rows,
                       user_lookup=pa.array(user_sorted, pa.string()), user_code_of_sorted=user_code, user_ids=user_ids,
