@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_pipeline.errors import DataError
 from data_pipeline.features import FeatureSource
 from data_pipeline.item_fields import KINDS, ItemPlan, item_modalities, read_item_table
 from data_pipeline.source import Source
+
+if TYPE_CHECKING:
+    from data_pipeline.streaming import TabularLog
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class ModalityOptions:
     cache_dir: str | Path | None = None
 
 
-def add_modalities(source: Source, opts: ModalityOptions, plan: ItemPlan,
+def add_modalities(source: Source | TabularLog, opts: ModalityOptions, plan: ItemPlan,
                    encoder: Callable[[], Any]) -> dict[str, Any]:
     """Set `source.features` to every modality in order; returns the manifest config it adds
     (`modalities`, `item_fields`, `text`). `plan` applies to the source's own item table only."""
@@ -69,7 +72,7 @@ def add_modalities(source: Source, opts: ModalityOptions, plan: ItemPlan,
     return extra
 
 
-def text_columns(source: Source, opts: ModalityOptions,
+def text_columns(source: Source | TabularLog, opts: ModalityOptions,
                  encoder: Callable[[], Any]) -> list[tuple[str, FeatureSource, dict[str, Any]]]:
     """The `--item-text` modalities: every item must have its text."""
     from data_pipeline.text_features import item_text_feature

@@ -128,6 +128,8 @@ class TabularLog:
     features: dict[str, FeatureSource] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     """Every input file (recorded in the manifest with its sha256)."""
+    item_table: Path | None = None
+    """An item table whose fields become modalities (`modalities.add_modalities`); a log has none."""
 
     @property
     def n_items(self) -> int:
@@ -154,7 +156,7 @@ class TabularLog:
         users = np_strings(pa.concat_arrays([b.users for b in parts]))
         return Source(name=self.name, format=self.format, user_raw=users, item_N=items, item_ids=self.item_ids,
                       rating=joined("rating"), timestamp=joined("timestamp"), split=joined("split"),
-                      features=self.features, files=self.files)
+                      features=self.features, files=self.files, item_table=self.item_table)
 
 
 def log_files(path: Path) -> list[Path]:

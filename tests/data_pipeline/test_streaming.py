@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -172,12 +173,13 @@ def test_bad_limits_and_columns_are_refused(tmp_path):
 
 
 def test_the_prepare_job_streams_csv_and_parquet_logs(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
-    import prepare as cli
+    from data_pipeline.readers.registry import READERS
 
     write_csv(tmp_path, {"user_id": np.arange(3), "item_id": np.arange(3)})
-    args = cli.parse_args(["--source", "csv", "--path", str(tmp_path / "log.csv"), "--out", str(tmp_path / "o")])
-    source, _ = cli.read_interactions(args)
-    assert type(source).__name__ == "TabularLog" and source.n_rows == 3
+    for name in ("csv", "parquet"):
+        read = READERS[name].read
+        assert read is not None
+        source = read(SimpleNamespace(path=tmp_path / "log.csv", col_user=None, col_item=None, col_rating="rating",
+                                      col_timestamp="timestamp", col_split=None, feature=[], name=None,
+                                      encoding="utf-8"))
+        assert type(source).__name__ == "TabularLog" and source.n_rows == 3
