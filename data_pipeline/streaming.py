@@ -46,7 +46,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from data_pipeline.errors import DataError
-from data_pipeline.features import FeatureSource
+from data_pipeline.features import FeatureSource, npy_feature
 from data_pipeline.protocol import ProtocolConfig, ProtocolResult, apply_protocol, check_splits
 from data_pipeline.readers.tabular import (
     ColumnMap,
@@ -314,8 +314,6 @@ def open_log(path: str | Path, columns: ColumnMap = DEFAULT_COLUMNS, features: t
     if n_rows == 0:
         raise DataError(f"{path}: holds no interactions")
     for f in npys:
-        from data_pipeline.features import npy_feature
-
         check_npy_rows(max_at[0], np.array([max_item]), npy_feature(f.modality, f.path), max_at[1])
     item_sorted = np.unique(np_strings(items))
     item_index, item_ids, feats = items_and_features(path, item_sorted, features, 0)
