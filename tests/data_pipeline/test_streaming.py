@@ -1,6 +1,7 @@
 """The streaming prepare path: same datasets as the in-memory path, memory bounded by its limits."""
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,9 @@ from data_pipeline.protocol import apply_protocol
 from data_pipeline.readers.tabular import ColumnMap
 from data_pipeline.shards import SCHEMA, ShardWriter, user_rows, write_shards
 from data_pipeline.streaming import StreamLimits, bucket_bounds, open_log, partition_log
-from tests.data_pipeline.prepare_inputs import (
+
+sys.path.insert(0, str(Path(__file__).parent))   # the shared tiny inputs beside this file
+from prepare_inputs import (
     CASES,
     EXPECTED,
     SYNTHETIC,
