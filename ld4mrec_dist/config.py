@@ -248,6 +248,11 @@ class ScalingSection:
     """0: the cluster must hold the workers' CPUs/GPUs when the run starts (checked before
     any worker starts). > 0: an autoscaling cluster may still add them; the worker group
     waits up to this long for them (per start attempt) before the run fails."""
+    lost_node_wait_s: float = 20.0
+    """With wait_for_resources_s = 0: when a restart after a failure finds that a node was
+    lost and the live nodes cannot hold the workers, how long it waits for a node to come
+    back (restarted or replaced) before the run ends with the `--resume` command, instead
+    of spending Ray Train's worker-group start-up timeout on every remaining attempt."""
     strategy: str = "ddp"
     """How C-Net's gradients cross ranks (ld4mrec_dist/strategy.py, chosen by `auto` in
     ld4mrec_dist/scaling_model.py; docs/design.md §9):
@@ -267,6 +272,7 @@ class ScalingSection:
         _check(self.cpus_per_worker > 0, f"scaling.cpus_per_worker={self.cpus_per_worker}: must be > 0")
         _check(self.wait_for_resources_s >= 0,
                f"scaling.wait_for_resources_s={self.wait_for_resources_s}: must be ≥ 0")
+        _check(self.lost_node_wait_s >= 0, f"scaling.lost_node_wait_s={self.lost_node_wait_s}: must be ≥ 0")
         _check(self.strategy in STRATEGIES,
                f"scaling.strategy={self.strategy!r}: choose one of {STRATEGIES}")
         _check(self.item_group >= 0, f"scaling.item_group={self.item_group}: must be ≥ 0 (0: all workers)")

@@ -9,6 +9,8 @@ A run directory is a local folder or an object-store URI (`RunDir`). Ray Train a
     best_model.pt        the best valid epoch's weights and what scoring needs
     final_metrics.json   best epoch, its valid/test metrics, wall time (written at the end)
     curves.png           loss and valid/test curves
+    workers.json         where each rank of the latest worker group runs (node id, IP, pid)
+    run.log              what Ray and the workers printed beyond the console's lines (tracebacks)
     .fault_injected      marker of a test-only fault injection (fires once per run)
 
 It also says where a run's directory and dataset are: `resolve_run_dir`, `resolve_dataset`,
@@ -36,6 +38,8 @@ METRICS_FILE = "metrics.jsonl"
 BEST_MODEL_FILE = "best_model.pt"
 FINAL_METRICS_FILE = "final_metrics.json"
 CURVES_FILE = "curves.png"
+WORKERS_FILE = "workers.json"
+LOG_FILE = "run.log"
 FAULT_MARKER = ".fault_injected"
 
 RunDir = Path | str  # a local directory, or an object-store URI string

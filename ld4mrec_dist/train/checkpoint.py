@@ -171,6 +171,54 @@ def choose_resume_checkpoint(run_dir: Location, name: str = "") -> ResumePoint:
                           "evaluation); start a new run")
 
 
+def newest_intact_checkpoint(run_dir: Location) -> ResumePoint | None:
+    """The checkpoint `--resume` would start from (the newest intact one), None if none is."""
+    try:
+        return choose_resume_checkpoint(run_dir)
+    except CheckpointError:
+        return None
+
+
+def restart_point(run_dir: Location, handed_epoch: int) -> ResumePoint | None:
+    """The newest intact checkpoint on disk when it is newer than the one Ray Train hands a
+    restarted worker group (`handed_epoch`, -1 for none): after a lost node, Ray's record
+    can lag behind the checkpoints completed on disk; a restart follows `--resume`'s rule."""
+    point = newest_intact_checkpoint(run_dir)
+    return point if point is not None and point.epoch > handed_epoch else None
+
+
+def retention_plan(checkpoints: list[tuple[str, int]], best_epoch: int) -> list[str]:
+    """The checkpoints to delete so that a run keeps what it promises, the latest and the
+    best: `checkpoints` are the intact ones as (name, epoch), the latest is the highest
+    epoch (newest name on a tie), the best the newest one of `best_epoch`."""
+    if not checkpoints:
+        return []
+    latest = max(checkpoints, key=lambda c: (c[1], c[0]))[0]
+    best = max((c for c in checkpoints if c[1] == best_epoch), key=lambda c: c[0], default=None)
+    keep = {latest, best[0] if best else latest}
+    return sorted(name for name, _ in checkpoints if name not in keep)
+
+
+def prune_checkpoints(run_dir: Location, best_epoch: int) -> list[str]:
+    """Delete the intact checkpoints beyond the latest and the best (a restart after a lost
+    node can leave some that Ray Train never recorded, so never deletes); partial or
+    corrupt ones, and folders holding anything but this project's checkpoint files, are
+    left alone. Returns the names deleted."""
+    paths = {n: storage.join(run_dir, n) for n in checkpoint_names(run_dir)}
+    intact = [(n, checkpoint_epoch(p)) for n, p in paths.items()
+              if only_checkpoint_files(p) and checkpoint_problem(p) is None]
+    doomed = retention_plan(intact, best_epoch)
+    for name in doomed:
+        fs, path = storage.filesystem(storage.join(run_dir, name))
+        fs.delete_dir(path)
+    return doomed
+
+
+def only_checkpoint_files(directory: Location) -> bool:
+    """Whether a directory holds exactly this project's checkpoint files (so it may be deleted)."""
+    return sorted(storage.list_dir(directory)) == sorted([META_FILE, STATE_FILE])
+
+
 def point_ray_snapshot_at(run_dir: Location, keep: ResumePoint) -> bool:
     """Make Ray Train's checkpoint-manager snapshot of the run list only checkpoints that
     exist and are not newer than `keep`, with `keep` as the latest, so `fit()` hands it to

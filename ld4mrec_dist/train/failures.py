@@ -1,14 +1,22 @@
-"""How a run that did not finish is told: one line that says what failed and how to go on
-(`--resume` when a checkpoint exists), never a traceback per rank and retry.
+"""How a run that did not finish is told: one line that says what failed (the rank whose
+node or process went first, the others' errors as its consequences), what was kept and
+how to go on (`--resume` when an intact checkpoint exists), never a traceback per rank
+and retry.
 """
 
 from __future__ import annotations
 
-import re
-
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.run_dir import RunDir
-from ld4mrec_dist.train.checkpoint import checkpoint_names
+from ld4mrec_dist.train.checkpoint import checkpoint_names, newest_intact_checkpoint
+from ld4mrec_dist.train.node_loss import (
+    NodeLostError,
+    blame,
+    cluster_nodes,
+    failures_of,
+    first_line,
+    read_placements,
+)
 from ld4mrec_dist.train.resources import (
     cluster_cpu_gpu,
     format_resources,
@@ -41,18 +49,43 @@ def interrupted_message(cfg: Config, run_dir: RunDir) -> str:
 
 
 def failure_message(err: Exception, cfg: Config, run_dir: RunDir) -> str:
-    """One line: what failed, and how to go on (`--resume` when a checkpoint exists)."""
+    """One line: what failed (the rank whose node or process went first; the others'
+    errors as its consequences), what was kept and how to go on."""
     from ray.train import ControllerError
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
     cause = getattr(err, "controller_failure", None)
     if isinstance(err, ControllerError) and isinstance(cause, WorkerGroupStartupTimeoutError):
         return start_timeout_message(cfg)
-    what = worker_failure_summary(err) if hasattr(err, "worker_failures") else first_line(cause or err)
+    if isinstance(cause, NodeLostError):
+        what = (f"{failure_cause(cause.failures, cause.died, run_dir)}; the live nodes cannot hold the workers "
+                f"({cause.missing}) and none came back within {cfg.scaling.lost_node_wait_s:g}s "
+                "(scaling.lost_node_wait_s)")
+        return f"training failed: {what}; {kept_and_next(run_dir, 'once the cluster has the nodes again ')}"
+    if hasattr(err, "worker_failures"):
+        what = failure_cause(*failures_of(err.worker_failures or {}), run_dir)
+    else:
+        what = first_line(cause or err)
     tries = f"{cfg.scaling.max_failures} restart(s) (scaling.max_failures) used up"
-    if checkpoint_names(run_dir):
-        return f"training failed: {what}; {tries}; continue from the latest checkpoint with: {resume_command(run_dir)}"
-    return f"training failed: {what}; {tries}; no checkpoint was written, start the run again"
+    return f"training failed: {what}; {tries}; {kept_and_next(run_dir)}"
+
+
+def failure_cause(failures: dict[int, str], died: set[int], run_dir: RunDir) -> str:
+    """The failed attempt's cause in words; a lost node is named (its id and raylet address)."""
+    placements = read_placements(run_dir)
+    try:
+        nodes = cluster_nodes(probe=set(placements.values()))
+    except Exception:  # noqa: BLE001 - no cluster to ask any more: blame from the errors alone
+        nodes = {}
+    return blame(failures, died, placements, nodes).line()
+
+
+def kept_and_next(run_dir: RunDir, when: str = "") -> str:
+    """What a failed run kept (the checkpoint `--resume` starts from) and the command."""
+    point = newest_intact_checkpoint(run_dir)
+    if point is None:
+        return "no intact checkpoint was kept, start the run again"
+    return f"kept: {point.name} (epoch {point.epoch}); continue {when}with: {resume_command(run_dir)}"
 
 
 def start_timeout_message(cfg: Config) -> str:
@@ -63,30 +96,3 @@ def start_timeout_message(cfg: Config) -> str:
             f"{format_resources(free)} (the rest is held by other jobs or leftover placement groups: "
             "`ray list placement-groups`). Free them, lower scaling.num_workers / "
             "scaling.cpus_per_worker, or raise scaling.wait_for_resources_s on a cluster that is growing")
-
-
-def first_line(err: BaseException) -> str:
-    """An exception in one line: its last `Type: message` line (a worker's error carries its
-    traceback), else its first line, cut to 300 characters."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    error_lines = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", line)]
-    text = error_lines[-1] if error_lines else lines[0] if lines else type(err).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def worker_failure_summary(err: Exception) -> str:
-    """The rank that failed first and how; a rank that died takes precedence over the
-    collective errors its death caused on the others."""
-    failures = getattr(err, "worker_failures", {}) or {}
-
-    def died(e: BaseException) -> bool:  # the process is gone (killed, crashed, OOM), not an exception
-        cause = getattr(e, "health_check_failure", e)
-        return "ActorDied" in type(cause).__name__ or "actor died" in str(cause).lower()
-
-    ranks = sorted(failures, key=lambda r: (not died(failures[r]), r))
-    if not ranks:
-        return first_line(err)
-    rank = ranks[0]
-    what = "died" if died(failures[rank]) else f"raised {first_line(failures[rank])}"
-    others = f" (and {len(ranks) - 1} other rank(s) failed with it)" if len(ranks) > 1 else ""
-    return f"worker rank {rank} {what}{others}"

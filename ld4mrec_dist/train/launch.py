@@ -15,8 +15,10 @@ from typing import Any
 from data_pipeline import storage
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.run_dir import RunDir
+from ld4mrec_dist.train.console import RunConsole, route_ray_output, show_unseen_epochs
 from ld4mrec_dist.train.failures import TrainingFailed, failure_message
 from ld4mrec_dist.train.loop import WorkerInput, train_loop_per_worker
+from ld4mrec_dist.train.node_loss import RestartGate, ray_callback
 from ld4mrec_dist.train.resources import (
     WORKER_GROUP_START_TIMEOUT_ENV,
     check_cluster_fits,
@@ -40,7 +42,40 @@ def train(cfg: Config, run_dir: RunDir, worker: WorkerInput) -> dict[str, Any]:
     """Rank 0's return value of the training loop, run in this process or on Ray Train."""
     if runs_in_process(cfg):
         return train_loop_per_worker(worker.as_dict())
-    return fit(make_torch_trainer(cfg, run_dir, worker), cfg, run_dir)
+    torch_trainer = make_torch_trainer(cfg, run_dir, worker)
+    console = open_console(run_dir)
+    try:
+        return fit(torch_trainer, cfg, run_dir, console)
+    except TrainingFailed:
+        release_ray()  # nothing of Ray's may follow the run's last line
+        raise
+    finally:
+        if console is not None:
+            console.close()
+
+
+# Whether this process started or attached Ray itself (`init_ray`), so it owns the console.
+OWN_RAY = False
+
+
+def open_console(run_dir: RunDir) -> RunConsole | None:
+    """The run's console when this process started or attached Ray itself (the CLI, a
+    notebook): the project's lines on the console, Ray's and the workers' other output in
+    the run's log file. None under a caller's Ray (tests, sweeps): its output is theirs."""
+    if not OWN_RAY:
+        return None
+    console = RunConsole(run_dir)
+    return console if route_ray_output(console) else None
+
+
+def release_ray() -> None:
+    """Disconnect from Ray when this process connected (the cluster itself runs on)."""
+    import ray
+
+    global OWN_RAY
+    if OWN_RAY and ray.is_initialized():
+        ray.shutdown()
+        OWN_RAY = False
 
 
 def init_ray() -> None:
@@ -53,6 +88,8 @@ def init_ray() -> None:
 
     import ray
 
+    global OWN_RAY
+    OWN_RAY = True
     if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level=logging.WARNING)
         return
@@ -88,7 +125,9 @@ def make_torch_trainer(cfg: Config, run_dir: RunDir, worker: WorkerInput, callba
                                      resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
                                                            **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
         run_config=RunConfig(  # type: ignore[arg-type]
-            name=storage.name_of(run_dir), storage_path=storage.parent_of(run_dir), callbacks=callbacks,
+            name=storage.name_of(run_dir), storage_path=storage.parent_of(run_dir),
+            # The gate: where each rank runs, and no restart that waits for a lost node in vain.
+            callbacks=[*(callbacks or []), ray_callback(RestartGate(cfg, run_dir))],
             # The latest checkpoint is always kept too (resume); num_to_keep keeps the best.
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=select,
                                                checkpoint_score_order="max"),
@@ -103,9 +142,12 @@ def make_torch_trainer(cfg: Config, run_dir: RunDir, worker: WorkerInput, callba
     )
 
 
-def fit(trainer: Any, cfg: Config | None = None, run_dir: RunDir | None = None) -> dict[str, Any]:
+def fit(trainer: Any, cfg: Config | None = None, run_dir: RunDir | None = None,
+        console: RunConsole | None = None) -> dict[str, Any]:
     """Rank 0's return value of a finished fit; TrainingFailed, one line, if it failed
-    (with `cfg` and `run_dir`; Ray's own error otherwise)."""
+    (with `cfg` and `run_dir`; Ray's own error otherwise). With a `console`, the full
+    error goes to the run's log file, and epoch lines that never reached the console
+    (rank 0 lost with its node) are shown from metrics.jsonl first."""
     from ray.train import ControllerError, WorkerGroupError
 
     try:
@@ -117,6 +159,9 @@ def fit(trainer: Any, cfg: Config | None = None, run_dir: RunDir | None = None) 
     except (WorkerGroupError, ControllerError) as err:
         if cfg is None or run_dir is None:
             raise
+        if console is not None:
+            console.log(f"[ld4mrec] the run failed with:\n{err}")
+            show_unseen_epochs(console, cfg, run_dir)
         raise TrainingFailed(failure_message(err, cfg, run_dir)) from None
     if result.error is not None:
         raise result.error

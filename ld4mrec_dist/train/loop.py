@@ -28,7 +28,13 @@ from ld4mrec_dist.rows import RowStore, epoch_order, torch_minibatches
 from ld4mrec_dist.run_dir import BEST_MODEL_FILE, file_in, read_item_factors, rewrite_metrics
 from ld4mrec_dist.sampler import SamplerHistory
 from ld4mrec_dist.timing import PieceTimer
-from ld4mrec_dist.train.checkpoint import check_compatible, load_checkpoint, quiet_report_logs, state_bytes
+from ld4mrec_dist.train.checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    quiet_report_logs,
+    restart_point,
+    state_bytes,
+)
 from ld4mrec_dist.train.context import WorkerContext, worker_context
 from ld4mrec_dist.train.engine import Engine, build_engine, digest
 from ld4mrec_dist.train.faults import with_injected_fault
@@ -106,8 +112,7 @@ def setup(given: WorkerInput, worker: WorkerContext) -> Run:
     model = build_model(cfg, ds, read_item_factors(run_dir), worker.device)
     engine = build_engine(model, cfg, worker, given.strategy)
     sampler, state = SamplerHistory.empty(model.schedule.steps, cfg.diffusion), LoopState()
-    # Ray's latest checkpoint; else the one a --resume verified in the driver (Ray's snapshot may not list it)
-    saved = worker.saved_state() or (load_checkpoint(given.resume_from) if given.resume_from else None)
+    saved = state_to_start_from(given, worker, run_dir)
     if saved is not None:
         check_compatible(saved, given.cfg, ds.manifest_sha256)
         engine.load_state(saved)
@@ -128,6 +133,25 @@ def setup(given: WorkerInput, worker: WorkerContext) -> Run:
                            f"than users ({ds.n_users})")
     return Run(cfg, run_dir, ds.manifest_sha256, worker, model, engine, sampler, state, store, n_rows,
                eval_data(rows, cfg.eval.mask_valid_at_test))
+
+
+def state_to_start_from(given: WorkerInput, worker: WorkerContext, run_dir: str) -> dict[str, Any] | None:
+    """The checkpoint this attempt starts from: Ray's latest (after a restart or a resume),
+    else the one a --resume verified in the driver (Ray's snapshot may not list it); and
+    the newest intact one on disk instead when it is newer (rank 0 looks, every rank loads
+    the same one)."""
+    saved = worker.saved_state() or (load_checkpoint(given.resume_from) if given.resume_from else None)
+    if not worker.checkpoints:
+        return saved
+    handed = int(saved.get("epoch", -1)) if saved is not None else -1
+    point = restart_point(run_dir, handed) if worker.rank == 0 else None
+    path = dist.all_gather_objects(point.path if point else "")[0]
+    if not path:
+        return saved
+    if worker.rank == 0:
+        print(f"[ld4mrec] restarting from {storage.name_of(path)} (epoch {point.epoch if point else '?'}), "
+              f"the newest intact checkpoint, not epoch {handed}'s", flush=True)
+    return load_checkpoint(path)
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:

@@ -43,6 +43,7 @@ from ld4mrec_dist.train.checkpoint import (
     choose_resume_checkpoint,
     load_checkpoint,
     point_ray_snapshot_at,
+    prune_checkpoints,
 )
 from ld4mrec_dist.train.failures import TrainingInterrupted, interrupted_message
 from ld4mrec_dist.train.loop import WorkerInput
@@ -150,6 +151,8 @@ def finish_run(cfg: Config, run_dir: RunDir, out: dict[str, Any], wall: float) -
              "valid": valid, "test": test, "wall_time_s": wall,
              "replicas_in_sync": len({json.dumps(f, sort_keys=True) for f in out.get("replica_fingerprints", [])}) <= 1}
     storage.write_text(file_in(run_dir, FINAL_METRICS_FILE), json.dumps(final, indent=2))
+    if not runs_in_process(cfg):
+        prune_checkpoints(run_dir, final["best_epoch"])  # best + latest, also after a restart
     if history:
         png = plot_training_curves(history, title=storage.name_of(run_dir))
         storage.write_bytes(file_in(run_dir, CURVES_FILE), png)

@@ -20,6 +20,7 @@ from data_pipeline.prepare import prepare_synthetic
 from ld4mrec_dist.config import load_config
 from ld4mrec_dist.run_dir import anchored_path
 from ld4mrec_dist.train import failures, launch
+from ld4mrec_dist.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,22 +46,24 @@ class ActorDiedError(Exception):
 def test_used_up_restarts_end_in_one_line_with_the_resume_command(tmp_path):
     from ray.train import WorkerGroupError
 
-    (tmp_path / "checkpoint_2026-01-01_00-00-00.000000").mkdir()
+    save_checkpoint(tmp_path / "checkpoint_2026-01-01_00-00-00.000000", {"epoch": 3, "model": {}})
     err = WorkerGroupError("2 workers failed", {
         0: RuntimeError("Traceback (most recent call last):\n  File x\nRuntimeError: [gloo] Connection closed by peer"),
         1: ActorDiedError("The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker")})
     cfg = load_config(overrides=["scaling.max_failures=2"])
     message = failures.failure_message(err, cfg, tmp_path)
     assert "\n" not in message
-    assert message.startswith("training failed: worker rank 1 died (and 1 other rank(s) failed with it)")
+    assert message.startswith("training failed: worker rank 1 died; rank 0 failed as a consequence "
+                              "(RuntimeError: [gloo] Connection closed by peer)")
     assert "2 restart(s) (scaling.max_failures) used up" in message
-    assert message.endswith(f"python jobs/train.py --resume {tmp_path}")
+    assert message.endswith(f"kept: checkpoint_2026-01-01_00-00-00.000000 (epoch 3); continue with: "
+                            f"python jobs/train.py --resume {tmp_path}")
     one = WorkerGroupError("1 worker failed", {0: RuntimeError("Traceback …\nFloatingPointError: non-finite loss")})
     assert "worker rank 0 raised FloatingPointError: non-finite loss" in failures.failure_message(one, cfg, tmp_path)
 
 
 def test_ctrl_c_of_a_ray_run_prints_the_resume_command(job, tiny_settings, tiny_data, tmp_path, monkeypatch, capsys):
-    def interrupted_fit(_trainer, _cfg, run_dir):
+    def interrupted_fit(_trainer, _cfg, run_dir, _console=None):
         (Path(run_dir) / "checkpoint_2026-01-01_00-00-00.000000").mkdir()
         raise KeyboardInterrupt
 
@@ -137,12 +140,12 @@ def test_failed_ray_run_console_is_quiet_and_ends_in_one_line(tiny_settings, tin
     out = done.stdout + done.stderr
     assert done.returncode == 2, out[-4000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"error: training failed: worker rank 0 died; 0 restart\(s\) .* used up; continue from "
-                        rf"the latest checkpoint with: python jobs/train\.py --resume {re.escape(str(tmp_path / 'f'))}",
+    assert re.fullmatch(r"error: training failed: worker rank 0 died; 0 restart\(s\) .* used up; kept: checkpoint_\S+ "
+                        rf"\(epoch 1\); continue with: python jobs/train\.py --resume {re.escape(str(tmp_path / 'f'))}",
                         last), last
     assert "\x1b[" not in out  # no colour codes in redirected output
     for noise in ("Reporting training result", "Checkpoint successfully created", "Graceful shutdown of backend",
-                  "FailurePolicy", "Starting execution of Dataset"):
+                  "FailurePolicy", "Starting execution of Dataset", "Traceback", "(RayTrainWorker"):
         assert noise not in out, noise
     assert out.count("[ld4mrec] epoch    1 ") == 1
 

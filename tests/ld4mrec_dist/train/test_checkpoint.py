@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from ld4mrec_dist.config import Config, config_to_dict
-from ld4mrec_dist.train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from ld4mrec_dist.train.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    prune_checkpoints,
+    restart_point,
+    retention_plan,
+    save_checkpoint,
+)
 
 
 def _state():
@@ -54,3 +62,36 @@ def test_resume_checks_dataset_and_model_config():
     relaxed = json.loads(json.dumps(cfg))
     relaxed["train"]["epochs"] = 5  # changing the budget is a legitimate resume
     check_compatible(state, relaxed, "abc")
+
+
+def _run_with_checkpoints(run_dir, epochs):
+    """checkpoint_<i> folders in Ray's naming order, one per epoch given."""
+    for i, epoch in enumerate(epochs):
+        save_checkpoint(run_dir / f"checkpoint_2026-01-01_00-00-0{i}.000000", {**_state(), "epoch": epoch})
+
+
+def test_a_restart_takes_the_newest_intact_checkpoint_when_ray_hands_an_older_one(tmp_path):
+    _run_with_checkpoints(tmp_path, [1, 2, 3])
+    (tmp_path / "checkpoint_2026-01-01_00-00-09.000000").mkdir()  # a partial one, newest by name
+    point = restart_point(tmp_path, handed_epoch=1)
+    assert point is not None and point.epoch == 3 and point.name.endswith("00-00-02.000000")
+    assert restart_point(tmp_path, handed_epoch=3) is None  # Ray's is as new: keep it
+    assert restart_point(tmp_path / "nothing", handed_epoch=-1) is None
+
+
+def test_retention_keeps_the_latest_and_the_best():
+    ckpts = [("c1", 1), ("c2", 2), ("c3", 3), ("c4", 4)]
+    assert retention_plan(ckpts, best_epoch=2) == ["c1", "c3"]
+    assert retention_plan(ckpts, best_epoch=4) == ["c1", "c2", "c3"]
+    assert retention_plan(ckpts, best_epoch=9) == ["c1", "c2", "c3"]  # the best's checkpoint is gone
+    assert retention_plan([], best_epoch=1) == []
+
+
+def test_pruning_deletes_only_intact_project_checkpoints(tmp_path):
+    _run_with_checkpoints(tmp_path, [1, 2, 3, 4])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / names[0] / "notes.txt").write_text("the user's")  # not only our files: kept
+    state = tmp_path / names[1] / "state.pt"
+    state.write_bytes(state.read_bytes()[:-10])  # corrupt: kept for inspection
+    assert prune_checkpoints(tmp_path, best_epoch=4) == [names[2]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [names[0], names[1], names[3]]
