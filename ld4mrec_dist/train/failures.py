@@ -10,6 +10,7 @@ from ld4mrec_dist.config import Config
 from ld4mrec_dist.run_dir import RunDir
 from ld4mrec_dist.train.checkpoint import checkpoint_names, newest_intact_checkpoint
 from ld4mrec_dist.train.node_loss import (
+    Blame,
     NodeLostError,
     blame,
     cluster_nodes,
@@ -56,28 +57,32 @@ def failure_message(err: Exception, cfg: Config, run_dir: RunDir) -> str:
 
     cause = getattr(err, "controller_failure", None)
     if isinstance(err, ControllerError) and isinstance(cause, WorkerGroupStartupTimeoutError):
-        return start_timeout_message(cfg)
+        lost = attempt_blame({}, set(), run_dir)  # a growing cluster that did not replace a lost node
+        if not lost.lost_nodes:
+            return start_timeout_message(cfg)
+        return f"{start_timeout_message(cfg)}; before that, {lost.line()}; {kept_and_next(run_dir)}"
     if isinstance(cause, NodeLostError):
-        what = (f"{failure_cause(cause.failures, cause.died, run_dir)}; the live nodes cannot hold the workers "
+        what = (f"{attempt_blame(cause.failures, cause.died, run_dir).line()}; the live nodes cannot hold the workers "
                 f"({cause.missing}) and none came back within {cfg.scaling.lost_node_wait_s:g}s "
                 "(scaling.lost_node_wait_s)")
         return f"training failed: {what}; {kept_and_next(run_dir, 'once the cluster has the nodes again ')}"
     if hasattr(err, "worker_failures"):
-        what = failure_cause(*failures_of(err.worker_failures or {}), run_dir)
+        what = attempt_blame(*failures_of(err.worker_failures or {}), run_dir).line()
     else:
         what = first_line(cause or err)
     tries = f"{cfg.scaling.max_failures} restart(s) (scaling.max_failures) used up"
     return f"training failed: {what}; {tries}; {kept_and_next(run_dir)}"
 
 
-def failure_cause(failures: dict[int, str], died: set[int], run_dir: RunDir) -> str:
-    """The failed attempt's cause in words; a lost node is named (its id and raylet address)."""
+def attempt_blame(failures: dict[int, str], died: set[int], run_dir: RunDir) -> Blame:
+    """The cause of the last attempt's failure, its nodes asked now (a lost one is named by
+    its id and raylet address)."""
     placements = read_placements(run_dir)
     try:
         nodes = cluster_nodes(probe=set(placements.values()))
     except Exception:  # noqa: BLE001 - no cluster to ask any more: blame from the errors alone
         nodes = {}
-    return blame(failures, died, placements, nodes).line()
+    return blame(failures, died, placements, nodes)
 
 
 def kept_and_next(run_dir: RunDir, when: str = "") -> str:

@@ -8,8 +8,8 @@ Ray's defaults). So the run records where each rank ran (`workers.json` in the r
 directory, written when a worker group starts) and asks a node's raylet itself: a node
 whose raylet port refuses the connection (or does not answer) is gone.
 
-Everything here but `raylet_answers` and `RestartGate`'s Ray calls is plain data in, plain
-data out, so the rules are tested without a cluster.
+Everything here but the probes (`raylet_answers`, `cluster_nodes`) and `RestartGate`'s
+hooks is plain data in, plain data out, so the rules are tested without a cluster.
 """
 
 from __future__ import annotations
