@@ -88,15 +88,24 @@ class RunConsole:
 
 
 def route_ray_output(console: RunConsole) -> bool:
-    """Replace Ray's console handler of forwarded worker output by `console` (False when
-    this Ray does not forward output to the driver: nothing to route)."""
+    """Send what Ray forwards to the driver through `console` instead of Ray's own printer:
+    the workers' output (Ray's stream dispatcher) and the cluster's error messages (a
+    raylet's "Raylet is terminated" dump, a node "marked dead"), which Ray's error listener
+    prints through `ray._private.worker.print_to_stdstream`. False when this Ray forwards
+    nothing to the driver (nothing to route)."""
     from ray._private import ray_logging
+    from ray._private import worker as ray_worker
 
     dispatcher = ray_logging.global_worker_stdstream_dispatcher
     if not any(name == RAY_HANDLER for name, _ in dispatcher.handlers):
         return False
     dispatcher.remove_handler(RAY_HANDLER)
     dispatcher.add_handler(OUR_HANDLER, console.handle)
+
+    def print_through_console(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        console.handle(data)
+
+    ray_worker.print_to_stdstream = print_through_console
     return True
 
 

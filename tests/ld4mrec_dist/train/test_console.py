@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from ld4mrec_dist.train.console import RunConsole, unseen_epoch_rows
+from ld4mrec_dist.train.console import RunConsole, route_ray_output, unseen_epoch_rows
 
 RAYLET_DUMP = ["Raylet is terminated. Termination is unexpected. Possible reasons include: (1) SIGKILL",
                "Last 20 lines of the Raylet logs:", "    [2026-12-05 07:47:09,336 I 1 1] main.cc:123: ..."]
@@ -28,3 +28,19 @@ def test_rows_the_console_never_showed_are_the_ones_after_the_last_epoch_line():
     history = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
     assert unseen_epoch_rows(history, 2) == [{"epoch": 3}]
     assert unseen_epoch_rows(history, 3) == []
+
+
+def test_rays_worker_output_and_its_error_messages_both_go_through_the_run_console(tmp_path, monkeypatch):
+    from ray._private import ray_logging
+    from ray._private import worker as ray_worker
+
+    dispatcher = ray_logging.global_worker_stdstream_dispatcher
+    monkeypatch.setattr(dispatcher, "handlers", [("ray_print_logs", lambda data: print("ray printed", data))])
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)
+    out = io.StringIO()
+    assert route_ray_output(RunConsole(tmp_path, out))
+    dispatcher.emit({"pid": 7, "lines": ["[ld4mrec] epoch    1  loss 0.1", "a worker's warning"]})
+    ray_worker.print_to_stdstream({"pid": "raylet", "lines": RAYLET_DUMP[:1], "is_err": False}, ignore_prefix=False)
+    assert out.getvalue() == "[ld4mrec] epoch    1  loss 0.1\n"
+    log = (tmp_path / "run.log").read_text()
+    assert "(pid=7) a worker's warning" in log and f"(pid=raylet) {RAYLET_DUMP[0]}" in log
