@@ -20,7 +20,7 @@ from ld4mrec_dist.train.node_loss import (
 )
 from ld4mrec_dist.train.resources import cluster_shortfall
 
-GLOO_RESET = "RuntimeError: [../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:32463"
+GLOO_RESET = "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:32463"
 NODES = {"aaa111": Node("aaa111", "10.0.0.1:6380", alive=True, resources={"CPU": 1.0}),
          "bbb222": Node("bbb222", "10.0.0.2:6380", alive=True, resources={"CPU": 1.0})}
 
