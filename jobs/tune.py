@@ -12,10 +12,14 @@ the sweep file's `base_config` and `overrides`). Trials are selected on the swee
 valid metric; test metrics are reported at that epoch. Outputs land in
 <storage>/<name>/: trials.csv, heatmap_*.png (2-D grids), best_config.yaml.
 
-Exit status: 0 when every trial ended and one completed (the best config is written);
-1 when no trial completed or the sweep stalled (the error names the missing resource);
-2 for a bad sweep file, config or path; 130 when interrupted (Ctrl-C / SIGINT): the
-summary so far is written and the command that resumes the sweep is printed.
+Exit status: 0 when every trial ended without error and one completed (the best config
+is written); 1 when a trial failed (the command that reruns the failed trials is
+printed), no trial completed, or the sweep stalled (the error names the missing
+resource); 2 for a bad sweep file, config or path, or a sweep directory whose Tune state
+files the sweep cannot vouch for; 130 when interrupted (Ctrl-C / SIGINT): the summary so
+far is written and the command that resumes the sweep is printed. `--resume` runs the
+interrupted and not-started trials; failed trials only with `--retry-errored`.
+See docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ld4mrec_dist.config import ConfigError
+from ld4mrec_dist.tune import tune_state
 from ld4mrec_dist.tune.search_space import SweepSpec, base_config, load_sweep
 
 SMOKE_TEST = ["data.synthetic=tiny", "train.epochs=3", "train.batch_size=32", "model.hidden=32",
@@ -73,6 +78,11 @@ def init_ray() -> None:
 
     for key, value in RAY_TRAIN_FAST_ENV.items():
         os.environ.setdefault(key, value)
+    # The raylet warns that "N PYTHON worker processes have been started ... 4x the maximum
+    # expected startup concurrency" (the CPU count): a sweep's trial actors, Ray Train
+    # controllers and workers pass that on a small host without anything being wrong.
+    # Ray's knob for it raises the threshold; it only applies to a Ray instance started here.
+    os.environ.setdefault(STARTUP_CONCURRENCY_ENV, str(max(8, os.cpu_count() or 1)))
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or RAY_ADDRESS=auto on a head node
@@ -91,6 +101,7 @@ def init_ray() -> None:
 
 
 STATE_API_ENV = "RAY_API_SERVER_ADDRESS"
+STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
 
 
 def free_port() -> int:
@@ -99,14 +110,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def resume_command(sweep_dir: Path) -> str:
-    """The exact command that continues this sweep, runnable from the current directory."""
+def resume_command(sweep_dir: Path, retry_errored: bool = False) -> str:
+    """The exact command that continues this sweep, runnable from the current directory
+    (with `retry_errored`: the one that also reruns its failed trials)."""
     script = Path(__file__).resolve()
     try:
         shown = script.relative_to(Path.cwd())
     except ValueError:
         shown = script
-    return f"python {shown} --resume {sweep_dir}"
+    return f"python {shown} --resume {sweep_dir}" + (" --retry-errored" if retry_errored else "")
 
 
 def interrupted(sweep_dir: Path | None, note: str = "") -> int:
@@ -134,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--resume takes no overrides: a sweep resumes with the config it started with")
             sweep_dir = Path(args.resume).expanduser().resolve()
             spec, user_base = sweep.read_sweep_dir(sweep_dir)
+            tune_state.verify(sweep_dir)  # before Ray starts or Tune unpickles anything
             init_ray()
             results = sweep.resume_sweep(sweep_dir, spec, retry_errored=args.retry_errored)
         else:
@@ -161,17 +174,22 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
         return 1
     assert sweep_dir is not None
+    tune_state.StateRecorder(sweep_dir).record()  # Tune's last write of its state, after the loop
     summary = sweep.summarize(results, spec, user_base, sweep_dir)
     if summary.left_to_run:
         return interrupted(sweep_dir, f" with {summary.left_to_run} of {summary.expected} trial(s) left to run")
-    if summary.best is None:
+    if summary.errored:
         # Trials can stall inside themselves (their data read or worker start waits for a CPU
         # held elsewhere): Tune then records an error per trial instead of raising.
         stalled = next((e for e in map(stall_error, getattr(results, "errors", [])) if e is not None), None)
-        if stalled is not None:
-            print(f"error: sweep stalled: {stall_message(stalled)}", file=sys.stderr)
-            print(f"[ld4mrec] after freeing the resource, continue with:\n    {resume_command(sweep_dir)} "
-                  "--retry-errored", file=sys.stderr, flush=True)
+        what = (f"sweep stalled: {stall_message(stalled)}" if stalled is not None else
+                f"{len(summary.errored)} of {summary.expected} trial(s) failed (each one's error is above and "
+                f"in {sweep.TRIALS_CSV})")
+        print(f"error: {what}\n[ld4mrec] rerun the failed trials (completed ones are kept) with:\n"
+              f"    {resume_command(sweep_dir, retry_errored=True)}", file=sys.stderr, flush=True)
+        return 1
+    if summary.best is None:
+        print("error: no trial completed (see the outcome column of trials.csv)", file=sys.stderr, flush=True)
         return 1
     return 0
 

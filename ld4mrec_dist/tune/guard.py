@@ -28,6 +28,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from ld4mrec_dist.tune import ledger
+from ld4mrec_dist.tune.tune_state import StateRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,7 @@ class SweepGuard(Callback):
         self._last_reap = 0.0
         self._last_progress = time.monotonic()
         self._started_ms = time.time() * 1000.0
+        self._state = StateRecorder(self.sweep_dir)
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -203,6 +205,7 @@ class SweepGuard(Callback):
         self._last_reap = 0.0
         self._last_progress = time.monotonic()
         self._started_ms = time.time() * 1000.0  # a resumed sweep: its own groups only
+        self._state = StateRecorder(self.sweep_dir)
 
     def _record(self, trial: Any, event: str, **detail: Any) -> None:
         ledger.record(_experiment_dir(trial, Path(self.sweep_dir)), trial.trial_id, event, **detail)
@@ -210,6 +213,9 @@ class SweepGuard(Callback):
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._last_progress = time.monotonic()
         self._record(trial, "started")
+        values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in sorted((trial.config or {}).items()))
+        print(f"[ld4mrec] trial {trial.trial_id} started: {values}", flush=True)
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
@@ -218,6 +224,8 @@ class SweepGuard(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._last_progress = time.monotonic()
         self._record(trial, "terminated")
+        epoch = (trial.last_result or {}).get("epoch")
+        print(f"[ld4mrec] trial {trial.trial_id} ended" + (f" at epoch {epoch}" if epoch else ""), flush=True)
         self._reap_now()
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -227,9 +235,11 @@ class SweepGuard(Callback):
         except Exception:  # noqa: BLE001 - the ledger entry matters more than its wording
             err = ""
         self._record(trial, ledger.ERROR, error=err)
+        print(f"[ld4mrec] trial {trial.trial_id} failed: {err}", flush=True)
         self._reap_now()
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        self._state.record()  # Tune saved its state (if it did) just before this call
         now = time.monotonic()
         if now - self._last_reap >= REAP_EVERY_S:
             self._reap_now()
@@ -251,6 +261,7 @@ class SweepGuard(Callback):
         # No trial runs any more: every placement group an actor of this job created during
         # the sweep is a leftover (a controller may not have died yet).
         self._reap_now(all_actor_groups=True)
+        self._state.record()
 
     def _reap_now(self, all_actor_groups: bool = False) -> None:
         self._last_reap = time.monotonic()

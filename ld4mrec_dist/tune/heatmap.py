@@ -9,7 +9,9 @@ with the best valid metric, and its test metric beside it (never a test-side cho
 A cell with no completed trial is left blank (uncoloured) and says why (stopped by ASHA,
 error, …); for a trial ASHA stopped it also prints, in grey, the epoch of the stop and the
 panel's metric at its best epoch so far (a lower bound of what it would have reached, not
-comparable with the coloured cells). The figure's subtitle says all of this.
+comparable with the coloured cells). Every coloured cell is annotated with its value, and
+when all of them tie the subtitle says so first (one colour would read as a scale). The
+figure's subtitle says all of this.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ld4mrec_dist.tune.ranking import rank_key
 
 SYMBOLS = {"diffusion.sr_prob": "p", "diffusion.sr_gamma": "γ", "diffusion.noise_scale": "s",
            "diffusion.alpha_min": "α_min", "diffusion.steps": "T", "model.hidden": "d",
@@ -56,7 +60,7 @@ def cell_trials(rows: list[dict[str, Any]], x_key: str, y_key: str,
         i, j = ys.index(r[y_key]), xs.index(r[x_key])
         counts[i, j] += 1
         current = chosen[i][j]
-        if current is None or r[select] > current[select]:  # ties: the first
+        if current is None or rank_key(r, select) < rank_key(current, select):  # ties: ranking.TIE_RULE
             chosen[i][j] = r
     return xs, ys, chosen, counts
 
@@ -90,7 +94,7 @@ def blank_notes(rows: list[dict[str, Any]], x_key: str, y_key: str, xs: list[Any
         i, j = ys.index(r[y_key]), xs.index(r[x_key])
         if outcome == "stopped_by_asha" and value and select and _finite(r.get(value)) and _finite(r.get(select)):
             best = stopped[i][j]
-            if best is None or r[select] > best[select]:
+            if best is None or rank_key(r, select) < rank_key(best, select):
                 stopped[i][j] = r
         elif outcome != SHOWN:
             notes[i][j].add(BLANK_NOTES.get(outcome, outcome))
@@ -106,6 +110,17 @@ def blank_notes(rows: list[dict[str, Any]], x_key: str, y_key: str, xs: list[Any
             line.append("\n".join(sorted(cell)))
         out.append(line)
     return out
+
+
+def all_tie_note(rows: list[dict[str, Any]], x_key: str, y_key: str, metric: str) -> str:
+    """'all N cells tie at v on metric: ...' when every coloured cell holds the same valid
+    value (one colour, and the grid says nothing about the two keys), else ''."""
+    _, _, m = grid_matrix(rows, x_key, y_key, metric)
+    finite = m[np.isfinite(m)]
+    if finite.size < 2 or finite.min() != finite.max():
+        return ""
+    return (f"all {finite.size} cells tie at {metric} {finite[0]:.4f}: on this data the grid does not "
+            "separate these values")
 
 
 def plot_grid_heatmap(rows: list[dict[str, Any]], x_key: str, y_key: str, metric: str,
@@ -147,6 +162,9 @@ def plot_grid_heatmap(rows: list[dict[str, Any]], x_key: str, y_key: str, metric
     shown = ("completed trials only (best valid per cell)" if several else "completed trials only")
     subtitle = (f"{shown}; blank: no completed trial (the cell says why; grey 'ASHA @e: v' is a stopped "
                 "trial's best up to epoch e, not comparable)")
+    tie = all_tie_note(rows, x_key, y_key, metric)
+    if tie:
+        subtitle = f"{tie}\n{subtitle}"
     fig.suptitle(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
     out = Path(out)
     fig.savefig(out, dpi=120)

@@ -141,13 +141,24 @@ def check_sweep(spec: SweepSpec, where: str = "sweep") -> None:
          "asha: grace_period ≥ 1 and reduction_factor > 1")
 
 
+def nearest_key_hint(key: str) -> str:
+    """': Did you mean ...?' as `load_config` (jobs/train.py) words an unknown `key`, or ''."""
+    try:
+        load_config(overrides=[f"{key}=null"])
+    except ConfigError as err:
+        _, found, hint = str(err).partition("Did you mean")
+        return f": did you mean{hint}" if found else ""
+    return ""
+
+
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """`cfg` with dotted `section.field: value` overrides, validated by the typed Config."""
     d = config_to_dict(cfg)
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if section not in d or not isinstance(d[section], dict) or name not in d[section]:
-            raise ConfigError(f"{key!r} is not a config field (write section.field, see ld4mrec_dist/config.py)")
+            raise ConfigError(f"{key!r} is not a config field{nearest_key_hint(key)} "
+                              "(write section.field, see ld4mrec_dist/config.py)")
         d[section][name] = plain(value)
     try:
         return config_from_dict(d)

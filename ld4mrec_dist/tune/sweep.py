@@ -37,6 +37,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
@@ -50,7 +51,8 @@ from typing import Any
 from data_pipeline import storage
 from ld4mrec_dist.config import Config, load_config, save_config
 from ld4mrec_dist.report import read_metrics
-from ld4mrec_dist.tune import ledger
+from ld4mrec_dist.tune import ledger, tune_state
+from ld4mrec_dist.tune.ranking import TIE_RULE, best_row, rank_key, tied_with_best
 from ld4mrec_dist.tune.search_space import SweepSpec, apply_overrides, load_sweep, param_space, sweep_to_dict
 
 SWEEP_FILE = "sweep.yaml"
@@ -83,6 +85,11 @@ class SweepSummary:
     def unfinished(self) -> list[dict[str, Any]]:
         """Trials an interruption left to do (`--resume` runs them)."""
         return [r for r in self.rows if r["outcome"] in (ledger.INTERRUPTED, ledger.NOT_STARTED)]
+
+    @property
+    def errored(self) -> list[dict[str, Any]]:
+        """Trials that failed (`--resume --retry-errored` reruns them)."""
+        return [r for r in self.rows if r["outcome"] == ledger.ERROR]
 
     @property
     def not_created(self) -> int:
@@ -161,8 +168,9 @@ def run_trial(params: dict[str, Any], sweep_dir: Path, stall_timeout_s: float = 
         shutil.rmtree(run_dir)  # interrupted before its first checkpoint (or in-process): start it over
     prepared = trainer.prepare_run(cfg)
     if runs_in_process(cfg):
-        out = train_in_process(prepared.worker.as_dict(), run_dir)
+        out, reported = train_in_process(prepared.worker.as_dict(), run_dir)
         trainer.finish_run(cfg, run_dir, out, time.perf_counter() - t0)
+        report_final_if_silent(run_dir, reported)
         return
     what = (f"trial {trial_id}: setting up its Ray Train run (cluster checks) "
             f"did not finish within stall_timeout_s={stall_timeout_s:g}s")
@@ -182,13 +190,36 @@ def run_trial(params: dict[str, Any], sweep_dir: Path, stall_timeout_s: float = 
             f"trial {trial_id}: its {cfg.scaling.num_workers} Ray Train worker(s) ({per_worker} each) could not "
             f"be placed within stall_timeout_s={stall_timeout_s:g}s; {cluster_resources_line()}") from None
     trainer.finish_run(cfg, run_dir, out, time.perf_counter() - t0)
+    # Resumed from a checkpoint of its last evaluation, the loop has nothing left to report.
+    report_final_if_silent(run_dir, reported=0 if cfg.run.resume else 1)
 
 
-def train_in_process(loop_config: dict[str, Any], run_dir: Path, poll_s: float = 0.5) -> dict[str, Any]:
+def report_final_if_silent(run_dir: Path, reported: int) -> None:
+    """Report the run's final result when this attempt reported nothing to Tune.
+
+    A trial restored after an interruption whose training had already reached its end
+    (its checkpoint holds the last evaluation) trains no epoch and reports nothing; Tune
+    then takes its auto-filled result without the sweep's metric as the trial's last one
+    and fails the whole sweep (`Trial returned a result which did not include the
+    specified metric(s)`). A duplicate of the last epoch's report is harmless: ASHA has
+    already placed the trial at that epoch's rung."""
+    from ray import tune
+
+    final = read_final(run_dir)
+    if not reported and final is not None:
+        tune.report(final_report(final))
+
+
+def train_in_process(loop_config: dict[str, Any], run_dir: Path,
+                     poll_s: float = 0.5) -> tuple[dict[str, Any], int]:
     """The training loop in this trial's own process (no Ray Train: no start-up cost, no
     placement group), each evaluation reported to Tune as the loop writes it to
-    metrics.jsonl. The loop runs in a daemon thread: when ASHA stops the trial, its actor
-    exits and takes the thread with it."""
+    metrics.jsonl: the loop's return value and the number of reports.
+
+    When ASHA stops the trial, Tune's `report` ends this thread with SystemExit and the
+    actor exits next. A loop thread still running then is torn down in the middle of a
+    torch call at interpreter exit (`Fatal Python error: Aborted` and ~100 lines of stack
+    in the sweep log): it is stopped and joined first."""
     from ray import tune
 
     from ld4mrec_dist.train.loop import train_loop_per_worker
@@ -203,19 +234,39 @@ def train_in_process(loop_config: dict[str, Any], run_dir: Path, poll_s: float =
 
     thread = threading.Thread(target=target, name="ld4mrec-in-process-trial", daemon=True)
     thread.start()
-    reported = 0
-    while True:
-        alive = thread.is_alive()  # read before the file: a finished loop has written every row
-        for row in new_rows(run_dir / METRICS_JSONL, reported):
-            tune.report(row)
-            reported = int(row["epoch"])
-        if not alive:
-            break
-        thread.join(poll_s)
-    if "error" in box:
+    reported = last_epoch = 0
+    try:
+        while True:
+            alive = thread.is_alive()  # read before the file: a finished loop has written every row
+            for row in new_rows(run_dir / METRICS_JSONL, last_epoch):
+                tune.report(row)
+                reported, last_epoch = reported + 1, int(row["epoch"])
+            if not alive:
+                break
+            thread.join(poll_s)
+    except BaseException:
+        stop_thread(thread)
+        raise
+    if "error" in box and not isinstance(box["error"], TrialStopped):
         raise box["error"]
     out: dict[str, Any] = box.get("out") or {}
-    return out
+    return out, reported
+
+
+class TrialStopped(BaseException):
+    """Raised inside an in-process trial's loop thread to end it (Tune stopped the trial)."""
+
+
+def stop_thread(thread: threading.Thread, timeout_s: float = 60.0) -> None:
+    """End `thread` at its next Python instruction (a running torch op finishes first) and
+    wait for it. The loop has no stop flag of its own; an exception raised in its thread
+    unwinds it like any error would, closing what it opened."""
+    import ctypes
+
+    if thread.ident is None or not thread.is_alive():
+        return
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TrialStopped))
+    thread.join(timeout_s)
 
 
 def new_rows(path: Path, after_epoch: int) -> list[dict[str, Any]]:
@@ -336,6 +387,7 @@ def tuner_for(spec: SweepSpec, cfg: Config, sweep_dir: Path, max_concurrent: int
                                brackets=spec.asha.brackets, stop_last_trials=False)
                  if spec.asha.enabled else FIFOScheduler())  # type: ignore[no-untyped-call]
     guard = SweepGuard(sweep_dir, spec.stall_timeout_s, trial_request(cfg))
+    quiet_tune()
     return tune.Tuner(
         make_trainable(sweep_dir, spec.stall_timeout_s),
         param_space=param_space(spec),
@@ -343,8 +395,38 @@ def tuner_for(spec: SweepSpec, cfg: Config, sweep_dir: Path, max_concurrent: int
                                     num_samples=spec.num_samples, max_concurrent_trials=max_concurrent,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), callbacks=[guard],
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=TUNE_VERBOSITY),
     )
+
+
+TUNE_VERBOSITY = 0
+"""Tune's console output: none (its boxed status tables, trial boxes and result tables).
+The sweep prints its own lines: one per trial start and end (`SweepGuard`), the trials'
+epoch lines, and the summary. Tune's TensorBoard logger still writes each trial's events
+(`tensorboard --logdir <sweep directory>`)."""
+
+
+class _NoRestoreHint(logging.Filter):
+    """Drops Tune's `Resume experiment with: Tuner.restore(...)`: the sweep prints its own
+    command (`jobs/tune.py --resume`), which also checks the files Tune would unpickle."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+AIR_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
+"""Tune's console engine: its default one prints the experiment's box, the results path and
+a TensorBoard hint at any verbosity; the classic one (0) prints nothing at verbose=0."""
+
+
+def quiet_tune() -> None:
+    """Tune's console down to what the user acts on (idempotent): no tables or boxes, no
+    INFO lines, no `Tuner.restore(...)` hint."""
+    os.environ.setdefault(AIR_OUTPUT_ENV, "0")
+    tune_logger = logging.getLogger("ray.tune.tune")
+    tune_logger.setLevel(logging.WARNING)  # "Wrote the latest version of all result files ...", timings
+    if not any(isinstance(f, _NoRestoreHint) for f in tune_logger.filters):
+        tune_logger.addFilter(_NoRestoreHint())
 
 
 def trial_name(trial: Any) -> str:
@@ -390,25 +472,31 @@ def resume_sweep(sweep_dir: str | Path, spec: SweepSpec, retry_errored: bool = F
     if not tune.Tuner.can_restore(str(sweep_dir)):
         raise FileNotFoundError(f"--resume {sweep_dir}: not a Tune sweep directory (no experiment state): "
                                 "it was interrupted before its first trial; start it again with --sweep")
-    print(f"[ld4mrec] resuming sweep {sweep_dir}", flush=True)
+    tune_state.verify(sweep_dir)  # before Tune unpickles anything
+    print(f"[ld4mrec] resuming sweep {sweep_dir}: "
+          + ("interrupted, not started and errored trials run" if retry_errored else
+             "interrupted and not started trials run; errored trials stay (--retry-errored reruns them)"),
+          flush=True)
+    quiet_tune()
     tuner = tune.Tuner.restore(str(sweep_dir), trainable=make_trainable(sweep_dir, spec.stall_timeout_s),
                                resume_errored=retry_errored)
-    _ensure_guard(tuner, spec, sweep_dir)
+    _fresh_guard(tuner, spec, sweep_dir)
     return tuner.fit()
 
 
-def _ensure_guard(tuner: Any, spec: SweepSpec, sweep_dir: Path) -> None:
-    """A sweep started before the guard existed gets one on resume (Tune restores the
-    callbacks it pickled at the start, and only those)."""
+def _fresh_guard(tuner: Any, spec: SweepSpec, sweep_dir: Path) -> None:
+    """The restored sweep's guard, for the directory where the sweep is now (Tune restores
+    the callbacks it pickled at the start, with the path they had then; a sweep started
+    before the guard existed has none), and its Tune verbosity."""
     from ld4mrec_dist.tune.guard import SweepGuard
 
     run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
     if run_config is None:
         return
-    callbacks = list(run_config.callbacks or [])
-    if not any(isinstance(c, SweepGuard) for c in callbacks):
-        base = load_config(sweep_dir / TRIAL_BASE_FILE)
-        run_config.callbacks = [*callbacks, SweepGuard(sweep_dir, spec.stall_timeout_s, trial_request(base))]
+    callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, SweepGuard)]
+    base = load_config(sweep_dir / TRIAL_BASE_FILE)
+    run_config.callbacks = [*callbacks, SweepGuard(sweep_dir, spec.stall_timeout_s, trial_request(base))]
+    run_config.verbose = TUNE_VERBOSITY
 
 
 def read_sweep_dir(sweep_dir: str | Path) -> tuple[SweepSpec, Config]:
@@ -471,12 +559,6 @@ def trial_metrics(metric: str, run_dir: Path, final: dict[str, Any] | None, df: 
             "time_s": round(sum(times), 1)}
 
 
-def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
-    """The trial with the highest valid metric (ties: the first); None if none reported."""
-    scored = [r for r in rows if isinstance(r.get(metric), float) and not math.isnan(r[metric])]
-    return max(scored, key=lambda r: r[metric]) if scored else None
-
-
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     columns: list[str] = []
     for r in rows:
@@ -519,7 +601,8 @@ def summarize(results: Any, spec: SweepSpec, user_base: Config, sweep_dir: Path)
         (sweep_dir / BEST_JSON).write_text(json.dumps(best, indent=2))
     test = spec.metric.replace("valid/", "test/", 1)
     ranked = sorted(rows, key=lambda r: (r["outcome"] != ledger.COMPLETED,
-                                         -r[spec.metric] if isinstance(r.get(spec.metric), float) else math.inf))
+                                         rank_key(r, spec.metric) if isinstance(r.get(spec.metric), float)
+                                         and not math.isnan(r[spec.metric]) else (math.inf, math.inf, r["trial_id"])))
     print(format_table(["trial", *spec.keys, "outcome", "epochs", spec.metric, f"{test} (at best)"],
                        [[r["trial_id"], *[swept_value(r[k]) for k in spec.keys], r["outcome"], r.get("epochs", ""),
                          r.get(spec.metric, float("nan")), r.get(test, float("nan"))] for r in ranked]))
@@ -531,6 +614,10 @@ def summarize(results: Any, spec: SweepSpec, user_base: Config, sweep_dir: Path)
     for r in rows:
         if r["outcome"] == ledger.ERROR:
             print(f"[ld4mrec] trial {r['trial_id']} failed: {r['error']}", flush=True)
+    tied = tied_with_best(completed_rows(rows), spec.metric)
+    if len(tied) > 1:
+        print(f"[ld4mrec] {len(tied)} completed trials tie at {spec.metric} {best[spec.metric]:.4f} "  # type: ignore[index]
+              f"({', '.join(r['trial_id'] for r in tied)}): {TIE_RULE}", flush=True)
     if best is not None:
         print(f"[ld4mrec] best completed trial {best['trial_id']} (on {spec.metric}); its config: {best_path}\n"
               f"[ld4mrec] retrain it with: python jobs/train.py --config {best_path}", flush=True)
