@@ -17,9 +17,9 @@ is written); 1 when a trial failed (the command that reruns the failed trials is
 printed), no trial completed, or the sweep stalled (the error names the missing
 resource); 2 for a bad sweep file, config or path, or a sweep directory whose Tune state
 files the sweep cannot vouch for; 130 when interrupted (Ctrl-C / SIGINT): the summary so
-far is written and the command that resumes the sweep is printed. `--resume` runs the
-interrupted and not-started trials; failed trials only with `--retry-errored`.
-See docs/sweeps.md.
+far is written and the command that resumes the sweep is printed. `--resume` keeps the
+completed (and ASHA-stopped) trials and runs the interrupted, not-started and failed
+ones. See docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(on a multi-node cluster: a path every node shares, e.g. NFS)")
     parser.add_argument("--max-concurrent-trials", type=int, default=None, metavar="N",
                         help="overrides the sweep file's max_concurrent_trials (0: what fits now)")
-    parser.add_argument("--retry-errored", action="store_true",
-                        help="with --resume: also rerun trials that ended in an error")
+    # Accepted for commands printed by earlier versions: --resume now always reruns failed trials.
+    parser.add_argument("--retry-errored", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny data, 3 epochs, the first 2 values of each grid key, 1 worker per trial")
     parser.add_argument("overrides", nargs="*", metavar="section.field=value")
@@ -110,15 +110,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def resume_command(sweep_dir: Path, retry_errored: bool = False) -> str:
-    """The exact command that continues this sweep, runnable from the current directory
-    (with `retry_errored`: the one that also reruns its failed trials)."""
+def resume_command(sweep_dir: Path) -> str:
+    """The exact command that continues this sweep (and reruns its failed trials),
+    runnable from the current directory."""
     script = Path(__file__).resolve()
     try:
         shown = script.relative_to(Path.cwd())
     except ValueError:
         shown = script
-    return f"python {shown} --resume {sweep_dir}" + (" --retry-errored" if retry_errored else "")
+    return f"python {shown} --resume {sweep_dir}"
 
 
 def interrupted(sweep_dir: Path | None, note: str = "") -> int:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             spec, user_base = sweep.read_sweep_dir(sweep_dir)
             tune_state.verify(sweep_dir)  # before Ray starts or Tune unpickles anything
             init_ray()
-            results = sweep.resume_sweep(sweep_dir, spec, retry_errored=args.retry_errored)
+            results = sweep.resume_sweep(sweep_dir, spec)
         else:
             spec = load_sweep(args.sweep)
             if args.smoke_test:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(summary.errored)} of {summary.expected} trial(s) failed (each one's error is above and "
                 f"in {sweep.TRIALS_CSV})")
         print(f"error: {what}\n[ld4mrec] rerun the failed trials (completed ones are kept) with:\n"
-              f"    {resume_command(sweep_dir, retry_errored=True)}", file=sys.stderr, flush=True)
+              f"    {resume_command(sweep_dir)}", file=sys.stderr, flush=True)
         return 1
     if summary.best is None:
         print("error: no trial completed (see the outcome column of trials.csv)", file=sys.stderr, flush=True)

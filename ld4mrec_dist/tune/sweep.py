@@ -88,7 +88,7 @@ class SweepSummary:
 
     @property
     def errored(self) -> list[dict[str, Any]]:
-        """Trials that failed (`--resume --retry-errored` reruns them)."""
+        """Trials that failed (`--resume` reruns them)."""
         return [r for r in self.rows if r["outcome"] == ledger.ERROR]
 
     @property
@@ -461,11 +461,14 @@ def start_sweep(spec: SweepSpec, user_base: Config, storage: str | Path, name: s
     return sweep_dir, tuner.fit()
 
 
-def resume_sweep(sweep_dir: str | Path, spec: SweepSpec, retry_errored: bool = False) -> Any:
-    """Continue an interrupted sweep with Tune's restore: finished trials are kept,
-    unfinished ones restart and resume from their last Ray Train checkpoint (and errored
-    ones too with `retry_errored`); trials that had finished training report their
-    saved results."""
+def resume_sweep(sweep_dir: str | Path, spec: SweepSpec) -> Any:
+    """Continue a sweep with Tune's restore: finished trials are kept; interrupted, not
+    started and failed trials run (from their last Ray Train checkpoint where they have
+    one); trials that had finished training report their saved results.
+
+    Failed trials always rerun: Tune's saved state does not reliably say that a trial
+    failed (a trial whose actor died at the end of a sweep was saved as RUNNING, and Tune
+    restarts those as unfinished), so skipping them would depend on when they failed."""
     from ray import tune
 
     sweep_dir = Path(sweep_dir).expanduser().resolve()
@@ -473,13 +476,11 @@ def resume_sweep(sweep_dir: str | Path, spec: SweepSpec, retry_errored: bool = F
         raise FileNotFoundError(f"--resume {sweep_dir}: not a Tune sweep directory (no experiment state): "
                                 "it was interrupted before its first trial; start it again with --sweep")
     tune_state.verify(sweep_dir)  # before Tune unpickles anything
-    print(f"[ld4mrec] resuming sweep {sweep_dir}: "
-          + ("interrupted, not started and errored trials run" if retry_errored else
-             "interrupted and not started trials run; errored trials stay (--retry-errored reruns them)"),
-          flush=True)
+    print(f"[ld4mrec] resuming sweep {sweep_dir}: completed and ASHA-stopped trials are kept; interrupted, "
+          "not started and failed trials run", flush=True)
     quiet_tune()
     tuner = tune.Tuner.restore(str(sweep_dir), trainable=make_trainable(sweep_dir, spec.stall_timeout_s),
-                               resume_errored=retry_errored)
+                               resume_errored=True)
     _fresh_guard(tuner, spec, sweep_dir)
     return tuner.fit()
 

@@ -34,8 +34,11 @@ class UntrustedStateError(ConfigError):
 
 
 def state_files(sweep_dir: Path) -> list[Path]:
-    """The sweep directory's files that Tune unpickles on restore, sorted."""
-    return sorted({p for pattern in PATTERNS for p in Path(sweep_dir).glob(pattern) if p.is_file()})
+    """The sweep directory's files that Tune unpickles on restore, in the order of PATTERNS."""
+    found: list[Path] = []
+    for pattern in PATTERNS:
+        found += [p for p in sorted(Path(sweep_dir).glob(pattern)) if p.is_file() and p not in found]
+    return found
 
 
 def sha256_of(path: Path) -> str:

@@ -6,7 +6,12 @@ interrupted, and a trial that cannot get its resources must end, not hang.
 * placement groups whose creator (a stopped trial's Ray Train controller) died are removed;
 * a sweep in which no trial can start fails, naming the missing resource;
 * SIGINT mid-sweep exits 130 with the resume command, and the resumed sweep reports every
-  completed trial without retraining it.
+  completed trial without retraining it; interrupted at its worst moments (before a trial's
+  first report, while a trial writes its run directory, between trials), every resume
+  succeeds, and the best of tied trials is the same after each;
+* a failed trial makes the sweep exit 1 with the command that reruns it (`--resume`, which
+  keeps the completed trials);
+* `--resume` never unpickles a Tune state file the sweep did not record.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import csv
 import importlib.util
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -26,10 +32,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from ld4mrec_dist.config import load_config
+from ld4mrec_dist.config import load_config, save_config
 from ld4mrec_dist.tune import ledger
-from ld4mrec_dist.tune.search_space import sweep_from_dict
+from ld4mrec_dist.tune.search_space import sweep_from_dict, sweep_to_dict
 from ld4mrec_dist.tune.sweep import RUNS_DIR, summarize, trial_rows
+from ld4mrec_dist.tune.tune_state import StateRecorder
 
 REPO = Path(__file__).resolve().parents[2]
 METRIC = "valid/recall@20"
@@ -282,3 +289,125 @@ def test_sigint_exits_130_with_resume_command_and_resume_reports_every_completed
     assert finals[0].stat().st_mtime_ns == final_mtime  # reported from disk, not trained again
     best = json.loads((sweep_dir / "best_trial.json").read_text())
     assert best["trial_id"] == max(after.values(), key=lambda r: float(r[METRIC]))["trial_id"]
+
+
+# ---------------------------------------------------------------- worst moments, ties, failed trials
+
+
+def _in_process_sweep(tmp_path: Path, data: Path, grid: dict, epochs: int = 2) -> Path:
+    path = tmp_path / "inproc.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "inproc",
+        "overrides": {"data.path": str(data), "train.epochs": epochs, "train.batch_size": 32, "model.hidden": 32,
+                      "model.svd_rank": 8, "eval.batch_size": 64, "scaling.cpus_per_worker": 0.5},
+        "grid": grid, "asha": {"enabled": False}, "workers_per_trial": 0, "max_concurrent_trials": 1,
+    }, sort_keys=False))
+    return path
+
+
+def _sigint_at(monkeypatch, hook: str | None) -> None:
+    """Ctrl-C, delivered to the sweep's driver once, from inside Tune's loop when `hook`
+    (a SweepGuard callback) first fires: no timing involved. None: no Ctrl-C."""
+    from ld4mrec_dist.tune.guard import SweepGuard
+
+    monkeypatch.undo()  # the previous call's hook, if any
+    if hook is None:
+        return
+    original, sent = getattr(SweepGuard, hook), []
+
+    def then_sigint(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's handler: stop, save the state, return
+
+    monkeypatch.setattr(SweepGuard, hook, then_sigint)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_interrupted_at_its_worst_moments_every_resume_succeeds_and_ties_pick_the_same_trial(
+        ray_local, tmp_path, tiny_data, job, monkeypatch, capsys):
+    """A 2-trial sweep whose trials tie (the swept key does not touch training or valid),
+    interrupted before the first trial's first report, then (resumed) right after a report
+    while the trial is still writing its run directory, then (resumed) between the two
+    trials; the next resume finishes it, and one more changes nothing."""
+    tune_job = job("tune")
+    sweep_file = _in_process_sweep(tmp_path, tiny_data, {"eval.test_every_eval": [False, True]})
+    sweep_dir = tmp_path / "sweeps" / "s"
+    moments = ["on_trial_start", "on_trial_result", "on_trial_complete"]
+    for i, moment in enumerate(moments):
+        _sigint_at(monkeypatch, moment)
+        argv = (["--sweep", str(sweep_file), "--storage", str(sweep_dir.parent), "--name", "s"] if i == 0
+                else ["--resume", str(sweep_dir)])
+        assert tune_job.main(argv) == 130, moment
+        err = capsys.readouterr().err
+        assert f"--resume {sweep_dir}" in err, (moment, err[-2000:])
+    _sigint_at(monkeypatch, None)
+    assert tune_job.main(["--resume", str(sweep_dir)]) == 0
+    out = capsys.readouterr()
+    with open(sweep_dir / "trials.csv") as f:
+        rows = {r["trial_id"]: r for r in csv.DictReader(f)}
+    assert len(rows) == 2 and {r["outcome"] for r in rows.values()} == {"completed"}, rows
+    assert len({r[METRIC] for r in rows.values()}) == 1  # a tie, as designed
+    first = min(rows)  # same best epoch: the lower trial id
+    best = json.loads((sweep_dir / "best_trial.json").read_text())
+    assert best["trial_id"] == first
+    assert f"2 completed trials tie at {METRIC}" in out.out and "lowest trial id" in out.out
+    assert "Tuner.restore(" not in out.out + out.err and "╭" not in out.out  # Tune's own hint and boxes
+    assert tune_job.main(["--resume", str(sweep_dir)]) == 0  # a second resume: the same choice
+    assert json.loads((sweep_dir / "best_trial.json").read_text())["trial_id"] == first
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_failed_trial_exits_1_with_the_command_that_reruns_it(ray_local, tmp_path, tiny_data, job, capsys):
+    """The trial with train.fail_at_step=2 dies (its process exits, as on a lost node): the
+    sweep exits 1 and prints `--resume DIR`, which runs the failed trial again (and fails
+    again here, with the same exit and hint) and keeps the completed one."""
+    tune_job = job("tune")
+    sweep_file = _in_process_sweep(tmp_path, tiny_data, {"train.fail_at_step": [-1, 2]}, epochs=1)
+    sweep_dir = tmp_path / "sweeps" / "f"
+    assert tune_job.main(["--sweep", str(sweep_file), "--storage", str(sweep_dir.parent), "--name", "f"]) == 1
+    err = capsys.readouterr().err
+    assert f"--resume {sweep_dir}\n" in err and "1 of 2 trial(s) failed" in err, err[-2000:]
+    with open(sweep_dir / "trials.csv") as f:
+        outcomes = {r["trial_id"]: r["outcome"] for r in csv.DictReader(f)}
+    assert sorted(outcomes.values()) == ["completed", "error"], outcomes
+    failed, done = (next(t for t, o in outcomes.items() if o == want) for want in ("error", "completed"))
+    final = sweep_dir / "runs" / done / "final_metrics.json"
+    kept = final.stat().st_mtime_ns
+
+    def starts(trial: str) -> int:
+        return sum(e["event"] == "started" for e in ledger.read_events(sweep_dir)[trial])
+
+    assert tune_job.main(["--resume", str(sweep_dir)]) == 1
+    assert f"--resume {sweep_dir}\n" in capsys.readouterr().err
+    assert starts(failed) == 2 and starts(done) == 1 and final.stat().st_mtime_ns == kept
+
+
+def test_resume_never_unpickles_a_replaced_tuner_pkl(tmp_path, job, capsys):
+    """Someone with write access to the sweep directory replaces tuner.pkl with a pickle
+    that creates a file when loaded: --resume refuses it in one line, and nothing runs."""
+    sweep_dir = tmp_path / "s"
+    sweep_dir.mkdir()
+    spec = sweep_from_dict({"grid": {"diffusion.sr_prob": [0.01]}, "name": "s"})
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep_to_dict(spec)))
+    save_config(load_config(), sweep_dir / "base_config.yaml")
+    (sweep_dir / "tuner.pkl").write_bytes(pickle.dumps({"the sweep's": "state"}))
+    StateRecorder(sweep_dir).record()  # as the sweep records what Tune wrote
+
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    malicious = pickle.dumps(Payload())
+    (sweep_dir / "tuner.pkl").write_bytes(malicious)
+    assert job("tune").main(["--resume", str(sweep_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{sweep_dir / 'tuner.pkl'} changed since the sweep wrote it" in err, err
+    assert not marker.exists()
+    pickle.loads(malicious)  # the payload is real: loading it is what would have run it
+    assert marker.exists()
