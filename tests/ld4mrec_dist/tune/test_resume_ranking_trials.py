@@ -99,7 +99,7 @@ def test_a_trial_resumed_at_its_last_checkpoint_reports_its_final_result(tmp_pat
     import ray.tune
     import ray.tune.integration.ray_train
 
-    from ld4mrec_dist.train import trainer
+    from ld4mrec_dist.train import checkpoint, launch, trainer
     from ld4mrec_dist.tune import sweep
 
     reports: list[dict] = []
@@ -110,10 +110,10 @@ def test_a_trial_resumed_at_its_last_checkpoint_reports_its_final_result(tmp_pat
     monkeypatch.setattr(ray.tune.integration.ray_train, "TuneReportCallback", lambda: None)
     monkeypatch.setattr(sweep, "trial_config", lambda params, d, t: load_config(
         overrides=[f"run.storage={tmp_path / 'runs'}", "run.name=t_00000", "scaling.num_workers=1"]))
-    monkeypatch.setattr(trainer, "latest_checkpoint_dir", lambda d: run_dir / "checkpoint_000002")
-    monkeypatch.setattr(trainer, "prepare_run", lambda cfg: (None, run_dir))
-    monkeypatch.setattr(trainer, "make_torch_trainer", lambda *a, **k: SimpleNamespace())
-    monkeypatch.setattr(trainer, "fit", lambda t: {})  # Ray Train resumed: no epoch left, no report
+    monkeypatch.setattr(checkpoint, "latest_checkpoint_dir", lambda d: run_dir / "checkpoint_000002")
+    monkeypatch.setattr(trainer, "prepare_run", lambda cfg: SimpleNamespace(run_dir=run_dir, worker=None))
+    monkeypatch.setattr(launch, "make_torch_trainer", lambda *a, **k: SimpleNamespace())
+    monkeypatch.setattr(launch, "fit", lambda t: {})  # Ray Train resumed: no epoch left, no report
     monkeypatch.setattr(trainer, "finish_run", lambda cfg, d, out, wall: (
         d.mkdir(parents=True, exist_ok=True), (d / "final_metrics.json").write_text(json.dumps(final))))
     sweep.run_trial({}, tmp_path, stall_timeout_s=5)
