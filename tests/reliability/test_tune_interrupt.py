@@ -326,64 +326,52 @@ def _sigint_at(monkeypatch, hook: str | None) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_interrupted_at_its_worst_moments_every_resume_succeeds_and_ties_pick_the_same_trial(
+def test_interrupted_at_its_worst_moments_every_resume_succeeds_ties_pick_the_same_trial_failures_exit_1(
         ray_local, tmp_path, tiny_data, job, monkeypatch, capsys):
-    """A 2-trial sweep whose trials tie (the swept key does not touch training or valid),
-    interrupted before the first trial's first report, then (resumed) right after a report
-    while the trial is still writing its run directory, then (resumed) between the two
-    trials; the next resume finishes it, and one more changes nothing."""
+    """3 in-process trials, one at a time: two train on the same data (their metrics tie),
+    the third names a dataset that does not exist (it fails). The sweep is interrupted
+    before the first trial's first report, then (resumed) right after a report while the
+    trial is still writing its run directory, then (resumed) between two trials. The next
+    resume runs the rest: exit 1 for the failed trial, with the command that reruns it;
+    that command reruns only the failed trial, and picks the same best trial of the tie."""
     tune_job = job("tune")
-    sweep_file = _in_process_sweep(tmp_path, tiny_data, {"eval.test_every_eval": [False, True]})
+    missing = tmp_path / "no-such-dataset"
+    sweep_file = _in_process_sweep(tmp_path, tiny_data, {"data.path": [str(tiny_data), str(tiny_data), str(missing)]})
     sweep_dir = tmp_path / "sweeps" / "s"
-    moments = ["on_trial_start", "on_trial_result", "on_trial_complete"]
-    for i, moment in enumerate(moments):
+    for i, moment in enumerate(["on_trial_start", "on_trial_result", "on_trial_complete"]):
         _sigint_at(monkeypatch, moment)
         argv = (["--sweep", str(sweep_file), "--storage", str(sweep_dir.parent), "--name", "s"] if i == 0
                 else ["--resume", str(sweep_dir)])
         assert tune_job.main(argv) == 130, moment
-        err = capsys.readouterr().err
-        assert f"--resume {sweep_dir}" in err, (moment, err[-2000:])
+        out = capsys.readouterr()
+        assert f"--resume {sweep_dir}" in out.err, (moment, out.err[-2000:])
+        assert "Tuner.restore(" not in out.out + out.err  # Ray's own hint, which would contradict ours
     _sigint_at(monkeypatch, None)
-    assert tune_job.main(["--resume", str(sweep_dir)]) == 0
+
+    assert tune_job.main(["--resume", str(sweep_dir)]) == 1
     out = capsys.readouterr()
+    assert "1 of 3 trial(s) failed" in out.err and out.err.rstrip().endswith(f"--resume {sweep_dir}"), out.err[-2000:]
+    assert "╭" not in out.out  # no Tune boxes
     with open(sweep_dir / "trials.csv") as f:
         rows = {r["trial_id"]: r for r in csv.DictReader(f)}
-    assert len(rows) == 2 and {r["outcome"] for r in rows.values()} == {"completed"}, rows
-    assert len({r[METRIC] for r in rows.values()}) == 1  # a tie, as designed
-    first = min(rows)  # same best epoch: the lower trial id
-    best = json.loads((sweep_dir / "best_trial.json").read_text())
-    assert best["trial_id"] == first
+    outcomes = sorted(r["outcome"] for r in rows.values())
+    assert outcomes == ["completed", "completed", "error"], rows
+    failed = next(t for t, r in rows.items() if r["outcome"] == "error")
+    assert str(missing) in rows[failed]["error"] or "manifest" in rows[failed]["error"], rows[failed]
+    tied = sorted(t for t, r in rows.items() if r["outcome"] == "completed")
+    assert rows[tied[0]][METRIC] == rows[tied[1]][METRIC]  # a tie, as designed
+    assert json.loads((sweep_dir / "best_trial.json").read_text())["trial_id"] == tied[0]  # the lower id
     assert f"2 completed trials tie at {METRIC}" in out.out and "lowest trial id" in out.out
-    assert "Tuner.restore(" not in out.out + out.err and "╭" not in out.out  # Tune's own hint and boxes
-    assert tune_job.main(["--resume", str(sweep_dir)]) == 0  # a second resume: the same choice
-    assert json.loads((sweep_dir / "best_trial.json").read_text())["trial_id"] == first
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_a_failed_trial_exits_1_with_the_command_that_reruns_it(ray_local, tmp_path, tiny_data, job, capsys):
-    """The trial with train.fail_at_step=2 dies (its process exits, as on a lost node): the
-    sweep exits 1 and prints `--resume DIR`, which runs the failed trial again (and fails
-    again here, with the same exit and hint) and keeps the completed one."""
-    tune_job = job("tune")
-    sweep_file = _in_process_sweep(tmp_path, tiny_data, {"train.fail_at_step": [-1, 2]}, epochs=1)
-    sweep_dir = tmp_path / "sweeps" / "f"
-    assert tune_job.main(["--sweep", str(sweep_file), "--storage", str(sweep_dir.parent), "--name", "f"]) == 1
-    err = capsys.readouterr().err
-    assert f"--resume {sweep_dir}\n" in err and "1 of 2 trial(s) failed" in err, err[-2000:]
-    with open(sweep_dir / "trials.csv") as f:
-        outcomes = {r["trial_id"]: r["outcome"] for r in csv.DictReader(f)}
-    assert sorted(outcomes.values()) == ["completed", "error"], outcomes
-    failed, done = (next(t for t, o in outcomes.items() if o == want) for want in ("error", "completed"))
-    final = sweep_dir / "runs" / done / "final_metrics.json"
-    kept = final.stat().st_mtime_ns
+    finals = {t: (sweep_dir / RUNS_DIR / t / "final_metrics.json").stat().st_mtime_ns for t in tied}
 
     def starts(trial: str) -> int:
         return sum(e["event"] == "started" for e in ledger.read_events(sweep_dir)[trial])
 
-    assert tune_job.main(["--resume", str(sweep_dir)]) == 1
-    assert f"--resume {sweep_dir}\n" in capsys.readouterr().err
-    assert starts(failed) == 2 and starts(done) == 1 and final.stat().st_mtime_ns == kept
+    before = {t: starts(t) for t in rows}
+    assert tune_job.main(["--resume", str(sweep_dir)]) == 1  # the printed command: reruns the failed trial
+    assert {t: starts(t) - before[t] for t in rows} == {t: int(t == failed) for t in rows}
+    assert {t: (sweep_dir / RUNS_DIR / t / "final_metrics.json").stat().st_mtime_ns for t in tied} == finals
+    assert json.loads((sweep_dir / "best_trial.json").read_text())["trial_id"] == tied[0]  # the same choice
 
 
 def test_resume_never_unpickles_a_replaced_tuner_pkl(tmp_path, job, capsys):
