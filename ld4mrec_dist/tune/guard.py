@@ -235,7 +235,8 @@ class SweepGuard(Callback):
         except Exception:  # noqa: BLE001 - the ledger entry matters more than its wording
             err = ""
         self._record(trial, ledger.ERROR, error=err)
-        print(f"[ld4mrec] trial {trial.trial_id} failed: {err}", flush=True)
+        print(f"[ld4mrec] trial {trial.trial_id} failed" + (f": {err}" if err else " (its error: in the summary)"),
+              flush=True)
         self._reap_now()
 
     def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:

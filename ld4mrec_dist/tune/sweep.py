@@ -199,10 +199,9 @@ def report_final_if_silent(run_dir: Path, reported: int) -> None:
 
     A trial restored after an interruption whose training had already reached its end
     (its checkpoint holds the last evaluation) trains no epoch and reports nothing; Tune
-    then takes its auto-filled result without the sweep's metric as the trial's last one
-    and fails the whole sweep (`Trial returned a result which did not include the
-    specified metric(s)`). A duplicate of the last epoch's report is harmless: ASHA has
-    already placed the trial at that epoch's rung."""
+    would keep as its last result whatever it had saved before the interruption (an
+    earlier epoch, or nothing). A duplicate of the last epoch's report is harmless: ASHA
+    has already placed the trial at that epoch's rung."""
     from ray import tune
 
     final = read_final(run_dir)

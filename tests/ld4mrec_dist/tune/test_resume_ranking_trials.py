@@ -94,8 +94,8 @@ def test_an_unknown_key_names_the_nearest_one():
 
 def test_a_trial_resumed_at_its_last_checkpoint_reports_its_final_result(tmp_path, monkeypatch):
     """Restored after an interruption that came when its training was over (its checkpoint
-    holds the last evaluation), a Ray Train trial trains no epoch: it must still report
-    the sweep's metric, or Tune fails the whole sweep on resume."""
+    holds the last evaluation), a Ray Train trial trains no epoch: it still reports its
+    final result (else Tune keeps whatever it saved before the interruption, or nothing)."""
     import ray.tune
     import ray.tune.integration.ray_train
 
