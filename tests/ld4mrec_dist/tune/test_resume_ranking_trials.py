@@ -145,3 +145,30 @@ def test_a_stopped_in_process_trial_ends_its_training_thread_before_returning(tm
     with pytest.raises(SystemExit):
         sweep.train_in_process({}, tmp_path, poll_s=0.01)
     assert not [t for t in threading.enumerate() if t.name == "ld4mrec-in-process-trial"]
+
+
+def test_tune_keeps_its_restore_hint_and_info_lines_to_itself():
+    """Tune's `Resume experiment with: Tuner.restore(...)` would contradict the sweep's own
+    `--resume` command (which also checks Tune's files before they are unpickled)."""
+    import logging
+
+    from ld4mrec_dist.tune.sweep import quiet_tune
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    tune_logger = logging.getLogger("ray.tune.tune")
+    handler = Keep()
+    tune_logger.addHandler(handler)
+    try:
+        quiet_tune()
+        tune_logger.warning("Experiment has been interrupted, but the most recent state was saved.\n"
+                            'Resume experiment with: Tuner.restore(path="/x", trainable=...)')
+        tune_logger.info("Wrote the latest version of all result files and experiment state to '/x'")
+        tune_logger.warning("Trials did not complete: [t_00001]")
+    finally:
+        tune_logger.removeHandler(handler)
+    assert seen == ["Trials did not complete: [t_00001]"]
