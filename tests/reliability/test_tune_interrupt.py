@@ -362,6 +362,8 @@ def test_interrupted_at_its_worst_moments_every_resume_succeeds_ties_pick_the_sa
     assert json.loads((sweep_dir / "best_trial.json").read_text())["trial_id"] == tied[0]  # the lower id
     assert f"2 completed trials tie at {METRIC}" in out.out and "lowest trial id" in out.out
     finals = {t: (sweep_dir / RUNS_DIR / t / "final_metrics.json").stat().st_mtime_ns for t in tied}
+    for t in tied:  # Tune's TensorBoard logger: `tensorboard --logdir <sweep dir>` shows every trial
+        assert list((sweep_dir / t).glob("events.out.tfevents.*")), t
 
     def starts(trial: str) -> int:
         return sum(e["event"] == "started" for e in ledger.read_events(sweep_dir)[trial])
