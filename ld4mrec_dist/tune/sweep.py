@@ -422,8 +422,10 @@ def quiet_tune() -> None:
     """Tune's console down to what the user acts on (idempotent): no tables or boxes, no
     INFO lines, no `Tuner.restore(...)` hint."""
     os.environ.setdefault(AIR_OUTPUT_ENV, "0")
+    # INFO lines of Tune's modules: "Wrote the latest version of all result files ...",
+    # "Restoring the run from the latest experiment state file ...", timings.
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     tune_logger = logging.getLogger("ray.tune.tune")
-    tune_logger.setLevel(logging.WARNING)  # "Wrote the latest version of all result files ...", timings
     if not any(isinstance(f, _NoRestoreHint) for f in tune_logger.filters):
         tune_logger.addFilter(_NoRestoreHint())
 
