@@ -50,7 +50,7 @@ def prepare_dataset(source: Source | TabularLog, setting: str, out: str | Path, 
                               extra_config=extra_config)
     out = Path(out).resolve()
     if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it, or choose --out")
+        raise DataError(f"{out}: already exists; pass --overwrite to replace it, or choose --out")
     if rows_per_shard < 1:
         raise DataError(f"rows per shard {rows_per_shard}: must be ≥ 1")
     if isinstance(source, TabularLog) and setting == "noisy":
@@ -74,7 +74,7 @@ def prepare_dataset(source: Source | TabularLog, setting: str, out: str | Path, 
 
 def prepare_to_uri(source: Source | TabularLog, setting: str, out: str, *, overwrite: bool, **kwargs: Any) -> str:
     if storage.exists(out) and storage.list_dir(out) and not overwrite:
-        raise DataError(f"{out}: already exists; pass --overwrite (overwrite=True) to replace it, or choose --out")
+        raise DataError(f"{out}: already exists; pass --overwrite to replace it, or choose --out")
     with tempfile.TemporaryDirectory(prefix="ld4mrec-prepare-") as tmp:
         local = prepare_dataset(source, setting, Path(tmp) / "dataset", **kwargs)
         if overwrite and storage.exists(out):

@@ -14,8 +14,8 @@ split and scored by the same evaluator; their hyperparameters are chosen on vali
 small grid (the chosen values are in the table and the JSON), then run once per seed
 (once in all for deterministic ones: EASE, MostPop). `time (s)` is one run's wall time.
 
---quick: first seed only, LD4MRec `none` with at most QUICK_EPOCHS epochs and patience
-QUICK_PATIENCE, and each baseline's reduced grid (ease, bpr, als, mostpop; add vbpr with
+--quick: first seed only, LD4MRec `none` with at most {quick_epochs} epochs and patience
+{quick_patience}, and each baseline's reduced grid (ease, bpr, als, mostpop; add vbpr with
 --baselines). Command-line overrides still apply after it.
 """
 
@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ld4mrec_dist.cli import split_overrides
 from ld4mrec_dist.config import ABLATIONS, ConfigError, load_config
 
 SMOKE_TEST = ["data.synthetic=tiny", "train.epochs=2", "train.batch_size=32", "model.hidden=32",
@@ -42,7 +43,8 @@ QUICK_VARIANTS = ["none"]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from ld4mrec_dist.eval.baselines import BASELINES
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    description = (__doc__ or "").format(quick_epochs=QUICK_EPOCHS, quick_patience=QUICK_PATIENCE)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="base YAML config")
     parser.add_argument("--variants", nargs="*", choices=ABLATIONS,
                         help=f"LD4MRec variants (default: all of {', '.join(ABLATIONS)}); none given: no LD4MRec run")
@@ -56,11 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="reduced comparison: first seed, short LD4MRec run, small baseline grids")
     parser.add_argument("overrides", nargs="*", metavar="section.field=value")
-    # Overrides may come anywhere, also right after a list flag (`--seeds 1 2 data.path=x`),
-    # which argparse alone would read as a seed.
-    argv = sys.argv[1:] if argv is None else list(argv)
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    args = parser.parse_args([a for a in argv if a not in overrides])
+    flags, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(flags)
     args.overrides = overrides
     return args
 

@@ -8,23 +8,34 @@ from __future__ import annotations
 import sys
 
 from data_pipeline import storage
-from ld4mrec_dist.config import Config, ConfigError, load_config
+from ld4mrec_dist.config import Config, ConfigError, config_to_yaml, load_config
 from ld4mrec_dist.run_dir import CONFIG_FILE, file_in
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
-def config_for(config_path: str | None, resume: str | None, overrides: list[str],
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(flags and their values, `section.field=value` overrides): overrides may stand
+    anywhere, also right after a flag's value or a list flag (`--seeds 1 2 data.path=x`),
+    where argparse alone would refuse them or read them as the flag's value."""
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    return [a for a in argv if a not in overrides], overrides
+
+
+def config_for(config_path: str | Config | None, resume: str | None, overrides: list[str],
                from_checkpoint: str | None = None) -> Config:
-    """The run's config: a resumed run's saved config.yaml is the base, unless --config."""
-    from ld4mrec_dist.run_dir import anchored_path
+    """The run's config: a resumed run's saved config.yaml is the base, unless --config
+    (a YAML file, or a `Config` from Python)."""
+    from ld4mrec_dist.run_dir import anchored_path, job_path_help
 
     if from_checkpoint and not resume:
         raise ConfigError("--from-checkpoint NAME needs --resume RUN_DIR")
     if resume:
-        resume = anchored_path(resume)  # inside a Ray job: not Ray's temporary working-dir copy
+        given, resume = resume, anchored_path(resume)  # inside a Ray job: not Ray's temporary working-dir copy
         if not storage.exists(resume):
+            if resume != given:
+                raise ConfigError(job_path_help("--resume", given, resume, "no such run directory"))
             raise ConfigError(f"--resume {resume}: no such run directory")
     if resume and not config_path:
         saved = file_in(resume, CONFIG_FILE)
@@ -37,6 +48,19 @@ def config_for(config_path: str | None, resume: str | None, overrides: list[str]
     if from_checkpoint:
         cfg.run.from_checkpoint = from_checkpoint
     return cfg
+
+
+def print_config(config_path: str | None, resume: str | None, overrides: list[str],
+                 from_checkpoint: str | None = None) -> int:
+    """`--print-config`: the resolved configuration as YAML (what the run would save as
+    config.yaml); nothing is prepared or trained."""
+    try:
+        cfg = config_for(config_path, resume, overrides, from_checkpoint)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    print(config_to_yaml(cfg), end="")
+    return 0
 
 
 def run_cli(config_path: str | None, resume: str | None, overrides: list[str],

@@ -124,7 +124,7 @@ def baseline_row(b: Baseline, data: TrainData, splits: dict[str, EvalData], cfg:
 
 
 def ld4mrec_row(base: Config, variant: str, seeds: list[int], stamp: str, log: Log = _quiet) -> Row:
-    valids, tests, times, epochs = [], [], [], []
+    valids, tests, times, epochs, epochs_run = [], [], [], [], []
     for seed in seeds:
         cfg = copy.deepcopy(base)
         cfg.model.ablation, cfg.train.seed = variant, seed
@@ -135,10 +135,12 @@ def ld4mrec_row(base: Config, variant: str, seeds: list[int], stamp: str, log: L
         valids.append(result.valid)
         tests.append(result.test)
         epochs.append(result.best_epoch)
-        log(f"LD4MRec {variant} seed={seed}: best epoch {result.best_epoch}, "
+        epochs_run.append(result.epochs_run)
+        log(f"LD4MRec {variant} seed={seed}: best epoch {result.best_epoch} of {result.epochs_run}, "
             f"test {base.eval.select_metric} {result.test[base.eval.select_metric]:.4f} ({times[-1]:.0f} s)")
     return summary_row("LD4MRec" if variant == "none" else f"LD4MRec {variant}", valids, tests, times,
-                       kind="ld4mrec", variant=variant, seeds=seeds, best_epochs=epochs, params={})
+                       kind="ld4mrec", variant=variant, seeds=seeds, best_epochs=epochs, epochs_run=epochs_run,
+                       epoch_cap=base.train.epochs, params={})
 
 
 def compare(base: Config, variants: list[str], seeds: list[int], baselines: list[str] | None = None,
@@ -163,9 +165,23 @@ def _cell(row: Row, name: str) -> str:
     return f"{row['test'][name]:.4f}{spread}"
 
 
+def capped_note(row: Row) -> str:
+    """For runs that the epoch cap stopped while valid still improved (best epoch = the
+    last epoch = train.epochs): `best epoch 15 of 15` per such run, and the fix."""
+    cap = row.get("epoch_cap")
+    capped = [(b, n) for b, n in zip(row.get("best_epochs", []), row.get("epochs_run", []), strict=False)
+              if n == cap and b == n]
+    if not capped:
+        return ""
+    runs = "; ".join(f"best epoch {b} of {n}" for b, n in capped)
+    return f"⚠ {runs}: stopped by the epoch cap while still improving (raise train.epochs)"
+
+
 def _settings(row: Row) -> str:
-    """The valid-selected values (the JSON's `params` has every setting passed)."""
-    return ", ".join(f"{k}={v}" for k, v in (row.get("chosen") or {}).items())
+    """The valid-selected values (the JSON's `params` has every setting passed), and a
+    warning for runs stopped by the epoch cap while still improving."""
+    chosen = ", ".join(f"{k}={v}" for k, v in (row.get("chosen") or {}).items())
+    return "; ".join(part for part in (chosen, capped_note(row)) if part)
 
 
 def markdown_table(rows: list[Row], ks: list[int]) -> str:

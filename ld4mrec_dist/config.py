@@ -184,6 +184,7 @@ class TrainSection:
     valid Recall@20 of the three on MovieLens-1M (clean and noisy) and on the synthetic
     data (README, Results)."""
     seed: int = 2024
+    """Seed of model initialisation, minibatch order and diffusion noise."""
     eval_every: int = 1
     """Evaluate (and checkpoint) every this many epochs."""
     patience: int = 10
@@ -237,6 +238,7 @@ class ScalingSection:
     num_workers: int = 2
     """Ray Train workers (DDP ranks). 0 runs the loop in the driver without Ray workers."""
     use_gpu: bool = False
+    """One GPU per worker (CUDA; NCCL between ranks); with num_workers=0, this process's GPU."""
     cpus_per_worker: float = 0.5
     """CPUs Ray reserves per worker. Fractional by default so that 2 workers leave room on a
     2-core host for the driver and, in sweeps, for more trials; raise it on real nodes."""
@@ -303,16 +305,19 @@ class Config:
     run: RunSection = field(default_factory=RunSection)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at `path` (local or URI), then `section.field=value` overrides."""
-    layers = [OmegaConf.structured(Config)]
+def load_config(path: str | Path | Config | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (local or URI), then `section.field=value` overrides.
+    `path` may also be a `Config`, which then replaces the defaults (it is not modified)."""
+    base = path if isinstance(path, Config) else None
+    source = None if isinstance(path, Config) else path
+    layers = [OmegaConf.structured(base if base is not None else Config)]
     try:
-        if path:
-            if not storage.is_file(path):
-                raise ConfigError(f"config file {path} does not exist")
+        if source:
+            if not storage.is_file(source):
+                raise ConfigError(f"config file {source} does not exist")
             from data_pipeline.yaml_file import load_yaml  # names the file and line of a YAML syntax error
 
-            layers.append(load_yaml(storage.read_bytes(path), str(path), ConfigError))
+            layers.append(load_yaml(storage.read_bytes(source), str(source), ConfigError))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
@@ -321,7 +326,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         merged = OmegaConf.merge(*layers)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        where = f" in {path}" if path else ""
+        where = f" in {source}" if source else ""
         key = f"{err.full_key}: " if getattr(err, "full_key", None) else ""  # the field, as the user writes it
         raise ConfigError(f"invalid configuration{where}: {key}{err}".split("\n    full_key")[0]) from None
     assert isinstance(cfg, Config)

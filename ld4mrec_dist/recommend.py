@@ -77,12 +77,78 @@ def load_best_model(run_dir: str | Path, dataset: str | None = None,
     return model, cfg, ds
 
 
+def user_indices(ds: PreparedDataset, wanted: list[str]) -> np.ndarray:
+    """Row indices of the users named by their original ids, in the order given; a
+    RecommendError names the ids that the dataset does not hold or that have no train items."""
+    index_of = {str(u): i for i, u in enumerate(ds.user_ids)}
+    unknown = [u for u in wanted if u not in index_of]
+    if unknown:
+        examples = ", ".join(str(u) for u in ds.user_ids[:3])
+        more = " …" if len(unknown) > 5 else ""
+        raise RecommendError(f"--users: {len(unknown)} id(s) not in the dataset {ds.location}: "
+                             f"{', '.join(unknown[:5])}{more} (its ids look like {examples})")
+    users = np.array([index_of[u] for u in dict.fromkeys(wanted)], dtype=np.int64)
+    with_rows = set(users_with_rows(ds.split_csr("train")).tolist())
+    cold = [str(ds.user_ids[u]) for u in users if u not in with_rows]
+    if cold:
+        raise RecommendError(f"--users: {', '.join(cold[:5])} had no train interaction: the model has no "
+                             "history to recommend from")
+    return users
+
+
+def read_user_ids(path: str) -> list[str]:
+    """Original user ids, one per line (blank lines and `#` comments skipped)."""
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        raise RecommendError(f"--users-file {path}: file not found") from None
+    ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    ids = [u for u in ids if u]
+    if not ids:
+        raise RecommendError(f"--users-file {path}: no user id in it (one id per line)")
+    return ids
+
+
+def read_item_columns(path: str, key: str, columns: list[str]) -> pa.Table:
+    """`key` (as strings) and `columns` of an item table: CSV, TSV, Parquet or a RecBole
+    `.item` file (typed headers such as `title:token_seq`, read by their field names)."""
+    from data_pipeline.errors import DataError
+    from data_pipeline.readers.recbole import typed_table
+    from data_pipeline.readers.tabular import read_table
+
+    file = Path(path)
+    try:
+        table = typed_table(file)[0] if file.suffix == ".item" else read_table(file)[0]
+    except DataError as err:
+        raise RecommendError(f"--items {err}") from None
+    missing = [c for c in [key, *columns] if c not in table.column_names]
+    if missing:
+        raise RecommendError(f"--items {path}: no column {missing[0]!r} (from "
+                             f"{'--items-key' if missing[0] == key else '--item-columns'}); "
+                             f"it has {table.column_names}")
+    return pa.table({key: table[key].cast(pa.string()), **{c: table[c] for c in columns}})
+
+
+def with_item_columns(recs: pa.Table, items: pa.Table, key: str) -> pa.Table:
+    """`recs` with the item table's columns appended, matched on the item id (null where the
+    item table lacks the item); a column named like one of recs' is prefixed `item_`."""
+    import pyarrow.compute as pc
+
+    where = pc.index_in(recs["item"], value_set=items[key])
+    for name in items.column_names:
+        if name != key:
+            column = items[name].combine_chunks().take(where)
+            recs = recs.append_column(f"item_{name}" if name in recs.column_names else name, column)
+    return recs
+
+
 @torch.no_grad()
 def top_k_table(model: LD4MRec, ds: PreparedDataset, k: int, batch_size: int = 1024,
-                device: str = "cpu", progress: bool = True) -> pa.Table:
-    """(user, rank, item, score) rows in original ids; train items are never recommended."""
+                device: str = "cpu", progress: bool = True, users: np.ndarray | None = None) -> pa.Table:
+    """(user, rank, item, score) rows in original ids; train items are never recommended.
+    `users`: row indices of the users to score (default: every user with train items)."""
     train = ds.split_csr("train")
-    users = users_with_rows(train)
+    users = users_with_rows(train) if users is None else users
     k = min(k, ds.n_items)
     out_u, out_i, out_s = [], [], []
     for start in tqdm(range(0, len(users), batch_size), desc="scoring", disable=not progress, unit="batch"):
@@ -105,12 +171,29 @@ def top_k_table(model: LD4MRec, ds: PreparedDataset, k: int, batch_size: int = 1
     })
 
 
-def write_recommendations(run_dir: str | Path, out: str | Path, k: int = 20,
-                          dataset: str | None = None, device: str = "cpu") -> str:
-    """Write the top-K table to `out` (local path or URI); returns where it went."""
+def recommendation_table(run_dir: str | Path, k: int = 20, dataset: str | None = None, device: str = "cpu",
+                         users: list[str] | None = None, items: str | None = None,
+                         item_columns: list[str] | None = None, items_key: str = "item_id") -> pa.Table:
+    """The top-K table of every user with train items, or of `users` (original ids), with
+    `item_columns` of the `items` table joined on the item id."""
+    if item_columns and not items:
+        raise RecommendError("--item-columns needs --items FILE: the item table that holds them "
+                             "(CSV, TSV, Parquet or a RecBole .item file)")
+    extra = read_item_columns(items, items_key, item_columns or []) if items else None
     model, _, ds = load_best_model(run_dir, dataset, device)
-    table = top_k_table(model, ds, k, device=device)
+    table = top_k_table(model, ds, k, device=device, users=user_indices(ds, users) if users else None)
+    return with_item_columns(table, extra, items_key) if extra is not None else table
+
+
+def write_table(table: pa.Table, out: str | Path) -> str:
+    """`table` as Parquet at `out` (local path or URI); returns where it went."""
     storage.make_dirs(storage.parent_of(out))
     fs, path = storage.filesystem(out)
     pq.write_table(table, path, filesystem=fs)
     return storage.normalize(out)
+
+
+def write_recommendations(run_dir: str | Path, out: str | Path, k: int = 20,
+                          dataset: str | None = None, device: str = "cpu") -> str:
+    """Write every user's top-K table to `out` (local path or URI); returns where it went."""
+    return write_table(recommendation_table(run_dir, k, dataset, device), out)

@@ -27,33 +27,58 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line, sep, *body])
 
 
+def metric_label(name: str) -> str:
+    """`recall@20` -> `Recall@20`, `ndcg@10` -> `NDCG@10` (as the tables write them)."""
+    kind, _, k = name.partition("@")
+    return f"{ {'recall': 'Recall', 'ndcg': 'NDCG'}.get(kind, kind)}@{k}" if k else name
+
+
 def plot_training_curves(history: list[dict[str, Any]], title: str = "") -> bytes:
-    """PNG bytes: loss and valid/test Recall@K, NDCG@K per epoch, best epoch marked."""
+    """PNG bytes of `training_curves_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = training_curves_figure(history, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def training_curves_figure(history: list[dict[str, Any]], title: str = "") -> Any:
+    """A matplotlib figure: the training loss, and each ranking metric per epoch in its own
+    colour, valid solid and test dashed (test is scored only at some epochs), best epoch
+    marked, the legend outside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(epochs, [r["loss"] for r in history], marker=".", color="tab:red")
-    ax_loss.set(xlabel="epoch", ylabel="weighted L_rec", title="training loss")
-    metric_keys = sorted({k for r in history for k in r if k.startswith(("valid/", "test/"))})
-    for key in metric_keys:
-        style = "-" if key.startswith("valid/") else "--"  # test: only epochs where it was scored
-        points = [(r["epoch"], r[key]) for r in history if key in r]
-        ax_metric.plot([e for e, _ in points], [v for _, v in points], style, marker=".", label=key)
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.25]})
+    ax_loss.plot(epochs, [r["loss"] for r in history], marker=".", color="black")
+    ax_loss.set(xlabel="epoch", ylabel="training loss (weighted L_rec)", title="Training loss")
+    names = sorted({k.split("/", 1)[1] for r in history for k in r if k.startswith(("valid/", "test/"))},
+                   key=lambda n: (n.partition("@")[0] != "recall", n.partition("@")[0], int(n.partition("@")[2] or 0)))
+    colours = [plt.get_cmap("tab10")(i) for i in range(10)]
+    for i, name in enumerate(names):
+        for split, style in (("valid", "-"), ("test", "--")):
+            points = [(r["epoch"], r[f"{split}/{name}"]) for r in history if f"{split}/{name}" in r]
+            if points:
+                ax_metric.plot([e for e, _ in points], [v for _, v in points], style, marker=".",
+                               color=colours[i % len(colours)], label=f"{metric_label(name)} ({split})")
     if history and history[-1].get("best_epoch", -1) > 0:
-        ax_metric.axvline(history[-1]["best_epoch"], color="grey", lw=0.8, ls=":", label="best valid")
-    ax_metric.set(xlabel="epoch", ylabel="metric", title="all-ranking metrics")
-    if metric_keys:
-        ax_metric.legend(fontsize=7)
+        ax_metric.axvline(history[-1]["best_epoch"], color="grey", lw=0.8, ls=":", label="best valid epoch")
+    ax_metric.set(xlabel="epoch", ylabel="metric value (all-item ranking)",
+                  title="Ranking metrics: valid solid, test dashed")
+    if names:
+        ax_metric.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def modality_lines(manifest: dict[str, Any], used: Sequence[str], ablation: str) -> list[str]:

@@ -96,6 +96,15 @@ def anchored_path(value: str) -> str:
     return str(persistent_home() / value)
 
 
+def job_path_help(key: str, given: str, resolved: str, problem: str) -> str:
+    """Why a relative path of a Ray job names nothing, how it was resolved, and the fixes."""
+    return (f"{key}={given} resolved to {resolved}: {problem}. Inside a Ray job (`ray job submit "
+            f"--working-dir`) relative paths resolve under ${HOME_ENV} ({persistent_home()}), not in Ray's "
+            "temporary copy of the working directory. Pass an absolute path or a URI that every node can read "
+            f"(shared storage, s3://, gs://), or set {HOME_ENV} to the directory that holds {given}: "
+            f"ray job submit --runtime-env-json '{{\"env_vars\": {{\"{HOME_ENV}\": \"/abs/dir\"}}}}' …")
+
+
 def anchor_job_paths(cfg: Config) -> None:
     """Inside a Ray job, move relative data/run paths out of Ray's temporary copy of the
     working directory (deleted later) to `persistent_home()`, and say so."""

@@ -38,3 +38,24 @@ def test_no_citation_of_documents_outside_the_repository():
 def test_license_matches_pyproject():
     assert "MIT License" in (REPO / "LICENSE").read_text()
     assert 'license = { text = "MIT" }' in (REPO / "pyproject.toml").read_text()
+
+
+README_MAX_LINES = 350
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # a Markdown link or image target
+
+
+def test_readme_fits_a_five_minute_read():
+    lines = (REPO / "README.md").read_text().count("\n")
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move detail to docs/ (limit {README_MAX_LINES})"
+
+
+def test_every_relative_link_of_the_readme_and_docs_names_a_file_of_the_repository():
+    broken = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        for target in LINK.findall(page.read_text()):
+            path = target.split("#", 1)[0]
+            if not path or re.match(r"[a-z]+:", path):  # an anchor on the same page, or a URL
+                continue
+            if not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert not broken, "links to nothing:\n" + "\n".join(broken)

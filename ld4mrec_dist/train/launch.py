@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any
 
 from data_pipeline import storage
 from ld4mrec_dist.config import Config
+from ld4mrec_dist.console import quiet_ray_console
 from ld4mrec_dist.run_dir import RunDir
 from ld4mrec_dist.train.console import RunConsole, route_ray_output, show_unseen_epochs
 from ld4mrec_dist.train.failures import TrainingFailed, failure_message
@@ -110,8 +110,7 @@ def make_torch_trainer(cfg: Config, run_dir: RunDir, worker: WorkerInput, callba
 
     for key, value in RAY_TRAIN_FAST_ENV.items():
         os.environ.setdefault(key, value)  # a local Ray started below inherits them
-    if not sys.stdout.isatty():
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in redirected output
+    quiet_ray_console()  # no worker-line prefix, no ANSI colour codes in redirected output
     # Ray Train reads it when fit() starts its controller; each start attempt waits this long.
     os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = f"{start_timeout_s(cfg):g}"
     if not ray.is_initialized():

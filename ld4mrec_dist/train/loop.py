@@ -21,6 +21,7 @@ from data_pipeline.dataset import open_dataset
 from ld4mrec_dist import dist
 from ld4mrec_dist.build import build_model
 from ld4mrec_dist.config import Config, config_from_dict
+from ld4mrec_dist.console import LINES, EpochProgress
 from ld4mrec_dist.eval.evaluator import EvalData, eval_data, evaluate_ranking
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.partition import read_rank_rows
@@ -28,6 +29,7 @@ from ld4mrec_dist.rows import RowStore, epoch_order, torch_minibatches
 from ld4mrec_dist.run_dir import BEST_MODEL_FILE, file_in, read_item_factors, rewrite_metrics
 from ld4mrec_dist.sampler import SamplerHistory
 from ld4mrec_dist.timing import PieceTimer
+from ld4mrec_dist.tracking import Tracker
 from ld4mrec_dist.train.checkpoint import (
     check_compatible,
     load_checkpoint,
@@ -35,7 +37,7 @@ from ld4mrec_dist.train.checkpoint import (
     restart_point,
     state_bytes,
 )
-from ld4mrec_dist.train.context import WorkerContext, worker_context
+from ld4mrec_dist.train.context import RayTrainWorker, WorkerContext, worker_context
 from ld4mrec_dist.train.engine import Engine, build_engine, digest
 from ld4mrec_dist.train.faults import with_injected_fault
 from ld4mrec_dist.train.lr_rule import lr_at_step, scaled_lr, set_lr
@@ -51,6 +53,7 @@ class WorkerInput:
     run_dir: str  # a local path or an object-store URI
     strategy: str  # `scaling.strategy` as the driver resolved it (`auto` included), for every rank
     resume_from: str = ""  # the checkpoint a --resume verified (used when Ray Train hands over none)
+    progress: str = LINES  # how the driver's console shows progress inside an epoch (console.py)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,6 +78,8 @@ class Run:
     store: RowStore  # this rank's train rows
     n_rows: int  # rows per epoch on every rank: the smallest rank's count
     evals: dict[str, EvalData]  # this rank's valid and test users
+    tracker: Tracker  # rank 0's TensorBoard writer (a no-op elsewhere)
+    progress_mode: str  # how the driver's console shows progress inside an epoch
 
     @property
     def is_rank0(self) -> bool:
@@ -83,6 +88,13 @@ class Run:
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     run = setup(WorkerInput.from_dict(config), worker_context())
+    try:
+        return train_epochs(run)
+    finally:
+        run.tracker.close()
+
+
+def train_epochs(run: Run) -> dict[str, Any]:
     cfg, state = run.cfg, run.state
     for epoch in range(state.epoch, cfg.train.epochs):
         epoch_row = train_epoch(run, epoch)  # Alg. 1 l.2-13 over this rank's users
@@ -131,8 +143,9 @@ def setup(given: WorkerInput, worker: WorkerContext) -> Run:
     if n_rows == 0:
         raise RuntimeError(f"a worker received no train rows from {ds.path}: use fewer workers "
                            f"than users ({ds.n_users})")
+    tracker = Tracker(run_dir, worker.rank == 0, resume_step=state.global_step)
     return Run(cfg, run_dir, ds.manifest_sha256, worker, model, engine, sampler, state, store, n_rows,
-               eval_data(rows, cfg.eval.mask_valid_at_test))
+               eval_data(rows, cfg.eval.mask_valid_at_test), tracker, given.progress)
 
 
 def state_to_start_from(given: WorkerInput, worker: WorkerContext, run_dir: str) -> dict[str, Any] | None:
@@ -165,12 +178,21 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     order = epoch_order(len(run.store), cfg.train.seed, epoch, run.worker.rank)
     batches = torch_minibatches(run.store, order, cfg.train.batch_size, run.n_rows, device, timer)
     autocast = device.type == "cuda" and cfg.scaling.bf16
+    n_steps = -(-run.n_rows // cfg.train.batch_size)
+    progress = EpochProgress(epoch, n_steps, run.progress_mode, run.is_rank0,
+                             isinstance(run.worker, RayTrainWorker))
     for users_B, rows_BI in with_injected_fault(batches, cfg.train.fail_at_step, state.global_step, run.run_dir):
-        set_lr(run.engine.opts, lr_at_step(cfg.train, run.engine.data_world, state.global_step))
+        t_step, lr = time.perf_counter(), lr_at_step(cfg.train, run.engine.data_world, state.global_step)
+        set_lr(run.engine.opts, lr)
         loss = run.engine.step(run.sampler, users_B, rows_BI, autocast, timer)
-        if run.engine.counts_users:
-            loss_sum += torch.tensor([loss.item() * len(users_B), len(users_B)], dtype=torch.float64)
+        loss_value = loss.item() if run.engine.counts_users else None
+        if loss_value is not None:
+            loss_sum += torch.tensor([loss_value * len(users_B), len(users_B)], dtype=torch.float64)
         state.global_step += 1
+        run.tracker.step(state.global_step, loss_value, lr, time.perf_counter() - t_step)
+        progress.update()
+    progress.close()
+    run.tracker.pieces(state.global_step, timer.total, progress.done)
     loss_sum = dist.all_reduce_sum(loss_sum.to(device)).cpu()
     seconds = time.perf_counter() - t0
     return {"loss": loss_sum[0].item() / max(loss_sum[1].item(), 1.0), "train_time_s": seconds,
@@ -201,6 +223,7 @@ def report(run: Run, row: dict[str, Any], improved: bool) -> None:
     full = run.engine.full_state() if improved or run.worker.checkpoints else {}
     if run.is_rank0:
         print(progress_line(row, run.cfg), flush=True)
+        run.tracker.evaluation(row, lr_at_step(run.cfg.train, run.engine.data_world, run.state.global_step))
         rewrite_metrics(run.run_dir, run.state.history)  # whole-file writes: object stores cannot append
         if improved:
             best = best_model_state(full, run.model, run.cfg, run.manifest_sha256, row)

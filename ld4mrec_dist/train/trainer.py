@@ -16,7 +16,10 @@ from typing import Any
 
 from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset, open_dataset
+from data_pipeline.errors import DataError
+from ld4mrec_dist import tracking
 from ld4mrec_dist.config import Config, config_to_dict, config_to_yaml, load_config, metric_names
+from ld4mrec_dist.console import config_line, progress_mode, quiet_ray_console
 from ld4mrec_dist.encoders import svd_item_factors
 from ld4mrec_dist.model import select_modalities
 from ld4mrec_dist.report import format_table, modality_lines, plot_training_curves, read_metrics
@@ -29,6 +32,7 @@ from ld4mrec_dist.run_dir import (
     RunDir,
     anchor_job_paths,
     file_in,
+    job_path_help,
     resolve_dataset,
     resolve_run_dir,
     write_item_factors,
@@ -74,6 +78,7 @@ class PreparedRun:
 def run_training(cfg: Config) -> TrainingResult:
     """Prepare, train on Ray Train (or in-process with 0 workers), write the outputs."""
     t0 = time.perf_counter()
+    quiet_ray_console()  # before Ray is imported: its worker-line prefix is read then
     prepared = prepare_run(cfg)
     try:
         out = launch.train(cfg, prepared.run_dir, prepared.worker)
@@ -85,9 +90,16 @@ def run_training(cfg: Config) -> TrainingResult:
 def prepare_run(cfg: Config) -> PreparedRun:
     """Dataset and run directory ready for workers: config.yaml and V_k written, the
     strategy resolved (`auto` once, here) and the checkpoint of a --resume verified."""
+    given_data_path = cfg.data.path
     anchor_job_paths(cfg)
+    print(config_line(cfg), flush=True)
     check_gpu_request(cfg)
-    ds = open_dataset(resolve_dataset(cfg), verify="full")  # sizes, shapes, accounting, sha256 (cached)
+    try:
+        ds = open_dataset(resolve_dataset(cfg), verify="full")  # sizes, shapes, accounting, sha256 (cached)
+    except DataError as err:
+        if cfg.data.path == given_data_path:
+            raise
+        raise DataError(job_path_help("data.path", given_data_path, cfg.data.path, str(err))) from None
     run_dir = resolve_run_dir(cfg, ds)
     resume_from = check_resumable(run_dir, cfg, ds).path if cfg.run.resume else ""
     storage.write_text(file_in(run_dir, CONFIG_FILE), config_to_yaml(cfg))
@@ -96,9 +108,10 @@ def prepare_run(cfg: Config) -> PreparedRun:
           f"modalities {ds.modalities}); run directory {run_dir}", flush=True)
     print("\n".join(modality_lines(ds.manifest, select_modalities(cfg.model.modalities, ds.modalities),
                                    cfg.model.ablation)), flush=True)
+    print(tracking.startup_line(run_dir), flush=True)
     print(describe_choice(cfg, ds.n_items, rank_count(cfg), ds.feature_dims), flush=True)
     strategy, _ = resolve_strategy(cfg, ds.n_items, rank_count(cfg), ds.feature_dims)
-    worker = WorkerInput(config_to_dict(cfg), ds.location, str(run_dir), strategy, resume_from)
+    worker = WorkerInput(config_to_dict(cfg), ds.location, str(run_dir), strategy, resume_from, progress_mode())
     return PreparedRun(ds, run_dir, worker)
 
 
@@ -157,11 +170,12 @@ def finish_run(cfg: Config, run_dir: RunDir, out: dict[str, Any], wall: float) -
         png = plot_training_curves(history, title=storage.name_of(run_dir))
         storage.write_bytes(file_in(run_dir, CURVES_FILE), png)
     names = metric_names(cfg.eval.ks, by_cutoff=True)
+    # The table is the last thing a run prints.
+    print(f"[ld4mrec] outputs in {run_dir}: config.yaml, metrics.jsonl, final_metrics.json, "
+          "curves.png, best_model.pt, TensorBoard events")
     print(f"\n[ld4mrec] best epoch {final['best_epoch']} of {final['epochs_run']} "
           f"(selected on valid {cfg.eval.select_metric}); {wall:.0f}s")
     print(format_table(["split", *names], [[s, *[d.get(n, float('nan')) for n in names]]
-                                           for s, d in (("valid", valid), ("test", test))]))
-    print(f"[ld4mrec] outputs in {run_dir}: config.yaml, metrics.jsonl, final_metrics.json, "
-          "curves.png, best_model.pt", flush=True)
+                                           for s, d in (("valid", valid), ("test", test))]), flush=True)
     return TrainingResult(run_dir, final["best_epoch"], valid, test, final["epochs_run"], wall,
                           out.get("replica_fingerprints", []))

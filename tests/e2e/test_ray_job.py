@@ -149,7 +149,7 @@ def test_train_job_runs_under_ray_job_submit(own_head, tmp_path):
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--working-dir", str(REPO),
            "--runtime-env-json", runtime_env, "--",
            "python", "jobs/train.py", "--smoke-test", "data.root=data", "run.storage=runs", "run.name=job",
-           "scaling.cpus_per_worker=0.25"]
+           "scaling.num_workers=2", "scaling.cpus_per_worker=0.25"]  # --smoke-test alone runs in-process
     done = _submit(cmd, env)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]

@@ -91,3 +91,34 @@ def test_unknown_baseline_and_empty_baselines_only_are_cli_errors(tmp_path, caps
     assert "lightgcn" in capsys.readouterr().err
     assert _job().main(["--baselines-only", *_paths(tmp_path)]) == 2
     assert "--baselines-only needs --baselines" in capsys.readouterr().err
+
+
+def test_help_shows_the_quick_settings_as_numbers(capsys):
+    job = _job()
+    with pytest.raises(SystemExit):
+        job.parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "QUICK_" not in text and "{quick" not in text
+    assert f"at most {job.QUICK_EPOCHS} epochs and patience\n{job.QUICK_PATIENCE}" in text
+
+
+def test_a_run_stopped_by_its_epoch_cap_while_improving_is_marked(monkeypatch):
+    from ld4mrec_dist import compare
+    from ld4mrec_dist.config import load_config
+    from ld4mrec_dist.train.trainer import TrainingResult
+
+    finished = {1: (15, 15), 2: (6, 9)}  # seed -> (best epoch, epochs run): seed 1 hit the cap of 15
+
+    def fake_run(cfg):
+        best, run = finished[cfg.train.seed]
+        metrics = {"recall@20": 0.1, "ndcg@20": 0.05}
+        return TrainingResult("runs/x", best, metrics, metrics, run, 1.0, [])
+
+    monkeypatch.setattr(compare, "run_training", fake_run)
+    base = load_config(None, ["train.epochs=15", "eval.ks=[20]"])
+    row = compare.ld4mrec_row(base, "none", [1, 2], "stamp")
+    table = compare.markdown_table([row], [20])
+    assert "best epoch 15 of 15" in table and "raise train.epochs" in table
+    assert "best epoch 6 of 9" not in table  # stopped early by patience: nothing to say
+    finished[1] = (10, 15)
+    assert "epoch cap" not in compare.markdown_table([compare.ld4mrec_row(base, "none", [1], "s")], [20])

@@ -53,3 +53,12 @@ def test_bad_values_are_one_line_errors_naming_the_field(overrides, names):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_config_object_can_be_the_base_of_overrides_and_is_left_unchanged():
+    from ld4mrec_dist.config import load_config
+
+    base = load_config(None, ["train.epochs=7"])
+    cfg = load_config(base, ["train.lr=0.5"])
+    assert (cfg.train.epochs, cfg.train.lr) == (7, 0.5)
+    assert base.train.lr == 0.001 and cfg is not base

@@ -63,3 +63,26 @@ def test_modality_lines_warn_first_when_the_bg_block_has_none():
     assert "model.modalities=[]" in line and "WARNING" in line
     assert "no_bg replaces the BG-Block" in modality_lines(manifest_with(("genre", 6, "multi_hot", 1.0)), [],
                                                            "no_bg")[0]
+
+
+def test_training_curves_give_each_metric_one_colour_valid_solid_test_dashed_legend_outside():
+    import matplotlib.pyplot as plt
+
+    from ld4mrec_dist.report import training_curves_figure
+
+    history = [
+        {"epoch": e, "loss": 1.0 / e, "valid/recall@20": 0.1 * e, "valid/ndcg@20": 0.05 * e,
+         "test/recall@20": 0.09 * e, "test/ndcg@20": 0.04 * e, "best_epoch": e} for e in (1, 2, 3)
+    ]
+    fig = training_curves_figure(history)
+    ax_loss, ax_metric = fig.axes
+    lines = {line.get_label(): line for line in ax_metric.get_lines()}
+    for metric in ("Recall@20", "NDCG@20"):
+        valid, test = lines[f"{metric} (valid)"], lines[f"{metric} (test)"]
+        assert valid.get_color() == test.get_color()
+        assert valid.get_linestyle() == "-" and test.get_linestyle() == "--"
+    assert lines["Recall@20 (valid)"].get_color() != lines["NDCG@20 (valid)"].get_color()
+    anchor = ax_metric.get_legend().get_bbox_to_anchor().transformed(ax_metric.transAxes.inverted())
+    assert anchor.x0 > 1.0  # to the right of the axes, never over the curves
+    assert ax_metric.get_ylabel().startswith("metric value") and ax_loss.get_ylabel().startswith("training loss")
+    plt.close(fig)

@@ -144,6 +144,8 @@ def test_failed_ray_run_console_is_quiet_and_ends_in_one_line(tiny_settings, tin
                         rf"\(epoch 1\); continue with: python jobs/train\.py --resume {re.escape(str(tmp_path / 'f'))}",
                         last), last
     assert "\x1b[" not in out  # no colour codes in redirected output
+    assert "(RayTrainWorker pid=" not in out  # rank 0's lines as they are, no Ray prefix
+    assert "Token authentication is enabled" not in out
     for noise in ("Reporting training result", "Checkpoint successfully created", "Graceful shutdown of backend",
                   "FailurePolicy", "Starting execution of Dataset", "Traceback", "(RayTrainWorker"):
         assert noise not in out, noise
