@@ -21,10 +21,6 @@ with its dimensions, e.g. `x_BI` is [B, I], `t_B` is [B]:
 K is the SVD rank everywhere; a top-k cut-off is written k in prose (Recall@k, NDCG@k)
 and C as a dimension, so the two never share a letter.
 
-From Python (a notebook): `ld4mrec_dist.train_run(overrides=[...])` trains what
+From Python (a notebook): `ld4mrec_dist.api.train_run(overrides=[...])` trains what
 `jobs/train.py` trains and returns a `RunResult` (run directory, final metrics).
 """
-
-from ld4mrec_dist.api import RunResult, train_run
-
-__all__ = ["RunResult", "train_run"]

@@ -1,7 +1,7 @@
 """The Python entry point: what `jobs/train.py` runs, for notebooks and scripts.
 
-    import ld4mrec_dist
-    result = ld4mrec_dist.train_run(overrides=["data.path=data/mine-clean", "train.epochs=50"])
+    from ld4mrec_dist.api import train_run
+    result = train_run(overrides=["data.path=data/mine-clean", "train.epochs=50"])
     result.run_dir, result.final_metrics["test"]["recall@20"]
 
 Errors are raised as exceptions with the one-line messages the command line prints

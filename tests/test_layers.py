@@ -3,13 +3,14 @@ from its own layer or the layers below it, and no modules import each other in a
 
     1 settings      config                          (imports nothing of the package)
     2 primitives    dist, timing, rows, partition, run_dir, report, encoders, cnet,
-                    diffusion, sampler, strategy    (gradient sync at run time)
+                    diffusion, sampler, strategy    (gradient sync at run time),
+                    console, tracking               (what a run prints and logs)
     3 model         model, build, step (the one training step of every engine),
                     scaling_model (the cost model and `auto`)
     4 eval/         ranking metrics and evaluation
     5 parallel/     item-parallel C-Net (sharding, its step pieces, top-k, checkpoints)
     6 train/        the loop, its engines and step, the driver
-    7 applications  tune/, compare, recommend, cli
+    7 applications  tune/, compare, recommend, cli, cli_help, api (the Python entry point)
 
 Function-level imports count too (and those under `if TYPE_CHECKING:`): they are imports
 all the same, and a circle through one is still a circle.
@@ -26,12 +27,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ld4mrec_dist"
 LAYERS = (
     ("__init__", "config"),
     ("dist", "timing", "rows", "partition", "run_dir", "report", "encoders", "cnet", "diffusion", "sampler",
-     "strategy"),
+     "strategy", "console", "tracking"),
     ("model", "build", "step", "scaling_model"),
     ("eval",),
     ("parallel",),
     ("train",),
-    ("tune", "compare", "recommend", "cli"),
+    ("tune", "compare", "recommend", "cli", "cli_help", "api"),
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 SOURCES = sorted(PACKAGE.rglob("*.py"))

@@ -229,9 +229,9 @@ def test_recommend_names_unknown_users_and_columns(tiny_run, tmp_path, capsys):
 
 
 def test_train_run_from_python_returns_the_run_dir_and_final_metrics_and_ends_on_the_table(tmp_path, capfd):
-    import ld4mrec_dist
+    from ld4mrec_dist.api import train_run
 
-    result = ld4mrec_dist.train_run(overrides={**dict(o.split("=") for o in TINY), "train.epochs": 1,
+    result = train_run(overrides={**dict(o.split("=") for o in TINY), "train.epochs": 1,
                                                "data.root": str(tmp_path / "data"),
                                                "run.storage": str(tmp_path / "runs"), "run.name": "nb"})
     assert result.run_dir == str(tmp_path / "runs" / "nb")
