@@ -1,7 +1,7 @@
 """Train LD4MRec on Ray Train.
 
     python jobs/train.py                                  # small synthetic data, 2 workers
-    python jobs/train.py --smoke-test                     # seconds: tiny data, in-process
+    python jobs/train.py --smoke-test                     # tiny data, 3 epochs, in-process (no Ray start-up)
     python jobs/train.py --config jobs/configs/baby.yaml train.lr=0.0005   # YAML: any subset of the keys below
     python jobs/train.py data.path=data/mine-clean --print-config   # show the resolved config, run nothing
     python jobs/train.py --resume runs/<run-name>          # continue from the newest intact checkpoint
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ld4mrec_dist.cli import print_config, run_cli, split_overrides
 from ld4mrec_dist.cli_help import keys_help
 
-# In-process (no Ray start-up): the whole run takes a few seconds.
+# In-process: no Ray start-up (20-30 s on 2 cores); training itself takes seconds, importing PyTorch comes on top.
 SMOKE_TEST = ["data.synthetic=tiny", "train.epochs=3", "train.batch_size=32", "model.hidden=32",
               "model.svd_rank=8", "scaling.num_workers=0"]
 
@@ -38,10 +38,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--from-checkpoint", metavar="NAME",
                         help="with --resume: resume from this checkpoint directory of the run instead")
     parser.add_argument("--smoke-test", action="store_true",
-                        help="a few seconds in-process on the tiny synthetic dataset (3 epochs, no Ray workers)")
+                        help="the tiny synthetic dataset, 3 epochs, in this process (no Ray workers to start)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved configuration (defaults, --config, --resume, overrides) and exit")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
+                        help="configuration overrides, anywhere on the line (the keys are listed below)")
     flags, overrides = split_overrides(argv)
     args = parser.parse_args(flags)
     args.overrides = overrides
