@@ -1,13 +1,13 @@
-"""Run the benchmarks, append their rows as JSON lines, print a table; on request, update README.
+"""Run the benchmarks, append their rows as JSON lines, print a table; on request, update docs/performance.md.
 
     python benchmarks/run.py --quick          # every benchmark at reduced sizes
     python benchmarks/run.py --full           # the sizes the README quotes for --full
     python benchmarks/run.py --quick --only throughput loader
     python benchmarks/run.py --quick --results-dir benchmarks/results --update-readme   # record
-    python benchmarks/run.py --readme-only --results-dir benchmarks/results   # README from rows
+    python benchmarks/run.py --readme-only --results-dir benchmarks/results   # docs/performance.md from rows
 
 Rows go to runs/benchmarks/<bench>.jsonl (untracked) unless --results-dir says otherwise;
-README.md's Performance section is rewritten only with --update-readme / --readme-only,
+docs/performance.md's measured section is rewritten only with --update-readme / --readme-only,
 so a plain run leaves the working tree clean.
 
 Starts its own local Ray (`ray.init(address="local", num_cpus=2)`), never attaches to or
@@ -42,7 +42,7 @@ from benchmarks.common import (  # noqa: E402 - after the sys.path line above
 )
 
 BENCHES = ["throughput", "loader", "memory", "svd", "inference", "communication", "roofline", "scaling"]
-README = ROOT / "README.md"
+README = ROOT / "docs" / "performance.md"  # the page that quotes the figures
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 
 
@@ -145,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="reduced sizes, under 10 minutes on 2 cores")
     mode.add_argument("--full", action="store_true", help="full sizes (tens of minutes)")
     mode.add_argument("--readme-only", action="store_true",
-                      help="run nothing; regenerate README's Performance section from --results-dir")
+                      help="run nothing; regenerate docs/performance.md's measured section from --results-dir")
     p.add_argument("--only", nargs="+", choices=BENCHES, help="run these measurements only")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
                    help=f"where rows are appended and read (default {display_path(RESULTS_DIR)}, untracked)")
     p.add_argument("--update-readme", action="store_true",
-                   help="rewrite README.md's Performance section from the latest rows")
+                   help="rewrite docs/performance.md's measured section from the latest rows")
     args = p.parse_args(argv)
 
     failed: list[str] = []

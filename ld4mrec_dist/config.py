@@ -173,7 +173,7 @@ class TrainSection:
     Adam's update noise constant), `linear` (lr·G / lr_reference_batch, SGD's rule).
     The rule is a pure function of (G, step), so a resume replays it exactly. `none`
     because, measured, valid Recall@20 holds up to G = 4,096 with the learning rate
-    unchanged and both rules lose a little (README, "Bigger per-rank batches")."""
+    unchanged and both rules lose a little (docs/scaling-out.md, "Bigger per-rank batches")."""
     lr_reference_batch: int = 256
     """The global batch at which `lr` is used as given."""
     lr_warmup_steps: int = 0
@@ -182,7 +182,7 @@ class TrainSection:
     weight_decay: float = 1e-5
     """Adam's L2 penalty on the dense parameters (not z_in). 1e-5, not 0 or 1e-4: the best
     valid Recall@20 of the three on MovieLens-1M (clean and noisy) and on the synthetic
-    data (README, Results)."""
+    data (docs/results.md)."""
     seed: int = 2024
     """Seed of model initialisation, minibatch order and diffusion noise."""
     eval_every: int = 1
@@ -264,7 +264,7 @@ class ScalingSection:
     `item_group` ranks: activations cross ranks, not |I|·d gradients, and each rank holds
     1/W_item of those layers; docs/design.md §6.1); auto (picked by the scaling model from
     W and the catalogue size, printed at start-up). No effect with one worker.
-    Precision: the ddp_bf16 and powersgd hooks are lossy; see the README's measured cost."""
+    Precision: the ddp_bf16 and powersgd hooks are lossy; see docs/scaling-out.md for the measured cost."""
     item_group: int = 0
     """Ranks per item group with strategy=item_parallel (0: all workers); must divide
     num_workers. The W / item_group groups split the users between them (data parallel)."""

@@ -1,9 +1,10 @@
 """What a run prints: its start-up lines, progress inside an epoch, and Ray's console settings.
 
-Rank 0 alone prints (one line per epoch, `train/loop.py`). Under Ray those lines reach the
-driver through Ray's log forwarding, which by default prefixes `(RayTrainWorker pid=…)` and
-colours it; `quiet_ray_console` turns that and Ray's start-up warnings down through Ray's
-own environment settings, before Ray is started.
+Rank 0 alone prints (one line per epoch, `train/loop.py`). A training run's driver routes
+what Ray forwards (`train/console.py`: its own lines to the console, the rest to run.log);
+`quiet_ray_console` sets Ray's own environment settings for everything else Ray prints
+(its printer where no route is installed, e.g. a sweep's trials, and its start-up
+warnings), before Ray is started.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ def progress_mode() -> str:
 
 
 class EpochProgress:
-    """Progress of one epoch's steps on rank 0: a tqdm bar on a terminal (Ray's tqdm inside
-    a Ray worker, whose output the driver draws), else a line at each quarter; nothing
-    for the first seconds of an epoch, so short epochs show only their summary line."""
+    """Progress of one epoch's steps on rank 0: a tqdm bar when the run trains in a process
+    attached to a terminal, else (redirected, or in a Ray worker) a line at each quarter;
+    nothing for the first seconds of an epoch, so short epochs show only their summary line."""
 
     def __init__(self, epoch: int, total: int, mode: str, enabled: bool, in_ray_worker: bool) -> None:
         self.epoch, self.total, self.mode, self.enabled = epoch, max(total, 1), mode, enabled
@@ -93,7 +94,8 @@ class EpochProgress:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.t0
-        if self.mode == TTY:
+        # A Ray worker's output reaches the console only as `[ld4mrec]` lines (train/console.py).
+        if self.mode == TTY and not self.in_ray_worker:
             if self.bar is None and elapsed >= BAR_AFTER_S and self.done < self.total:
                 self.bar = self.open_bar()
             if self.bar is not None:
@@ -106,15 +108,9 @@ class EpochProgress:
             self.next_quarter += 1
 
     def open_bar(self) -> Any:
-        bar: Any
-        if self.in_ray_worker:
-            from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+        from tqdm import tqdm
 
-            bar = ray_tqdm(desc=f"epoch {self.epoch + 1}", total=self.total, unit="step")
-        else:
-            from tqdm import tqdm
-
-            bar = tqdm(desc=f"epoch {self.epoch + 1}", total=self.total, unit="step", leave=False)
+        bar = tqdm(desc=f"epoch {self.epoch + 1}", total=self.total, unit="step", leave=False)
         bar.update(self.done - 1)  # the steps before it appeared
         return bar
 

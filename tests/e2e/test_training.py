@@ -63,7 +63,7 @@ def test_training_beats_untrained_and_two_workers_match_one(small_runs):
     r1, r2, ri = one.valid["recall@20"], two.valid["recall@20"], items.valid["recall@20"]
     print(f"valid R@20: untrained {untrained:.4f}, 1 worker {r1:.4f}, 2 workers {r2:.4f}, item-parallel {ri:.4f}")
     assert r1 > untrained + 0.1 and r2 > untrained + 0.1
-    # Documented tolerance (README): 2 workers within 10 % (relative) of 1 worker, whether
+    # Documented tolerance (docs/training.md): 2 workers within 10 % (relative) of 1 worker, whether
     # they split the users (DDP) or the items (the same math, other random draws).
     assert abs(r2 - r1) <= 0.1 * r1 and abs(ri - r1) <= 0.1 * r1
     assert items.replica_fingerprints[0] == items.replica_fingerprints[1]
