@@ -16,3 +16,9 @@ class DatasetDamaged(DataError):
         self.what = what
         self.again = again
         super().__init__(f"dataset is damaged: {what} — prepare it again ({again})")
+
+
+class DiskError(DataError, OSError):
+    """A write failed for want of space or permission (ENOSPC, EDQUOT, EROFS, EACCES, EPERM): the
+    message names the path, the free space and what was needed. Retrying cannot help. Still an
+    OSError, so that code which tolerates a failed optional write (a cache) goes on doing so."""

@@ -25,6 +25,7 @@ from data_pipeline import storage
 from data_pipeline.errors import DataError
 from data_pipeline.features import write_features
 from data_pipeline.manifest import FORMAT_VERSION, MANIFEST, read_manifest, write_manifest
+from data_pipeline.out_dir import check_replaceable
 from data_pipeline.protocol import ProtocolConfig, apply_protocol
 from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD, user_rows, write_shards
 from data_pipeline.source import SPLIT_NAMES, Source, index_ids
@@ -51,6 +52,8 @@ def prepare_dataset(source: Source | TabularLog, setting: str, out: str | Path, 
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         raise DataError(f"{out}: already exists; pass --overwrite to replace it, or choose --out")
+    if overwrite:
+        check_replaceable(out, source.files)
     if rows_per_shard < 1:
         raise DataError(f"rows per shard {rows_per_shard}: must be ≥ 1")
     if isinstance(source, TabularLog) and setting == "noisy":
@@ -58,8 +61,8 @@ def prepare_dataset(source: Source | TabularLog, setting: str, out: str | Path, 
     config = run_config(source, setting, seed, rows_per_shard, protocol, extra_config)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = out.parent / f".{out.name}.tmp-{tag}"
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         if isinstance(source, TabularLog):
             splits = stream_protocol(source, setting, protocol, tmp, out.parent / f".{out.name}.buckets-{tag}",
                                      rows_per_shard)
@@ -67,6 +70,8 @@ def prepare_dataset(source: Source | TabularLog, setting: str, out: str | Path, 
             splits = write_splits(tmp, source, setting, protocol, seed, rows_per_shard)
         write_dataset(tmp, source, splits, config, progress)
         commit(tmp, out, overwrite)
+    except OSError as err:  # a full disk or a read-only --out: one line naming where
+        raise storage.disk_error(err.filename or tmp, err) or err from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -75,6 +80,8 @@ def prepare_dataset(source: Source | TabularLog, setting: str, out: str | Path, 
 def prepare_to_uri(source: Source | TabularLog, setting: str, out: str, *, overwrite: bool, **kwargs: Any) -> str:
     if storage.exists(out) and storage.list_dir(out) and not overwrite:
         raise DataError(f"{out}: already exists; pass --overwrite to replace it, or choose --out")
+    if overwrite:
+        check_replaceable(out, source.files)
     with tempfile.TemporaryDirectory(prefix="ld4mrec-prepare-") as tmp:
         local = prepare_dataset(source, setting, Path(tmp) / "dataset", **kwargs)
         if overwrite and storage.exists(out):

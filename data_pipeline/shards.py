@@ -7,6 +7,7 @@ list_parent_indices.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,20 +74,44 @@ class ShardWriter:
         self.pending_rows -= n
 
 
-def read_pairs(files: list[str], user_range: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_pairs(files: list[str], user_range: tuple[int, int] | None = None,
+               check: Callable[[str, bytes], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(user [n] int64, item [n] int64) of every (user, item) in the shards; with
-    `user_range=(lo, hi)` only those of users lo ≤ u < hi, read with predicate pushdown
-    (files and row groups outside the range, by their min/max statistics, are skipped)."""
-    if not files:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    fs, _ = storage.filesystem(files[0])  # one dataset: every shard on the same filesystem
+    `user_range=(lo, hi)` only those of users lo ≤ u < hi: a shard whose footer statistics
+    put all its users outside the range is not read, and row groups are filtered likewise.
+    Each shard read is read whole into memory and handed to `check(file, bytes)` before it
+    is parsed (the dataset compares its sha256 with the manifest's)."""
     filters = None if user_range is None else [("user", ">=", user_range[0]), ("user", "<", user_range[1])]
-    table = pq.read_table([storage.filesystem(f)[1] for f in files], schema=SCHEMA, filesystem=fs,
-                          filters=filters)
+    tables = []
+    for f in files:
+        if user_range is not None and not _may_hold_users(f, user_range):
+            continue
+        data = storage.read_bytes(f)
+        if check is not None:
+            check(f, data)
+        tables.append(pq.read_table(pa.BufferReader(data), schema=SCHEMA, filters=filters))
+    if not tables:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    table = pa.concat_tables(tables)
     lists = table.column("items").combine_chunks()
     parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
     users = table.column("user").to_numpy().astype(np.int64)[parent]
     return users, pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _may_hold_users(file: str, user_range: tuple[int, int]) -> bool:
+    """False only when the shard's footer statistics put every user outside [lo, hi)."""
+    fs, path = storage.filesystem(file)
+    try:
+        with fs.open_input_file(path) as fh:
+            meta = pq.ParquetFile(fh).metadata
+    except (OSError, pa.ArrowException):
+        return True  # an unreadable footer: read it whole, so that `check` names the damage
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(0).statistics
+        if stats is None or not stats.has_min_max or (stats.max >= user_range[0] and stats.min < user_range[1]):
+            return True
+    return False
 
 
 def pairs_to_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:

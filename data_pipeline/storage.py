@@ -8,14 +8,18 @@ every node. Local paths stay plain strings/Paths and keep their usual semantics.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
+
+from data_pipeline.errors import DiskError
 
 Location = str | Path
 
@@ -71,7 +75,10 @@ def list_dir(location: Location) -> list[str]:
 
 def make_dirs(location: Location) -> None:
     fs, path = filesystem(location)
-    fs.create_dir(path, recursive=True)
+    try:
+        fs.create_dir(path, recursive=True)
+    except OSError as err:
+        raise disk_error(location, err) or err from None
 
 
 def read_bytes(location: Location) -> bytes:
@@ -85,10 +92,14 @@ def write_bytes(location: Location, data: bytes) -> None:
     object via one upload (objects appear whole or not at all)."""
     if not is_uri(location):
         path = Path(normalize(location))
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)  # a partial temp file would keep the space a full disk lacks
+            raise disk_error(path, err, len(data)) or err from None
         return
     fs, fs_path = filesystem(location)
     if isinstance(fs, pafs.LocalFileSystem):  # a file:// URI: local semantics
@@ -96,6 +107,44 @@ def write_bytes(location: Location, data: bytes) -> None:
         return
     with fs.open_output_stream(fs_path) as f:
         f.write(data)
+
+
+# errno of a write that no retry can fix: no space, over quota, read-only, not allowed.
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
+
+
+def disk_error(path: Location, err: OSError, need_bytes: int | None = None) -> DiskError | None:
+    """One line for a write that failed for want of space or permission (None for other errors):
+    the path, the reason, and for a full disk the free space and what the write needed."""
+    why = DISK_ERRNOS.get(err.errno or 0)
+    if why is None:
+        return None
+    detail = ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        need = f", this write needs {_size(need_bytes)}" if need_bytes is not None else ""
+        detail = f" ({_size(free_bytes(path))} free there{need})"
+    return DiskError(f"cannot write {path}: {why}{detail}; free space or permissions there, or write to "
+                     "another location (run.storage, --out)")
+
+
+def free_bytes(path: Location) -> int:
+    """Free bytes on the file system of `path` (of its nearest existing parent)."""
+    p = Path(normalize(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
 
 
 def write_text(location: Location, text: str) -> None:

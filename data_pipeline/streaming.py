@@ -51,7 +51,9 @@ from data_pipeline.protocol import ProtocolConfig, ProtocolResult, apply_protoco
 from data_pipeline.readers.tabular import (
     ColumnMap,
     FeatureFile,
+    check_column_types,
     check_npy_rows,
+    integral_ids,
     items_and_features,
     optional_column,
     split_labels,
@@ -242,8 +244,9 @@ def scan_batches(files: list[Path], columns: ColumnMap, present: dict[str, str |
                 else:
                     ts = timestamp_column(path, present["timestamp"], pa.chunked_array([col]), line)
                     first_time = col.slice(0, 1)
-            yield Batch(path, line, row, id_strings(path, columns.user, rb.column(columns.user), line),
-                        id_strings(path, columns.item, rb.column(columns.item), line),
+            user_ids, item_ids = (integral_ids(path, c, rb.column(c), start) for c in (columns.user, columns.item))
+            yield Batch(path, line, row, id_strings(path, columns.user, user_ids, line),
+                        id_strings(path, columns.item, item_ids, line),
                         numeric_column(path, present["rating"], rb.column(present["rating"]), line_offset=line)
                         if present["rating"] else None, ts,
                         split_labels(path, present["split"], pa.chunked_array([rb.column(present["split"])]), line)
@@ -297,6 +300,10 @@ def open_log(path: str | Path, columns: ColumnMap = DEFAULT_COLUMNS, features: t
     present = {"rating": optional_column(inputs[0], names, columns.rating, defaults.rating, "--col-rating"),
                "timestamp": optional_column(inputs[0], names, columns.timestamp, defaults.timestamp, "--col-timestamp"),
                "split": optional_column(inputs[0], names, columns.split, None, "--col-split")}
+    for parquet in (f for f in inputs if is_parquet(f)):  # a list, binary or boolean column: one line, up front
+        check_column_types(parquet, pq.ParquetFile(parquet).schema_arrow, {columns.user: "id", columns.item: "id",
+                           **{present[k]: role for k, role in (("rating", "number"), ("timestamp", "timestamp"),
+                                                                ("split", "split"))}})
     npys = [f for f in features if f.path.suffix.lower() == ".npy"]
     users, user_counts = pa.array([], pa.string()), np.zeros(0, np.int64)
     items = pa.array([], pa.string())

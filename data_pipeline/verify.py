@@ -16,6 +16,10 @@ Two depths:
   accounting are always checked, and remote hashes are never cached (object stores give
   mtimes to the second, so a same-size rewrite could pass for the cached file).
 
+The cache cannot see a change that keeps size and mtime (bit rot, `cp -p`, a restored
+backup): `PreparedDataset` therefore also checks every file's sha256 when it reads it
+(shards, id maps and degrees as read, features once per process before they are mapped).
+
 Every failure is one `DatasetDamaged` line: "dataset is damaged: <what, which file> —
 prepare it again (python jobs/prepare.py …)".
 """

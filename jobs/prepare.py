@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.errors import DataError
 from data_pipeline.item_fields import KINDS
+from data_pipeline.out_dir import check_replaceable
 from data_pipeline.protocol import SETTINGS, ProtocolConfig
 from data_pipeline.readers.registry import READERS, misuse
 from data_pipeline.shards import DEFAULT_ROWS_PER_SHARD
@@ -153,6 +154,8 @@ def main(argv=None) -> int:
 
     try:
         protocol = ProtocolConfig(args.min_rating, tuple(args.split_ratios), args.noise_ratio, args.natural_share)
+        if args.overwrite and args.out and READERS[args.source].read is not None:  # before a long read of the input
+            check_replaceable(args.out, [args.path] if args.path else [])
         if READERS[args.source].read is None:
             if protocol != ProtocolConfig() or args.rows_per_shard != DEFAULT_ROWS_PER_SHARD:
                 raise DataError("synthetic datasets use the default protocol and shard size; "

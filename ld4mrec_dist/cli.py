@@ -9,7 +9,7 @@ import sys
 
 from data_pipeline import storage
 from ld4mrec_dist.config import Config, ConfigError, config_to_yaml, load_config
-from ld4mrec_dist.run_dir import CONFIG_FILE, file_in
+from ld4mrec_dist.run_dir import CONFIG_FILE, check_saved_config, file_in
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -41,6 +41,7 @@ def config_for(config_path: str | Config | None, resume: str | None, overrides: 
         saved = file_in(resume, CONFIG_FILE)
         if not storage.is_file(saved):
             raise ConfigError(f"--resume {resume}: {saved} not found; is this a run directory?")
+        check_saved_config(resume)  # a bit flip in it would silently change the resumed run
         config_path = saved
     cfg = load_config(config_path, overrides)
     if resume:

@@ -8,6 +8,7 @@ and type-checked by OmegaConf; each dataclass validates itself in `__post_init__
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,22 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+SEED_LIMIT = 2**32  # numpy's legacy seeding takes 0 ≤ seed < 2**32
+
+
+def _check_seed(name: str, seed: int) -> None:
+    _check(0 <= seed < SEED_LIMIT, f"{name}={seed}: must be in [0, 2**32)")
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a run directory inside run.storage (None when it can): a name
+    is one path component, so the run can never land outside run.storage."""
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return ("a run name is one folder name inside run.storage: no '/' or '\\', not '.' or '..', "
+                "not an absolute path; e.g. run.name=ml1m-lr3e-4")
+    return None
+
+
 @dataclass
 class DataSection:
     path: str = ""
@@ -75,6 +92,7 @@ class DataSection:
                f"data.synthetic={self.synthetic!r}: choose one of {SYNTHETIC_SHAPES}")
         _check(self.setting in SETTINGS,
                f"data.setting={self.setting!r}: choose one of {SETTINGS}")
+        _check_seed("data.seed", self.seed)
 
 
 @dataclass
@@ -156,6 +174,9 @@ class ModelSection:
                f"model.collab_norm={self.collab_norm!r}: choose one of {COLLAB_NORMS}")
         _check(self.feature_norm in FEATURE_NORMS,
                f"model.feature_norm={self.feature_norm!r}: choose one of {FEATURE_NORMS}")
+        _check(math.isfinite(self.negative_slope),
+               f"model.negative_slope={self.negative_slope}: must be a finite number")
+        _check(math.isfinite(self.stage_slope), f"model.stage_slope={self.stage_slope}: must be a finite number")
 
 
 @dataclass
@@ -203,13 +224,19 @@ class TrainSection:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs={self.epochs}: must be ≥ 1")
         _check(self.batch_size >= 1, f"train.batch_size={self.batch_size}: must be ≥ 1")
-        _check(self.lr > 0, f"train.lr={self.lr}: must be > 0")
+        _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr={self.lr}: must be a finite number > 0")
         _check(self.lr_scaling in LR_SCALINGS,
                f"train.lr_scaling={self.lr_scaling!r}: choose one of {LR_SCALINGS}")
         _check(self.lr_reference_batch >= 1, f"train.lr_reference_batch={self.lr_reference_batch}: must be ≥ 1")
         _check(self.lr_warmup_steps >= 0, f"train.lr_warmup_steps={self.lr_warmup_steps}: must be ≥ 0")
         _check(self.eval_every >= 1, f"train.eval_every={self.eval_every}: must be ≥ 1")
         _check(self.patience >= 1, f"train.patience={self.patience}: must be ≥ 1")
+        _check(self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+               f"train.weight_decay={self.weight_decay}: must be a finite number ≥ 0 (0: no decay)")
+        _check(self.grad_clip >= 0 and math.isfinite(self.grad_clip),
+               f"train.grad_clip={self.grad_clip}: must be a finite number ≥ 0 (0: no clipping)")
+        _check_seed("train.seed", self.seed)
+        _check(self.fail_at_step >= -1, f"train.fail_at_step={self.fail_at_step}: must be ≥ -1 (-1: no fault)")
 
 
 @dataclass
@@ -231,6 +258,7 @@ class EvalSection:
         name, _, k = self.select_metric.partition("@")
         _check(name in RANKING_METRICS and k.isdigit() and int(k) in self.ks,
                f"eval.select_metric={self.select_metric!r}: use recall@K or ndcg@K with K in eval.ks")
+        _check(self.batch_size >= 1, f"eval.batch_size={self.batch_size}: must be ≥ 1")
 
 
 @dataclass
@@ -245,7 +273,8 @@ class ScalingSection:
     bf16: bool = True
     """bf16 autocast for C-Net on CUDA; ignored on CPU."""
     max_failures: int = 2
-    """Worker-group restarts from the latest checkpoint before the run fails."""
+    """Worker-group restarts from the latest checkpoint before the run fails (≥ 0; Ray's -1,
+    "retry for ever", is refused: a run that keeps failing must end)."""
     wait_for_resources_s: float = 0.0
     """0: the cluster must hold the workers' CPUs/GPUs when the run starts (checked before
     any worker starts). > 0: an autoscaling cluster may still add them; the worker group
@@ -271,10 +300,16 @@ class ScalingSection:
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 0, f"scaling.num_workers={self.num_workers}: must be ≥ 0")
-        _check(self.cpus_per_worker > 0, f"scaling.cpus_per_worker={self.cpus_per_worker}: must be > 0")
-        _check(self.wait_for_resources_s >= 0,
-               f"scaling.wait_for_resources_s={self.wait_for_resources_s}: must be ≥ 0")
-        _check(self.lost_node_wait_s >= 0, f"scaling.lost_node_wait_s={self.lost_node_wait_s}: must be ≥ 0")
+        _check(self.cpus_per_worker > 0 and math.isfinite(self.cpus_per_worker),
+               f"scaling.cpus_per_worker={self.cpus_per_worker}: must be a finite number > 0")
+        _check(self.max_failures >= 0,
+               f"scaling.max_failures={self.max_failures}: must be ≥ 0 (restarts before the run fails; there is "
+               "no unbounded setting, every start is bounded)")
+        _check(self.wait_for_resources_s >= 0 and math.isfinite(self.wait_for_resources_s),
+               f"scaling.wait_for_resources_s={self.wait_for_resources_s}: must be a finite number ≥ 0 "
+               "(a start never waits for ever)")
+        _check(self.lost_node_wait_s >= 0 and math.isfinite(self.lost_node_wait_s),
+               f"scaling.lost_node_wait_s={self.lost_node_wait_s}: must be a finite number ≥ 0")
         _check(self.strategy in STRATEGIES,
                f"scaling.strategy={self.strategy!r}: choose one of {STRATEGIES}")
         _check(self.item_group >= 0, f"scaling.item_group={self.item_group}: must be ≥ 0 (0: all workers)")
@@ -292,6 +327,10 @@ class RunSection:
     """A run directory to resume from its latest checkpoint."""
     from_checkpoint: str = ""
     """With `resume`: the checkpoint directory name to resume from (default: the newest intact one)."""
+
+    def __post_init__(self) -> None:
+        problem = run_name_problem(self.name)
+        _check(problem is None, f"run.name={self.name!r}: {problem}")
 
 
 @dataclass

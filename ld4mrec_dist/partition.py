@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from data_pipeline.dataset import PreparedDataset
+from ld4mrec_dist.config import Config, ConfigError
 from ld4mrec_dist.rows import RowStore, rows_with_items, users_with_rows
 
 
@@ -26,6 +27,30 @@ def user_range(n_users: int, rank: int, world: int) -> range:
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} of world size {world}")
     return range(rank * n_users // world, (rank + 1) * n_users // world)
+
+
+def ranks_without_train_rows(train_users: np.ndarray, n_users: int, world: int) -> list[int]:
+    """The ranks of `world` whose user range holds none of `train_users` (sorted ids of the
+    users with ≥ 1 train item): such a rank would have nothing to train on."""
+    bounds = [(r.start, r.stop) for r in (user_range(n_users, rank, world) for rank in range(world))]
+    lo = np.searchsorted(train_users, [b[0] for b in bounds])
+    hi = np.searchsorted(train_users, [b[1] for b in bounds])
+    return [rank for rank in range(world) if hi[rank] == lo[rank]]
+
+
+def check_ranks_have_rows(ds: PreparedDataset, cfg: Config, world: int, strategy: str) -> None:
+    """ConfigError, before any worker starts, when a data-parallel rank of the run (`world`
+    ranks running `strategy`) would get no train rows: more ranks than users, or a block of
+    users without train items."""
+    data_world = world // (cfg.scaling.item_group or world) if strategy == "item_parallel" else world
+    train_users = ds.users_in("train")
+    empty = ranks_without_train_rows(train_users, ds.n_users, data_world)
+    if empty:
+        users = user_range(ds.n_users, empty[0], data_world)
+        owns = f"users {users.start}..{users.stop - 1}" if len(users) else "no user at all"
+        raise ConfigError(f"scaling.num_workers={cfg.scaling.num_workers}: {data_world} data-parallel rank(s), but "
+                          f"rank {empty[0]} ({owns}) would get no train rows: "
+                          f"{train_users.size} of the {ds.n_users} users of {ds.name} have any; use fewer workers")
 
 
 @dataclass

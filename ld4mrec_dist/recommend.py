@@ -20,7 +20,7 @@ from ld4mrec_dist.config import Config, config_from_dict
 from ld4mrec_dist.eval.metrics import mask_items
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.rows import to_dense, to_torch_csr, users_with_rows
-from ld4mrec_dist.run_dir import BEST_MODEL_FILE
+from ld4mrec_dist.run_dir import BEST_MODEL_FILE, read_vouched
 from ld4mrec_dist.train.checkpoint import CheckpointError, load_state_bytes
 
 
@@ -65,7 +65,7 @@ def load_best_model(run_dir: str | Path, dataset: str | None = None,
     path = storage.join(run_dir, BEST_MODEL_FILE)
     if not storage.is_file(path):
         raise CheckpointError(f"{path} not found: the run has not finished an evaluation yet")
-    saved = load_state_bytes(storage.read_bytes(path), path)
+    saved = load_state_bytes(read_vouched(run_dir, BEST_MODEL_FILE), path)
     cfg = config_from_dict(saved["config"])
     ds = run_dataset(cfg, dataset)
     if ds.manifest_sha256 != saved["manifest_sha256"]:

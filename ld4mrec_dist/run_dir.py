@@ -4,9 +4,12 @@ A run directory is a local folder or an object-store URI (`RunDir`). Ray Train a
 `checkpoint_*` folders beside these files (their inside belongs to `train/checkpoint.py`).
 
     config.yaml          the run's full configuration (`--resume` reads it back)
+    config.yaml.sha256   its checksum, written after it
     item_factors.npy     V_k [I, K] of the train matrix, fitted once by the driver
+    item_factors.npy.sha256   its checksum (`sha256sum -c` format), written after it
     metrics.jsonl        one row per evaluation, rewritten whole (object stores cannot append)
     best_model.pt        the best valid epoch's weights and what scoring needs
+    best_model.pt.sha256 its checksum, written after it
     final_metrics.json   best epoch, its valid/test metrics, wall time (written at the end)
     curves.png           loss and valid/test curves
     workers.json         where each rank of the latest worker group runs (node id, IP, pid)
@@ -15,10 +18,16 @@ A run directory is a local folder or an object-store URI (`RunDir`). Ray Train a
 
 It also says where a run's directory and dataset are: `resolve_run_dir`, `resolve_dataset`,
 and, inside `ray job submit --working-dir`, where relative paths land (`anchor_job_paths`).
+
+The files that are read back (item_factors.npy by every worker, best_model.pt by
+`jobs/recommend.py`, config.yaml by `--resume`) are vouched for as checkpoints are: a `<file>.sha256` written after the
+file, and checked on every read, so a bit flip or a partial copy is refused naming the
+file instead of giving other factors or other recommendations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -30,6 +39,7 @@ import numpy as np
 
 from data_pipeline import storage
 from data_pipeline.dataset import PreparedDataset
+from data_pipeline.errors import DataError
 from ld4mrec_dist.config import Config
 
 CONFIG_FILE = "config.yaml"
@@ -42,12 +52,18 @@ WORKERS_FILE = "workers.json"
 LOG_FILE = "run.log"
 FAULT_MARKER = ".fault_injected"
 
+CHECKSUM_SUFFIX = ".sha256"
+
 RunDir = Path | str  # a local directory, or an object-store URI string
 
 # Ray's temporary copy of `ray job submit --working-dir`: relative paths would land there.
 RAY_JOB_WORKING_DIR_MARK = "runtime_resources/working_dir_files/_ray_pkg_"
 HOME_ENV = "LD4MREC_HOME"
 DEFAULT_HOME = "~/ld4mrec"
+
+
+class ArtefactDamaged(DataError):
+    """A file the run wrote no longer matches its checksum (or has none); names the file."""
 
 
 def run_location(location: str) -> RunDir:
@@ -60,14 +76,52 @@ def file_in(run_dir: RunDir, name: str) -> str:
     return storage.join(run_dir, name)
 
 
+def write_vouched(run_dir: RunDir, name: str, data: bytes) -> None:
+    """`name` (atomically), then `name.sha256` vouching for it: a reader never sees a
+    checksum for a file that is not all there."""
+    storage.write_bytes(file_in(run_dir, name), data)
+    storage.write_text(file_in(run_dir, name + CHECKSUM_SUFFIX), f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+
+
+def read_vouched(run_dir: RunDir, name: str) -> bytes:
+    """The bytes of `name`, once its `.sha256` vouches for them; ArtefactDamaged naming the file otherwise."""
+    path = file_in(run_dir, name)
+    if not storage.is_file(path + CHECKSUM_SUFFIX):
+        raise ArtefactDamaged(
+            f"{path} has no {name}{CHECKSUM_SUFFIX} beside it (written by a version before checksums, or its "
+            f"write was cut short), so nothing vouches for it; train again, or if you trust the file, record its "
+            f"checksum: cd {storage.parent_of(path)} && sha256sum {name} > {name}{CHECKSUM_SUFFIX}")
+    data = storage.read_bytes(path)
+    if not _vouched_for(path, data):
+        raise ArtefactDamaged(f"{path} is damaged: its sha256 differs from {name}{CHECKSUM_SUFFIX} (changed since "
+                              "the run wrote it: bit rot, a partial copy or an edit); train again")
+    return data
+
+
+def check_saved_config(run_dir: RunDir) -> None:
+    """config.yaml is what a resume starts from: ArtefactDamaged when it differs from what the
+    run wrote. One without a checksum (a run from before checksums) is taken as it is."""
+    path = file_in(run_dir, CONFIG_FILE)
+    if storage.is_file(path + CHECKSUM_SUFFIX) and not _vouched_for(path, storage.read_bytes(path)):
+        raise ArtefactDamaged(
+            f"{path} differs from what the run wrote ({CONFIG_FILE}{CHECKSUM_SUFFIX}): restore it and pass changes "
+            f"as overrides (--resume {run_dir} train.epochs=…); if you edited it on purpose, delete "
+            f"{CONFIG_FILE}{CHECKSUM_SUFFIX}")
+
+
+def _vouched_for(path: str, data: bytes) -> bool:
+    """Whether `data` (the bytes of `path`) match the digest in `path.sha256`."""
+    expected = (storage.read_text(path + CHECKSUM_SUFFIX).split() or [""])[0]
+    return hashlib.sha256(data).hexdigest() == expected
+
+
 def read_item_factors(run_dir: RunDir) -> np.ndarray:
-    """float32 [I, K]: the V_k the driver wrote."""
-    return np.load(io.BytesIO(storage.read_bytes(file_in(run_dir, ITEM_FACTORS_FILE))))
+    """float32 [I, K]: the V_k the driver wrote (checksum verified)."""
+    return np.load(io.BytesIO(read_vouched(run_dir, ITEM_FACTORS_FILE)))
 
 
 def write_item_factors(run_dir: RunDir, v_IK: np.ndarray) -> None:
-    storage.write_bytes(file_in(run_dir, ITEM_FACTORS_FILE),
-                        storage.bytes_of_npy(np.ascontiguousarray(v_IK, dtype=np.float32)))
+    write_vouched(run_dir, ITEM_FACTORS_FILE, storage.bytes_of_npy(np.ascontiguousarray(v_IK, dtype=np.float32)))
 
 
 def rewrite_metrics(run_dir: RunDir, history: list[dict[str, Any]]) -> None:

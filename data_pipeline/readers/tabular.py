@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -89,8 +90,10 @@ def read_tabular(path: str | Path, columns: ColumnMap = ColumnMap(), features: t
     rating_col = optional_column(path, names, columns.rating, defaults.rating, "--col-rating")
     ts_col = optional_column(path, names, columns.timestamp, defaults.timestamp, "--col-timestamp")
     split_col = optional_column(path, names, columns.split, None, "--col-split")
-    users = string_column(path, columns.user, table.column(columns.user), off)
-    items_raw = string_column(path, columns.item, table.column(columns.item), off)
+    check_column_types(path, table.schema, {columns.user: "id", columns.item: "id", rating_col: "number",
+                                     ts_col: "timestamp", split_col: "split"})
+    users = string_column(path, columns.user, integral_ids(path, columns.user, table.column(columns.user)), off)
+    items_raw = string_column(path, columns.item, integral_ids(path, columns.item, table.column(columns.item)), off)
     if users.size == 0:
         raise DataError(f"{path}: holds no interactions")
     rating = numeric_column(path, rating_col, table.column(rating_col), line_offset=off) if rating_col else None
@@ -100,6 +103,49 @@ def read_tabular(path: str | Path, columns: ColumnMap = ColumnMap(), features: t
     return Source(name=name or path.stem, format="parquet" if off == 0 else "csv", user_raw=users, item_N=item_N,
                   item_ids=item_ids, rating=rating, timestamp=ts, split=split, features=feats,
                   files=[path] + [f.path for f in features])
+
+
+# What a Parquet column may hold, by role: (predicate over its Arrow type, what to tell the user).
+_TEXT = (pa.types.is_string, pa.types.is_large_string)
+ACCEPTED_TYPES = {
+    "id": ((*_TEXT, pa.types.is_integer, pa.types.is_floating), "text (string) or integer ids"),
+    "number": ((*_TEXT, pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal), "numbers"),
+    "timestamp": ((*_TEXT, pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_timestamp,
+                   pa.types.is_date), "Unix seconds, a Parquet timestamp or date, or ISO-8601 text"),
+    "split": ((*_TEXT, pa.types.is_integer), "train/valid/test text or 0/1/2 integers"),
+}
+
+
+IdColumn = TypeVar("IdColumn", pa.Array, pa.ChunkedArray)
+
+
+def check_column_types(path: Path, schema: pa.Schema, roles: dict[str | None, str]) -> None:
+    """DataError naming the first used column whose Arrow type cannot hold its role (a list,
+    binary, boolean, struct, ...), and the type expected; dictionary columns count as their values."""
+    for column, role in roles.items():
+        if column is None:
+            continue
+        found = schema.field(column).type
+        values = found.value_type if pa.types.is_dictionary(found) else found
+        accepted, expected = ACCEPTED_TYPES[role]
+        if not any(ok(values) for ok in accepted):
+            raise DataError(f"{path}: column {column!r} holds {found}; expected {expected}")
+
+
+def integral_ids(path: Path, column: str, col: IdColumn, first_row: int = 0) -> IdColumn:
+    """Float ids (as pandas writes integer ids next to a missing value) as integers; DataError at
+    the first that is not a whole number (0.5 would otherwise become one more user or item).
+    `first_row`: the Parquet row of `col[0]`, for the message."""
+    if not pa.types.is_floating(col.type) or col.null_count:
+        return col  # nulls: `string_column` names the empty id
+    values = col.to_numpy()
+    bad = ~np.isfinite(values) | (values != np.floor(values))
+    if bad.any():
+        row = first_row + int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: column {column!r}, row {row}: id {float(values[row - first_row])!r} is not a "
+                        "whole number; expected text (string) or integer ids")
+    ints = pa.array(values.astype(np.int64))
+    return pa.chunked_array([ints]) if isinstance(col, pa.ChunkedArray) else ints
 
 
 TIMESTAMP_FORMATS = "Unix seconds (e.g. 1709296200) or ISO-8601 (e.g. 2024-03-01T12:30:00Z, 2024-03-01)"

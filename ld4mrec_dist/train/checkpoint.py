@@ -50,15 +50,17 @@ def quiet_report_logs() -> None:
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    torch.save(state, d / STATE_FILE)
+    # Serialised in memory, then written by `storage`: a full disk is one line naming the
+    # file and the space (torch.save's own error names neither), and no partial file stays.
+    data = state_bytes(state)
+    storage.write_bytes(d / STATE_FILE, data)
     meta = {
         "format_version": FORMAT_VERSION,
-        "sha256": storage.file_sha256(d / STATE_FILE),
+        "sha256": hashlib.sha256(data).hexdigest(),
         "epoch": int(state.get("epoch", -1)),
         "manifest_sha256": state.get("manifest_sha256", ""),
     }
-    (d / META_FILE).write_text(json.dumps(meta, indent=2))
+    storage.write_text(d / META_FILE, json.dumps(meta, indent=2))
     return d
 
 

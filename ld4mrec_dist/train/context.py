@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from data_pipeline import storage
 from ld4mrec_dist import dist
 from ld4mrec_dist.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -65,7 +67,21 @@ class RayTrainWorker:
             return
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(tmp, checkpoint())
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            try:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            except OSError as err:  # Ray copying it into run.storage: a full or read-only disk is one line
+                size = sum(p.stat().st_size for p in Path(tmp).iterdir())
+                raise storage.disk_error(f"{run_storage()}/checkpoint_…", err, size) or err from None
+
+
+def run_storage() -> str:
+    """The run directory Ray Train writes this run's checkpoints into (for messages)."""
+    import ray.train
+
+    try:
+        return str(ray.train.get_context().get_storage().experiment_fs_path)
+    except Exception:  # noqa: BLE001 - a message detail only: another Ray version may lack it
+        return "the run directory"
 
 
 WorkerContext = InProcessWorker | RayTrainWorker

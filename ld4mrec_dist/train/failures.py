@@ -66,6 +66,11 @@ def failure_message(err: Exception, cfg: Config, run_dir: RunDir) -> str:
                 f"({cause.missing}) and none came back within {cfg.scaling.lost_node_wait_s:g}s "
                 "(scaling.lost_node_wait_s)")
         return f"training failed: {what}; {kept_and_next(run_dir, 'once the cluster has the nodes again ')}"
+    from ld4mrec_dist.train.failure_policy import disk_failure
+
+    disk = disk_failure(err)
+    if disk is not None:
+        return f"training failed: {first_line(disk)} (a disk error: not retried, a restart would fail the same way)"
     if hasattr(err, "worker_failures"):
         what = attempt_blame(*failures_of(err.worker_failures or {}), run_dir).line()
     else:

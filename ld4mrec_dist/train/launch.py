@@ -103,10 +103,11 @@ def init_ray() -> None:
 def make_torch_trainer(cfg: Config, run_dir: RunDir, worker: WorkerInput, callbacks: list[Any] | None = None) -> Any:
     """The TorchTrainer of a run: its workers, checkpoints, failure policy and train shards."""
     import ray
-    from ray.train.torch import TorchTrainer
 
     # The V2 classes that `ray.train` exports at run time (its static types are V1's).
     from ray.train.v2.api.config import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+
+    from ld4mrec_dist.train.failure_policy import LD4MRecTorchTrainer
 
     for key, value in RAY_TRAIN_FAST_ENV.items():
         os.environ.setdefault(key, value)  # a local Ray started below inherits them
@@ -117,7 +118,7 @@ def make_torch_trainer(cfg: Config, run_dir: RunDir, worker: WorkerInput, callba
         init_ray()
     check_cluster_fits(cfg)
     select = f"valid/{cfg.eval.select_metric}"
-    return TorchTrainer(
+    return LD4MRecTorchTrainer(  # TorchTrainer, but a disk error is not retried
         train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config=worker.as_dict(),
         scaling_config=ScalingConfig(num_workers=rank_count(cfg), use_gpu=cfg.scaling.use_gpu,

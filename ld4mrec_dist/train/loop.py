@@ -26,7 +26,7 @@ from ld4mrec_dist.eval.evaluator import EvalData, eval_data, evaluate_ranking
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.partition import read_rank_rows
 from ld4mrec_dist.rows import RowStore, epoch_order, torch_minibatches
-from ld4mrec_dist.run_dir import BEST_MODEL_FILE, file_in, read_item_factors, rewrite_metrics
+from ld4mrec_dist.run_dir import BEST_MODEL_FILE, read_item_factors, rewrite_metrics, write_vouched
 from ld4mrec_dist.sampler import SamplerHistory
 from ld4mrec_dist.timing import PieceTimer
 from ld4mrec_dist.tracking import Tracker
@@ -227,7 +227,7 @@ def report(run: Run, row: dict[str, Any], improved: bool) -> None:
         rewrite_metrics(run.run_dir, run.state.history)  # whole-file writes: object stores cannot append
         if improved:
             best = best_model_state(full, run.model, run.cfg, run.manifest_sha256, row)
-            storage.write_bytes(file_in(run.run_dir, BEST_MODEL_FILE), state_bytes(best))
+            write_vouched(run.run_dir, BEST_MODEL_FILE, state_bytes(best))
     run.worker.report(row, lambda: checkpoint_state(full, run.model, run.sampler, run.state, run.cfg,
                                                     run.manifest_sha256))
 

@@ -22,6 +22,7 @@ from ld4mrec_dist.config import Config, config_to_dict, config_to_yaml, load_con
 from ld4mrec_dist.console import config_line, progress_mode, quiet_ray_console
 from ld4mrec_dist.encoders import svd_item_factors
 from ld4mrec_dist.model import select_modalities
+from ld4mrec_dist.partition import check_ranks_have_rows
 from ld4mrec_dist.report import format_table, modality_lines, plot_training_curves, read_metrics
 from ld4mrec_dist.run_dir import (
     CONFIG_FILE,
@@ -33,9 +34,11 @@ from ld4mrec_dist.run_dir import (
     anchor_job_paths,
     file_in,
     job_path_help,
+    read_item_factors,
     resolve_dataset,
     resolve_run_dir,
     write_item_factors,
+    write_vouched,
 )
 from ld4mrec_dist.scaling_model import describe_choice, resolve_strategy
 from ld4mrec_dist.train import launch
@@ -100,9 +103,11 @@ def prepare_run(cfg: Config) -> PreparedRun:
         if cfg.data.path == given_data_path:
             raise
         raise DataError(job_path_help("data.path", given_data_path, cfg.data.path, str(err))) from None
+    strategy, _ = resolve_strategy(cfg, ds.n_items, rank_count(cfg), ds.feature_dims)
+    check_ranks_have_rows(ds, cfg, rank_count(cfg), strategy)  # before a run directory or any worker
     run_dir = resolve_run_dir(cfg, ds)
     resume_from = check_resumable(run_dir, cfg, ds).path if cfg.run.resume else ""
-    storage.write_text(file_in(run_dir, CONFIG_FILE), config_to_yaml(cfg))
+    write_vouched(run_dir, CONFIG_FILE, config_to_yaml(cfg).encode())
     item_factors_for_run(ds, cfg, run_dir)
     print(f"[ld4mrec] dataset {ds.location} ({ds.n_users} users × {ds.n_items} items, "
           f"modalities {ds.modalities}); run directory {run_dir}", flush=True)
@@ -110,7 +115,6 @@ def prepare_run(cfg: Config) -> PreparedRun:
                                    cfg.model.ablation)), flush=True)
     print(tracking.startup_line(run_dir), flush=True)
     print(describe_choice(cfg, ds.n_items, rank_count(cfg), ds.feature_dims), flush=True)
-    strategy, _ = resolve_strategy(cfg, ds.n_items, rank_count(cfg), ds.feature_dims)
     worker = WorkerInput(config_to_dict(cfg), ds.location, str(run_dir), strategy, resume_from, progress_mode())
     return PreparedRun(ds, run_dir, worker)
 
@@ -144,6 +148,7 @@ def item_factors_for_run(ds: PreparedDataset, cfg: Config, run_dir: RunDir) -> N
     """V_k of the train matrix, fitted once per run in the driver and shared by file."""
     path = file_in(run_dir, ITEM_FACTORS_FILE)
     if storage.exists(path):
+        read_item_factors(run_dir)  # a resume: verified here, before any worker reads it
         return
     t0 = time.perf_counter()
     v_IK = svd_item_factors(ds.split_csr("train"), cfg.model.svd_rank, cfg.train.seed)

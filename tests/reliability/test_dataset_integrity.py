@@ -8,6 +8,7 @@ check), plus the hash cache that spares a restart from rehashing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -113,10 +114,10 @@ def test_feature_file_replaced_by_a_narrower_one(ds):
     with pytest.raises(DataError) as err:
         open_dataset(ds, verify="full")
     assert_damaged(err, "features/image.npy holds float32 [60, 4], the manifest declares [n_items=60, dim=16]")
-    # Even opened unchecked, the memory-mapped features are compared with the manifest.
+    # Even opened unchecked, the features are hashed when they are loaded.
     with pytest.raises(DataError) as err:
         open_dataset(ds, verify="none").feature("image")
-    assert_damaged(err, "features/image.npy holds [60, 4]")
+    assert_damaged(err, "features/image.npy does not match its sha256")
 
 
 def test_shard_entry_removed_from_the_manifest(ds):
@@ -198,6 +199,78 @@ def test_hashes_are_cached_by_size_and_mtime(ds):
     assert_damaged(err, "valid/part-00000.parquet does not match its sha256")
 
 
+def restore_mtime(path: Path, before: os.stat_result) -> None:
+    """Give `path` back its old mtime, as `cp -p`, a restored backup or bit rot leave it."""
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_bit_rot_behind_a_cached_hash_is_caught_when_the_shard_is_read(ds, tmp_path):
+    from ld4mrec_dist.config import load_config
+    from ld4mrec_dist.train.trainer import prepare_run
+
+    verify_dataset(ds, full=True)  # the cache now vouches for every file by (size, mtime)
+    shard = ds / "train" / "part-00000.parquet"
+    before = shard.stat()
+    flip_keeping_parquet_valid(shard)  # other rows, same size
+    restore_mtime(shard, before)
+    assert verify_dataset(ds, full=True).hashed_files == 0  # the cache cannot see it
+    opened = open_dataset(ds, verify="full")
+    with pytest.raises(DataError) as err:
+        opened.split_rows("train", range(0, 30))  # a rank reading its users
+    assert_damaged(err, "train/part-00000.parquet does not match its sha256")
+    with pytest.raises(DataError) as err:
+        opened.split_csr("train")  # the driver's SVD input
+    assert_damaged(err, "train/part-00000.parquet does not match its sha256")
+    assert opened.split_rows("train", range(90, 100)).shape == (10, 60)  # a rank that never reads it
+    cfg = load_config(overrides=[f"data.path={ds}", f"run.storage={tmp_path / 'runs'}", "scaling.num_workers=0"])
+    with pytest.raises(DataError) as err:
+        prepare_run(cfg)  # the training driver stops before any run directory or worker
+    assert_damaged(err, "train/part-00000.parquet does not match its sha256")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_nan_written_into_a_cached_feature_file_is_named_when_it_is_loaded(ds):
+    verify_dataset(ds, full=True)
+    text = ds / "features" / "text.npy"
+    before = text.stat()
+    rows = np.load(text)
+    rows[3, 2] = np.nan
+    np.save(text, rows)  # same header, same size
+    restore_mtime(text, before)
+    opened = open_dataset(ds, verify="full")  # sizes, shapes and the cached hashes all pass
+    with pytest.raises(DataError) as err:
+        opened.feature("text")  # what the model builder calls: never a "non-finite loss" later
+    assert_damaged(err, "features/text.npy does not match its sha256")
+    assert opened.feature("image").shape == (60, 16)
+
+
+def test_datasets_prepared_before_sizes_were_recorded_are_checked_on_read_too(ds):
+    """Every manifest lists each file's sha256, so older datasets need no new field."""
+    manifest = manifest_of(ds)
+    for entries in manifest["files"]["splits"].values():
+        for entry in entries:
+            del entry["bytes"]
+    rewrite_manifest(ds, manifest)
+    opened = open_dataset(ds)
+    assert opened.split_csr("train").nnz > 0
+    flip_keeping_parquet_valid(ds / "test" / "part-00001.parquet")
+    with pytest.raises(DataError) as err:
+        opened.split_csr("test")
+    assert_damaged(err, "test/part-00001.parquet does not match its sha256")
+
+
+def test_damaged_id_map_and_item_degrees_are_refused_when_read(ds):
+    opened = open_dataset(ds, verify="none")
+    flip_byte(ds / "item_degree.npy", 200)
+    with pytest.raises(DataError) as err:
+        _ = opened.item_degree
+    assert_damaged(err, "item_degree.npy does not match its sha256")
+    flip_keeping_parquet_valid(ds / "id_maps" / "items.parquet")
+    with pytest.raises(DataError) as err:
+        _ = opened.item_ids
+    assert_damaged(err, "id_maps/items.parquet does not match its sha256")
+
+
 def test_hash_cache_falls_back_to_the_user_cache(ds, tmp_path, monkeypatch):
     (ds / CACHE_FILE).mkdir()  # the dataset folder cannot take the cache file
     monkeypatch.setattr(verify, "USER_CACHE", str(tmp_path / "user-cache"))
@@ -248,3 +321,23 @@ def test_dataset_on_object_storage(pristine, s3_bucket):
     with pytest.raises(DataError) as err:
         open_dataset(uri)
     assert_damaged(err, "train/part-00001.parquet is 100 bytes")
+
+
+def test_a_damaged_download_of_remote_features_is_fetched_again(pristine, s3_bucket, tmp_path, monkeypatch):
+    from data_pipeline import dataset, storage
+
+    monkeypatch.setattr(dataset, "FEATURE_CACHE", str(tmp_path / "feature-cache"))
+    uri = f"s3://{s3_bucket}/refetch/tiny-clean"
+    storage.upload_tree(pristine, uri, last="manifest.json")
+    expected = np.load(pristine / "features" / "text.npy")
+    assert np.array_equal(open_dataset(uri).feature("text"), expected)
+    cached = next((tmp_path / "feature-cache").rglob("text.npy"))
+    flip_byte(cached, 200)  # the local copy rots, the object store holds the good one
+    assert np.array_equal(open_dataset(uri).feature("text"), expected)
+    data = bytearray(storage.read_bytes(f"{uri}/features/text.npy"))
+    data[200] ^= 0x01
+    storage.write_bytes(f"{uri}/features/text.npy", bytes(data))  # now the source itself is damaged
+    flip_byte(cached, 300)
+    with pytest.raises(DataError) as err:
+        open_dataset(uri).feature("text")
+    assert_damaged(err, "features/text.npy (its local copy")

@@ -1,6 +1,7 @@
 """The job scripts end every failure in one line that says what to do next: a run that
 used up its restarts, Ctrl-C (exit 130), recommend.py's bad run dir / moved dataset /
-missing CUDA, and relative paths inside a Ray job's temporary working directory.
+missing CUDA or a damaged model, and relative paths inside a Ray job's temporary working
+directory.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from data_pipeline.prepare import prepare_synthetic
 from ld4mrec_dist.config import load_config
-from ld4mrec_dist.run_dir import anchored_path
+from ld4mrec_dist.run_dir import ArtefactDamaged, anchored_path
 from ld4mrec_dist.train import failures, launch
 from ld4mrec_dist.train.checkpoint import save_checkpoint
 
@@ -202,3 +203,65 @@ def test_relative_paths_in_a_ray_job_land_in_a_persistent_place(job, tiny_settin
     assert f"run.storage=runs → {home / 'runs'}" in capsys.readouterr().out
     # --resume with a relative path resolves to the same place.
     assert anchored_path("runs/r") == str(home / "runs" / "r")
+
+
+# ---------------------------------------------------------------- files a run reads back
+# best_model.pt and item_factors.npy are vouched for by a `.sha256` written after them: a bit
+# flip is refused naming the file, never scored.
+
+
+@pytest.fixture
+def run(trained, tmp_path) -> Path:
+    """A private copy of the trained run directory."""
+    return Path(shutil.copytree(trained[0], tmp_path / "r"))
+
+
+def flip_bit(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_recommend_refuses_a_bit_flipped_model_naming_the_file(job, run, tmp_path, capsys):
+    assert job("recommend").main([str(run), "--out", str(tmp_path / "ok.parquet")]) == 0
+    model = run / "best_model.pt"
+    flip_bit(model, model.stat().st_size // 2)  # inside a weight tensor: torch.load would accept it
+    capsys.readouterr()
+    assert job("recommend").main([str(run), "--out", str(tmp_path / "bad.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{model} is damaged: its sha256 differs from best_model.pt.sha256" in err
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_a_model_without_its_checksum_says_why_and_how_to_vouch_for_it(job, run, tmp_path, capsys):
+    (run / "best_model.pt.sha256").unlink()  # a run written before checksums
+    assert job("recommend").main([str(run), "--out", str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "has no best_model.pt.sha256 beside it" in err and "sha256sum best_model.pt > best_model.pt.sha256" in err
+    # The documented way to vouch for a trusted file works.
+    import hashlib
+
+    digest = hashlib.sha256((run / "best_model.pt").read_bytes()).hexdigest()
+    (run / "best_model.pt.sha256").write_text(f"{digest}  best_model.pt\n")
+    assert job("recommend").main([str(run), "--out", str(tmp_path / "x.parquet")]) == 0
+
+
+def test_damaged_item_factors_stop_a_resume_in_the_driver(run):
+    from ld4mrec_dist.config import load_config
+    from ld4mrec_dist.train.trainer import item_factors_for_run
+
+    flip_bit(run / "item_factors.npy", 300)
+    with pytest.raises(ArtefactDamaged, match="item_factors.npy is damaged"):
+        item_factors_for_run(None, load_config(), run)  # type: ignore[arg-type]  # no dataset needed: it exists
+
+
+def test_resume_refuses_a_config_yaml_that_differs_from_what_the_run_wrote(job, run, capsys):
+    saved = run / "config.yaml"
+    saved.write_text(saved.read_text().replace("lr: 0.001", "lr: 0.0011"))  # one changed digit
+    assert job("train").main(["--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{saved} differs from what the run wrote (config.yaml.sha256)" in err
+    assert "pass changes as overrides" in err
+    (run / "config.yaml.sha256").unlink()  # a run from before checksums: taken as it is, and so refused later
+    assert job("train").main(["--resume", str(run)]) == 2
+    assert "trained in-process" in capsys.readouterr().err
