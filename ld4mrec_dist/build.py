@@ -93,5 +93,7 @@ def build_optimizers(model: LD4MRec, cfg: Config,
 
 def item_factors_of(model: LD4MRec) -> torch.Tensor:
     """V_k as scoring needs it again (the no_bd ablation has none: an empty tensor)."""
+    if model.item_range is not None:
+        raise ValueError("an item-sharded model holds a slice of V_k: parallel.conditions.gathered_item_factors")
     factors = getattr(model, "item_factors", None)
     return torch.zeros(0, 0) if factors is None else factors.detach().cpu()

@@ -59,8 +59,10 @@ def scaled_input(x_BI: Tensor, norm: str) -> Tensor:
     raise ValueError(f"input_norm={norm!r}: choose none or l2")
 
 
-def _linear(n_in: int, n_out: int) -> nn.Linear:
-    layer = nn.Linear(n_in, n_out)
+def _linear(n_in: int, n_out: int, device: torch.device | str | None = None) -> nn.Linear:
+    """Xavier-normal weight, zero bias. On the meta device nothing is allocated nor drawn
+    (the item layers of an item-sharded C-Net: `parallel.build` initialises their slices)."""
+    layer = nn.Linear(n_in, n_out, device=device)
     nn.init.xavier_normal_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
@@ -157,16 +159,19 @@ class CNet(nn.Module):
 
     def __init__(self, n_items: int, hidden: int, svd_rank: int, feat_dims: Sequence[int],
                  ablation: str = "none", negative_slope: float = 0.2, dropout: float = 0.0,
-                 input_norm: str = "none", stage_slope: float | None = None):
+                 input_norm: str = "none", stage_slope: float | None = None,
+                 item_device: torch.device | str | None = None):
         super().__init__()
         self.ablation, self.dropout, self.input_norm = ablation, dropout, input_norm
-        self.fc_in = _linear(n_items, hidden)
+        # item_device="meta": FC_in / FC_out (the |I|-sized layers) are built without storage
+        # and draw nothing from the RNG; `parallel.build` gives each rank its slice.
+        self.fc_in = _linear(n_items, hidden, item_device)
         self.denoise = TimeConcatBlock(hidden) if ablation == "no_bd" else BDBlock(hidden, svd_rank)
         if ablation == "no_bg":
             self.generate: nn.Module = BDBlock(hidden, svd_rank)
         else:
             self.generate = BGBlock(feat_dims, hidden, negative_slope, stage_slope)
-        self.fc_out = _linear(hidden, n_items)
+        self.fc_out = _linear(hidden, n_items, item_device)
 
     @property
     def uses_collaborative(self) -> bool:

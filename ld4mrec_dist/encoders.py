@@ -79,7 +79,12 @@ def collaborative_signal(rows_BI: Tensor, v_Ik: Tensor, norm: str = "none") -> T
     so that its size does not grow with the history length; unit, c_u / ‖c_u‖₂.
     A user without clicks keeps c_u = 0 in every case."""
     csr = as_csr(rows_BI)
-    c_Bk = torch.sparse.mm(csr, v_Ik.float())
+    return scaled_collaborative(torch.sparse.mm(csr, v_Ik.float()), csr, norm)
+
+
+def scaled_collaborative(c_Bk: Tensor, rows_BI: Tensor, norm: str) -> Tensor:
+    """r_u V_k [B, k] scaled per `norm` (`collaborative_signal`); `rows_BI`: the whole rows."""
+    csr = as_csr(rows_BI)
     if norm == "none":
         return c_Bk
     if norm == "history":
@@ -104,22 +109,43 @@ def row_l2_norms(rows_BI: Tensor) -> Tensor:
     return sq_B.sqrt()
 
 
-def normalized_rows(rows_BI: Tensor, item_degree_I: Tensor) -> Tensor:
+def normalized_rows(rows_BI: Tensor, item_degree_I: Tensor, row_degree_B: Tensor | None = None) -> Tensor:
     """The CSR rows reweighted to r_ui / √(|N_u|·|N_i|) (Eq. 14's weights), float32.
 
-    |N_u| counts the non-zero entries of the row, |N_i| is the item's train degree. A
+    |N_u| counts the non-zero entries of the row (`row_degree_B` when given: the rows are
+    then a column block of longer rows, `row_degrees` of the whole ones), |N_i| is the
+    item's train degree (`item_degree_I` indexed by the rows' columns). A
     degree of 0 is read as 1: a user without clicks gets e_u = 0, and an item with train
     degree 0 (possible only if a row holds an item absent from training) keeps a finite
     weight instead of dividing by zero.
     """
     csr = as_csr(rows_BI)
     crow_B1, col_Z, val_Z = csr.crow_indices(), csr.col_indices(), csr.values()
-    n_rows = csr.shape[0]
     row_Z = _row_of_entries(csr)
-    deg_B = torch.zeros(n_rows, device=val_Z.device).index_add_(0, row_Z, (val_Z != 0).float())
+    deg_B = row_degrees(csr) if row_degree_B is None else row_degree_B.to(val_Z.device)
     deg_I = item_degree_I.to(device=val_Z.device, dtype=torch.float32)
     w_Z = val_Z * deg_B.clamp_min(1.0).rsqrt()[row_Z] * deg_I.clamp_min(1.0).rsqrt()[col_Z]
     return torch.sparse_csr_tensor(crow_B1, col_Z, w_Z, size=csr.shape, check_invariants=False)
+
+
+def row_degrees(rows_BI: Tensor) -> Tensor:
+    """|N_u|: the non-zero entries of each CSR row, float32 [B]."""
+    csr = as_csr(rows_BI)
+    val_Z = csr.values()
+    return torch.zeros(csr.shape[0], device=val_Z.device).index_add_(0, _row_of_entries(csr), (val_Z != 0).float())
+
+
+def column_block(rows_BI: Tensor, lo: int, hi: int) -> Tensor:
+    """Columns [lo, hi) of CSR rows, as CSR rows [B, hi − lo] (column j is item lo + j):
+    what an item rank's slice of V_k and of the features multiplies."""
+    csr = as_csr(rows_BI)
+    col_Z, val_Z = csr.col_indices(), csr.values()
+    keep_Z = (col_Z >= lo) & (col_Z < hi)
+    kept_B = torch.zeros(csr.shape[0], dtype=torch.int64, device=val_Z.device).index_add_(
+        0, _row_of_entries(csr), keep_Z.long())
+    crow_B1 = torch.cat([kept_B.new_zeros(1), kept_B.cumsum(0)]).to(csr.crow_indices().dtype)
+    return torch.sparse_csr_tensor(crow_B1, (col_Z[keep_Z] - lo).to(col_Z.dtype), val_Z[keep_Z],
+                                   size=(csr.shape[0], hi - lo), check_invariants=False)
 
 
 FEATURE_CHUNK_ROWS = 65536
@@ -144,10 +170,15 @@ def feature_scaling(feat_IDm: Tensor, norm: str) -> dict[str, Tensor]:
         # cast: sum() of tensors is a tensor (its start value 0 is only added to the first).
         mean_D = cast(Tensor, sum(c.sum(dim=0) for c in chunks)) / max(n_items, 1)
         var_D = cast(Tensor, sum((c - mean_D).square().sum(dim=0) for c in chunks)) / max(n_items, 1)
-        std_D = var_D.sqrt()
-        inv_D = torch.where(std_D > 1e-8 * (1.0 + mean_D.abs()), 1.0 / std_D.clamp_min(1e-300), 0.0)
-        return {"mean": mean_D.float(), "inv_std": inv_D.float()}
+        return standardization(mean_D, var_D)
     raise ValueError(f"feature_norm={norm!r}: choose none, standardize or l2")
+
+
+def standardization(mean_D: Tensor, var_D: Tensor) -> dict[str, Tensor]:
+    """feature_norm=standardize's buffers from the population mean and variance (float64 in)."""
+    std_D = var_D.sqrt()
+    inv_D = torch.where(std_D > 1e-8 * (1.0 + mean_D.abs()), 1.0 / std_D.clamp_min(1e-300), 0.0)
+    return {"mean": mean_D.float(), "inv_std": inv_D.float()}
 
 
 def scaled_preference(weights_BI: Tensor, feat_IDm: Tensor, scaling: dict[str, Tensor]) -> Tensor:

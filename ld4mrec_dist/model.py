@@ -13,6 +13,11 @@ State: `state_dict` holds C-Net's parameters, `z_in.weight` and the small schedu
 `item_feature_<j>` [I, D_m] are non-persistent: rebuild the model from the dataset (and
 the SVD) before `load_state_dict`.
 
+Item-sharded (`item_range=(lo, hi)`, built by `parallel.build`): those buffers hold only the
+rows [lo, hi) of the catalogue, C-Net's FC_in / FC_out are built on the meta device (no
+storage) for `parallel.item.shard_items` to shard, and `conditions` is the per-slice
+partial sums plus the item group's all-reduce that `shard_items` installs.
+
 Precision: the encoders, the forward process, the time code and the loss always run in
 float32 with autocast disabled; only C-Net runs under the caller's autocast (e.g. bf16 on
 CUDA), and its output is cast back to float32 before the loss.
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -79,7 +84,8 @@ class LD4MRec(nn.Module):
     its width, not `model_cfg.svd_rank`, sets C-Net's collaborative input (the SVD may
     clamp the rank). `item_features` maps modality name -> [I, D_m]; `item_degree` [I]
     (train degrees) is required when a modality is used. The `no_bg` ablation uses no
-    modality (its features are not even stored).
+    modality (its features are not even stored). `item_range` (lo, hi): the data-derived
+    buffers are the catalogue's rows [lo, hi) only (module docstring).
 
     z_in is an `nn.Embedding(n_users or 1, D, sparse=True)`, initialised to the sinusoidal
     code of t = 0 (the paper reads t_in as approximately t_0); its gradient is sparse (the
@@ -92,10 +98,14 @@ class LD4MRec(nn.Module):
 
     def __init__(self, model_cfg: ModelSection, diffusion_cfg: DiffusionSection, n_users: int, n_items: int,
                  item_factors: Tensor | None = None, item_features: Mapping[str, Tensor] | None = None,
-                 item_degree: Tensor | None = None):
+                 item_degree: Tensor | None = None, item_range: tuple[int, int] | None = None):
         super().__init__()
         self.model_cfg, self.diffusion_cfg = model_cfg, diffusion_cfg
         self.n_users, self.n_items, self.hidden = n_users, n_items, model_cfg.hidden
+        self.item_range = item_range
+        # Installed by `parallel.item.shard_items` on an item-sharded model: rows -> conditions.
+        self.sharded_conditions: Callable[[Tensor], tuple[Tensor | None, list[Tensor]]] | None = None
+        held = n_items if item_range is None else item_range[1] - item_range[0]
         self.schedule = NoiseSchedule(diffusion_cfg)
         ablation = model_cfg.ablation
 
@@ -103,8 +113,8 @@ class LD4MRec(nn.Module):
         if ablation != "no_bd":
             if item_factors is None:
                 raise ValueError(f"ablation={ablation!r} needs item_factors (V_k, [I, K])")
-            if item_factors.shape[0] != n_items:
-                raise ValueError(f"item_factors has {item_factors.shape[0]} rows, expected {n_items}")
+            if item_factors.shape[0] != held:
+                raise ValueError(f"item_factors has {item_factors.shape[0]} rows, expected {held}")
             svd_rank = item_factors.shape[1]
             self.register_buffer("item_factors", torch.as_tensor(item_factors, dtype=torch.float32),
                                  persistent=False)
@@ -119,8 +129,8 @@ class LD4MRec(nn.Module):
                                  persistent=False)
         for j, name in enumerate(names):
             feat = torch.as_tensor(features[name], dtype=torch.float32)
-            if feat.dim() != 2 or feat.shape[0] != n_items:
-                raise ValueError(f"item feature {name!r} has shape {tuple(feat.shape)}, expected [{n_items}, D_m]")
+            if feat.dim() != 2 or feat.shape[0] != held:
+                raise ValueError(f"item feature {name!r} has shape {tuple(feat.shape)}, expected [{held}, D_m]")
             self.register_buffer(f"item_feature_{j}", feat, persistent=False)
             # Statistics of model.feature_norm (small: [D_m] or [I]), data-derived like the features.
             for key, stat in feature_scaling(feat, model_cfg.feature_norm).items():
@@ -133,21 +143,24 @@ class LD4MRec(nn.Module):
         with warnings.catch_warnings():
             if ablation == "no_bg":
                 warnings.simplefilter("ignore")
-            feature_dims = [self._feature(j).shape[1] for j in range(len(names))]
+            feature_dims = [self.item_feature(j).shape[1] for j in range(len(names))]
             self.cnet = CNet(n_items, model_cfg.hidden, svd_rank, feature_dims,
                              ablation=ablation, negative_slope=model_cfg.negative_slope,
                              dropout=model_cfg.dropout, input_norm=model_cfg.input_norm,
-                             stage_slope=model_cfg.stage_slope)
+                             stage_slope=model_cfg.stage_slope,
+                             item_device=None if item_range is None else "meta")
 
     # ----------------------------------------------------------------- pieces
     @property
     def device(self) -> torch.device:
         return self.schedule.c0.device
 
-    def _feature(self, j: int) -> Tensor:
+    def item_feature(self, j: int) -> Tensor:
+        """Modality j's raw item features [I, D_m] (the slice's rows when item-sharded)."""
         return getattr(self, f"item_feature_{j}")
 
-    def _feature_scaling(self, j: int) -> dict[str, Tensor]:
+    def item_feature_scaling(self, j: int) -> dict[str, Tensor]:
+        """Modality j's `encoders.feature_scaling` statistics, as buffers."""
         keys = {"standardize": ("mean", "inv_std"), "l2": ("inv_norm",)}.get(self.model_cfg.feature_norm, ())
         return {k: getattr(self, f"item_feature_{j}_{k}") for k in keys}
 
@@ -160,12 +173,16 @@ class LD4MRec(nn.Module):
 
     def conditions(self, rows_BI: Tensor) -> tuple[Tensor | None, list[Tensor]]:
         """(c_u [B, K] or None for no_bd, [e_{u,m} [B, D_m] per modality in order])."""
+        if self.item_range is not None:
+            if self.sharded_conditions is None:
+                raise RuntimeError("an item-sharded LD4MRec needs parallel.item.shard_items before its conditions")
+            return self.sharded_conditions(rows_BI)
         c_BK = (collaborative_signal(rows_BI, self.item_factors, self.model_cfg.collab_norm)
                 if self.cnet.uses_collaborative else None)
         prefs: list[Tensor] = []
         if self.modalities:
             norm_BI = normalized_rows(rows_BI, self.item_degree)
-            prefs = [scaled_preference(norm_BI, self._feature(j), self._feature_scaling(j))
+            prefs = [scaled_preference(norm_BI, self.item_feature(j), self.item_feature_scaling(j))
                      for j in range(len(self.modalities))]
         return c_BK, prefs
 

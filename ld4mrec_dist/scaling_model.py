@@ -137,17 +137,18 @@ class Collective:
 
 
 def item_parallel_bytes_per_step(batch: int, hidden: int, grad_clip: bool = False,
-                                 l2_input: bool = False) -> dict[str, int]:
+                                 l2_input: bool = False, condition_width: int = 0) -> dict[str, int]:
     """Bytes each rank contributes per step to the item group's collectives, by the counting
     convention of `parallel.comm.CollectiveBytes` (the tensor all-reduced, an all-gather's output):
-    FC_in's forward and FC_out's backward all-reduce B·D float32 each, the loss one of B + 1,
+    FC_in's forward and FC_out's backward all-reduce B·D float32 each, the conditions' partial
+    sums B·(K + ΣD_m) float32 (`condition_width` = K + ΣD_m, `parallel.conditions`), the loss one of B + 1,
     gradient clipping one float, `model.input_norm=l2` (`l2_input`) the B squared row norms
     (not in the scaling model: B floats). The z_in rows are gathered as in data parallel over
     all W ranks (`dist.zin_bytes_per_step`), the sampler's (t, L_rec) over the W / W_item
     ranks of the data group (`dist.sampler_bytes_per_step`).
     For W_item ≥ 2 (and W_data = 1: a data group adds its all-reduce of the local gradients)."""
-    return {"activations": 2 * batch * hidden * 4, "loss": (batch + 1) * 4, "clip": 4 if grad_clip else 0,
-            "input norm": 4 * batch if l2_input else 0}
+    return {"activations": 2 * batch * hidden * 4, "conditions": batch * condition_width * 4,
+            "loss": (batch + 1) * 4, "clip": 4 if grad_clip else 0, "input norm": 4 * batch if l2_input else 0}
 
 
 def collectives(strategy: str, shape: Shape, world: int, item_group: int | None = None,
@@ -158,8 +159,8 @@ def collectives(strategy: str, shape: Shape, world: int, item_group: int | None 
     sampler history (W·B·16, `dist.sampler_bytes_per_step`), one all-gather each of two
     tensors (item_parallel: the history over its W/G data replicas only). `item_parallel` with
     G = `item_group` (default W: one item group) replaces the gradient all-reduce by the
-    item group's activations (2·B·D float32, two calls) and loss
-    sums ((B + 1) float32), `item_parallel_bytes_per_step` (what parallel/'s tests count);
+    item group's activations (2·B·D float32, two calls), the conditions' partial sums
+    (B·(K + ΣD_m) float32) and loss sums ((B + 1) float32), `item_parallel_bytes_per_step` (what parallel/'s tests count);
     with W > G the W/G data replicas all-reduce their gradients (I·D/G of the item layers and
     all of the rest) as DDP does.
     """
@@ -183,8 +184,10 @@ def collectives(strategy: str, shape: Shape, world: int, item_group: int | None 
     if strategy == "item_parallel":
         g = item_group or world
         item = sum(_numel(s) for s in shapes if is_item_parameter(s, shape.n_items))
-        moved = item_parallel_bytes_per_step(shape.batch, shape.hidden)
+        moved = item_parallel_bytes_per_step(shape.batch, shape.hidden,
+                                             condition_width=shape.svd_rank + sum(shape.feature_dims))
         out = [Collective("FC_in output + FC_out input gradient [B, D]", "all_reduce", moved["activations"], 2, g),
+               Collective("conditions over item slices [B, K + ΣD_m]", "all_reduce", moved["conditions"], 1, g),
                Collective("per-user loss over item slices", "all_reduce", moved["loss"], 1, g), *common]
         if world > g:
             out.append(Collective("C-Net gradients over data replicas", "all_reduce",
@@ -309,17 +312,17 @@ class Prediction:
 def memory_per_rank(strategy: str, shape: Shape, world: int) -> float:
     """Bytes a rank holds for training: C-Net's parameters, gradients and Adam's two moments
     (16 bytes a parameter; PowerSGD's error-feedback buffer +4), ~8 float32 [B, I]
-    activations (input, x_t, noise, mask, x̂, their gradients), and the item buffers every
-    rank keeps whole (features I × ΣD_m and V_K I × K, float32; z_in and the CUDA context
-    are not counted). item_parallel (`world` = its group) holds 1/W of the item layers and
-    of the [B, I] activations."""
+    activations (input, x_t, noise, mask, x̂, their gradients), and the item buffers
+    (features I × ΣD_m and V_K I × K, float32; z_in and the CUDA context are not counted),
+    whole on every data-parallel rank. item_parallel (`world` = its group) holds 1/W of the
+    item layers, of the [B, I] activations and of the item buffers (`parallel.conditions`)."""
     shapes = grad_shapes(shape.n_items, shape.hidden, shape.svd_rank, shape.feature_dims)
     params = sum(_numel(s) for s in shapes)
     item = sum(_numel(s) for s in shapes if is_item_parameter(s, shape.n_items))
     activations = 8 * 4 * shape.batch * shape.n_items
     buffers = 4 * shape.n_items * (sum(shape.feature_dims) + shape.svd_rank)
     if strategy == "item_parallel":
-        return 16 * (params - item + item / world) + activations / world + buffers
+        return 16 * (params - item + item / world) + (activations + buffers) / world
     return (20 if strategy == "powersgd" else 16) * params + activations + buffers
 
 

@@ -18,8 +18,10 @@ What DTensor does not express is done here with plain collectives over the item 
 - the forward process is elementwise: each rank draws ε and the soft-reconstruction mask for
   its own slice (`draw_slice`); t must be equal across the group (its generator is seeded
   from the data rank only, `slice_generators`);
-- the conditions (c_u, e_{u,m}) read sparse rows: every rank computes them from the full
-  batch rows with `LD4MRec.conditions` (O(non-zeros · (K + ΣD_m)), no communication);
+- the conditions (c_u, e_{u,m}) are sums over a row's items: each rank holds only its
+  slice of V_k, of the item features and of the item degrees, computes its slice's partial
+  sums and one all-reduce of B·(K + ΣD_m) floats adds them up (`parallel.conditions`,
+  installed as the model's `conditions` by `shard_items`);
 - L_rec = c0² · mean over all I items: each rank's `rec_loss` over its slice, times L / I,
   is its share; the shares sum to L_rec. Each rank back-propagates its own share (their
   sum is the loss, and FC_out's backward all-reduce adds the shares' gradients up), and one
@@ -28,8 +30,11 @@ What DTensor does not express is done here with plain collectives over the item 
 With `model.input_norm=l2` one more all-reduce, of B floats, gives every rank the norms of
 the x_t rows over all I items (`shard_items`).
 
-Per step and rank the item group moves 2·B·D·4 + (B + 1)·4 bytes (+ B·4 with l2), whatever I; the C-Net
-parameters a rank holds are 2·L·D + L plus the item-independent layers (O(D² + D·ΣD_m)).
+Per step and rank the item group moves 2·B·D·4 + B·(K + ΣD_m)·4 + (B + 1)·4 bytes (+ B·4 with
+l2), whatever I; the C-Net parameters a rank holds are 2·L·D + L plus the item-independent
+layers (O(D² + D·ΣD_m)), its data-derived buffers L·(K + ΣD_m + 1) floats. Built with
+`parallel.build.build_sharded_model`, no rank ever holds more; `shard_items` on a model
+built whole frees the rest of its item layers' and buffers' rows.
 With W_data > 1 the dense gradients are then averaged over the data group (the sharded
 layers' local shards: 2·L·D + L floats, and the replicated rest).
 
@@ -41,6 +46,7 @@ the replicated blocks draws.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -58,6 +64,7 @@ from ld4mrec_dist.cnet import timestep_embedding
 from ld4mrec_dist.config import Config
 from ld4mrec_dist.encoders import as_csr
 from ld4mrec_dist.model import LD4MRec, no_autocast
+from ld4mrec_dist.parallel.conditions import conditions_over_slices, keep_item_slice
 from ld4mrec_dist.sampler import SamplerHistory, importance_weights, sample_steps
 from ld4mrec_dist.step import StepLoss, run_step
 from ld4mrec_dist.timing import StepTimer
@@ -124,6 +131,10 @@ def shard_items(model: LD4MRec, mesh: DeviceMesh) -> ItemLayout:
     """Parallelise `model.cnet` in place over the mesh's "item" dimension (FC_in rowwise,
     FC_out colwise); returns the rank's layout. Every rank must hold the same initial model
     (build it from the same seed); the other parameters stay plain, replicated tensors.
+    A model built whole keeps only its slice of the item buffers (`conditions.keep_item_slice`);
+    one built for this slice (`item_range`, FC_in / FC_out on the meta device: see
+    `parallel.build`) gets meta shards, to be initialised by the caller. Either way the
+    model's `conditions` become the slice's partial sums plus the item group's all-reduce.
 
     `model.input_norm=l2`: the norm of an x_t row spans every slice, so CNet's own
     normalisation (each slice over its own norm) is switched off and a pre-hook divides the
@@ -140,6 +151,12 @@ def shard_items(model: LD4MRec, mesh: DeviceMesh) -> ItemLayout:
     empty = [p for p, (lo, hi) in enumerate(slices) if hi == lo]
     if empty:
         raise ValueError(f"{model.n_items} items split {layout.item_world} ways leave slices {empty} empty")
+    lo, hi = slices[layout.item_rank]
+    if model.item_range is None:
+        keep_item_slice(model, lo, hi)
+    elif model.item_range != (lo, hi):
+        raise ValueError(f"the model holds items {model.item_range}, this rank's slice is [{lo}, {hi})")
+    model.sharded_conditions = functools.partial(conditions_over_slices, model, layout)
     cnet = model.cnet
     parallelize_module(cnet, mesh["item"], {"fc_in": RowwiseParallel(), "fc_out": ColwiseParallel()})
     n_items, group_mesh, width = model.n_items, mesh["item"], layout.hi - layout.lo
@@ -246,7 +263,7 @@ class SliceLoss(NamedTuple):
 def slice_loss(model: LD4MRec, layout: ItemLayout, rows_BI: Tensor, x_BL: Tensor, users_B: Tensor,
                draw: SliceDraw, p_T: Tensor) -> SliceLoss:
     """Alg. 1 l.6-10 on one slice, with `LD4MRec`'s own pieces: x_t of the slice, the
-    conditions from the full sparse rows, C-Net (sharded by `shard_items`) → x̂ [B, L], and
+    conditions from the slices' partial sums (`parallel.conditions`), C-Net (sharded by `shard_items`) → x̂ [B, L], and
     the slice's share of the importance-weighted loss. Runs FC_in's and FC_out's collectives."""
     device = model.device
     with no_autocast(device):
@@ -360,7 +377,8 @@ def item_parallel_step(model: LD4MRec, layout: ItemLayout, opts: Optimizers, his
 @torch.no_grad()
 def score_slice(model: LD4MRec, rows_BI: Tensor, x_BL: Tensor, users_B: Tensor) -> Tensor:
     """Alg. 2 on one slice: x̂_θ(x_in, t_f = z_in, m) for items [lo, hi), float32 [B, L], as
-    `LD4MRec.score` computes it (conditions from the full sparse rows). Runs FC_in's all-reduce."""
+    `LD4MRec.score` computes it (conditions summed over the slices). Runs the conditions' and
+    FC_in's all-reduces."""
     with no_autocast(model.device):
         c_BK, prefs = model.conditions(as_csr(rows_BI).to(model.device))
         tf_BD = model.z_in_rows(users_B)

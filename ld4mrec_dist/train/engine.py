@@ -30,6 +30,7 @@ from ld4mrec_dist.config import Config
 from ld4mrec_dist.eval.evaluator import RankFn, ranking_by_scores
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.parallel.checkpoint import load_plain_state, plain_state
+from ld4mrec_dist.parallel.conditions import gathered_item_factors
 from ld4mrec_dist.parallel.item import ItemParallelStep, item_mesh, local_tensor, shard_items, slice_generators
 from ld4mrec_dist.parallel.topk import item_parallel_ranking
 from ld4mrec_dist.sampler import SamplerHistory
@@ -183,7 +184,8 @@ class ItemParallel:
     def full_state(self) -> dict[str, Any]:
         """Gathered from the shards (a collective: every rank calls it); full on rank 0 only,
         in the single-process form, so a checkpoint resumes under any layout."""
-        return plain_state(self.model, self.opts)
+        # V_k too: each rank holds only its slice (`parallel.conditions`); scoring needs all of it.
+        return {**plain_state(self.model, self.opts), "item_factors": gathered_item_factors(self.model, self.layout)}
 
     def load_state(self, saved: dict[str, Any]) -> None:
         load_plain_state(self.model, self.opts, saved)

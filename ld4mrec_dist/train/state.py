@@ -37,10 +37,11 @@ class LoopState:
 def checkpoint_state(full: dict[str, Any], model: LD4MRec, sampler: SamplerHistory, state: LoopState,
                      cfg: Config, manifest_sha256: str) -> dict[str, Any]:
     """A checkpoint's content; `full`: the engine's weights and optimizer states (with
-    PowerSGD also every rank's hook state, "powersgd": engine.DataParallel.full_state)."""
+    PowerSGD also every rank's hook state, "powersgd": engine.DataParallel.full_state;
+    item-parallel also V_k gathered from its slices, "item_factors")."""
     return {
         **full,
-        "item_factors": item_factors_of(model),
+        "item_factors": full["item_factors"] if "item_factors" in full else item_factors_of(model),
         "sampler_table": sampler.table_TH, "sampler_counts": sampler.counts_T,
         "epoch": state.epoch, "global_step": state.global_step,
         "best_metric": state.best_metric, "best_epoch": state.best_epoch,
@@ -62,6 +63,7 @@ def restored_loop(saved: dict[str, Any]) -> tuple[SamplerHistory, LoopState]:
 def best_model_state(full: dict[str, Any], model: LD4MRec, cfg: Config, manifest_sha256: str,
                      row: dict[str, Any]) -> dict[str, Any]:
     """best_model.pt: the best weights, with what scoring needs."""
-    return {"model": full["model"], "item_factors": item_factors_of(model),
+    factors = full["item_factors"] if "item_factors" in full else item_factors_of(model)
+    return {"model": full["model"], "item_factors": factors,
             "config": config_to_dict(cfg), "manifest_sha256": manifest_sha256,
             "epoch": row["epoch"], "metrics": row}

@@ -264,7 +264,7 @@ def test_conditions_apply_collab_and_feature_norms(feature_norm):
     c, prefs = model.conditions(r_csr)
     n_u = r[:4].sum(1, keepdim=True).clamp_min(1.0)
     torch.testing.assert_close(c, (r[:4] @ model.item_factors) / n_u.sqrt())
-    feat = model._feature(0)
+    feat = model.item_feature(0)
     if feature_norm == "standardize":
         feat_s = (feat - feat.mean(0)) / feat.std(0, unbiased=False)
     else:

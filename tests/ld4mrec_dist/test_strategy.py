@@ -54,6 +54,9 @@ def test_gradient_bytes_follow_closed_forms():
     theirs = sm.item_parallel_bytes_per_step(B, D)
     assert item["FC_in output + FC_out input gradient [B, D]"] == 2 * B * D * 4 == theirs["activations"]
     assert item["per-user loss over item slices"] == (B + 1) * 4 == theirs["loss"]
+    width = K + sum(DIMS)  # c_u and every e_{u,m}, summed over the item slices
+    assert item["conditions over item slices [B, K + ΣD_m]"] == B * width * 4 \
+        == sm.item_parallel_bytes_per_step(B, D, condition_width=width)["conditions"]
     assert not any("gradients" in k for k in item)
     two_groups = sm.bytes_per_step("item_parallel", shape, 4, item_group=2)
     assert two_groups["C-Net gradients over data replicas"] == 4 * (params - (2 * I * D + I) + (2 * I * D + I) / 2)
