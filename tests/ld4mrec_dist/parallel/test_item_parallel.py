@@ -4,7 +4,10 @@ gradients, updated parameters and sampler history to 1e-5; the merged top-k equa
 single-process one; checkpoints load across the 1-rank and 2-rank layouts; the bytes each
 rank moves are counted and equal the formula. On 4 processes: W_item = 4 (one item group)
 against the single-process step and top-k, and a 2 × 2 ("data", "item") mesh against plain
-DDP."""
+DDP. At 2 and 4 item ranks the model built sharded holds its slice only and its conditions
+(partial sums + one all-reduce) are the single-process ones. The distributed SVD
+(ld4mrec_dist/svd_dist.py) on 3 and 2 ranks (sub-groups of the 4) and on the 2 × 2 mesh,
+against a dense SVD and the one-process result."""
 
 from __future__ import annotations
 
@@ -609,7 +612,59 @@ def _rank4(rank: int, world: int) -> dict:
                                         users, _rows(users), torch.Generator().manual_seed(seed), cfg))
     mesh["ddp_state"] = _state(ddp_model, ddp_opts)
     wide["built"] = _built_report(cfg, item_mesh(1, world))
-    return {"wide": wide, "mesh": mesh}
+    return {"wide": wide, "mesh": mesh, "svd": _svd_layouts(rank, layout)}
+
+
+# The distributed SVD's matrices: U_SVD users × I_SVD items, V_k of rank K_SVD.
+U_SVD, I_SVD, K_SVD, SVD_SEED = 23, 17, 4, 5
+SPECTRUM = (10.0, 8.0, 6.0, 4.0, 3.0, 2.0)  # rank 6 = K + 2: the sketch spans the range exactly
+
+
+def _low_rank() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.normal(size=(U_SVD, len(SPECTRUM))))
+    v, _ = np.linalg.qr(rng.normal(size=(I_SVD, len(SPECTRUM))))
+    return u @ np.diag(SPECTRUM) @ v.T
+
+
+def _clicks():
+    """A full-rank 0/1 matrix: the sketch only approximates; the layouts must agree to rounding."""
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((np.random.default_rng(1).random((U_SVD, I_SVD)) < 0.3).astype(np.float64))
+
+
+def _svd_layouts(rank: int, mesh_layout) -> dict:
+    """This rank's V_k rows of both matrices with the rows split over 3 and 2 data ranks
+    (sub-groups of the 4 processes), the columns over 3 and 2 item ranks, and on the
+    (2, 2) mesh (rows over its data group, columns over its item group); None outside a
+    sub-group."""
+    import scipy.sparse as sp
+    import torch.distributed as tdist
+
+    from ld4mrec_dist.parallel.item import item_slice
+    from ld4mrec_dist.partition import user_range
+    from ld4mrec_dist.svd_dist import distributed_item_factors
+
+    groups = {3: tdist.new_group([0, 1, 2]), 2: tdist.new_group([0, 1])}  # every rank creates each
+    out: dict = {}
+    for name, a in (("low_rank", sp.csr_matrix(_low_rank())), ("clicks", _clicks())):
+        users = user_range(U_SVD, mesh_layout.data_rank, 2)
+        lo, hi = item_slice(I_SVD, 2, mesh_layout.item_rank)
+        out[(name, "mesh")] = (mesh_layout.data_rank, lo, hi, distributed_item_factors(
+            a[users.start:users.stop], K_SVD, SVD_SEED, item_range=(lo, hi), data_group=mesh_layout.data_group,
+            item_group=mesh_layout.item_group))
+        for parts, group in groups.items():
+            if rank >= parts:
+                out[(name, "data", parts)] = out[(name, "item", parts)] = None
+                continue
+            users = user_range(U_SVD, rank, parts)
+            out[(name, "data", parts)] = distributed_item_factors(a[users.start:users.stop], K_SVD, SVD_SEED,
+                                                                  data_group=group)
+            lo, hi = item_slice(I_SVD, parts, rank)
+            out[(name, "item", parts)] = (lo, hi, distributed_item_factors(a, K_SVD, SVD_SEED, item_range=(lo, hi),
+                                                                           item_group=group))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -688,3 +743,61 @@ def test_l2_input_norm_spans_the_item_slices(runs4):
                              w["lo"], w["hi"])
         np.testing.assert_allclose(w["l2_scores"], ref["scores"][:, w["lo"]:w["hi"]], **TOL)
         assert w["l2_bytes"] == w["l2_expected_bytes"]
+
+
+def _svd_joined(ranks: list[dict], name: str, split: str, parts: int) -> np.ndarray:
+    """V_k [I, K] of one layout: a data rank's (all equal), or the item slices joined."""
+    got = [r["svd"][(name, split, parts)] for r in ranks]
+    assert all(g is None for g in got[parts:])
+    if split == "data":  # every data rank holds all of V_k
+        for v in got[1:parts]:
+            np.testing.assert_allclose(v, got[0], atol=1e-6)
+        return got[0]
+    want = [(0, 6), (6, 12), (12, 17)] if parts == 3 else [(0, 9), (9, 17)]
+    assert [g[:2] for g in got[:parts]] == want
+    return np.concatenate([g[2] for g in got[:parts]])
+
+
+def _svd_mesh(ranks: list[dict], name: str) -> np.ndarray:
+    """V_k of the (2, 2) mesh: both data ranks hold the same slices; the item slices joined."""
+    got = [r["svd"][(name, "mesh")] for r in ranks]
+    assert [g[:3] for g in got] == [(0, 0, 9), (0, 9, 17), (1, 0, 9), (1, 9, 17)]
+    for a, b in ((0, 2), (1, 3)):
+        np.testing.assert_allclose(got[a][3], got[b][3], atol=1e-6)
+    return np.concatenate([got[0][3], got[1][3]])
+
+
+def _dense_v(a: np.ndarray, k: int) -> np.ndarray:
+    """numpy.linalg.svd's top-k right singular vectors, signs fixed as svd_dist fixes them."""
+    v = np.linalg.svd(a)[2][:k].T
+    return v * np.sign(v[np.abs(v).argmax(0), np.arange(k)])
+
+
+@pytest.mark.parametrize("parts", [3, 2])
+@pytest.mark.parametrize("split", ["data", "item"])
+def test_distributed_svd_equals_dense_svd(runs4, split, parts):
+    """An exactly rank-(k + 2) matrix: the range finder is exact, V_k is numpy's to float32."""
+    np.testing.assert_allclose(_svd_joined(runs4["ranks"], "low_rank", split, parts),
+                               _dense_v(_low_rank(), K_SVD), atol=1e-5)
+
+
+def test_distributed_svd_on_a_data_by_item_mesh(runs4):
+    np.testing.assert_allclose(_svd_mesh(runs4["ranks"], "low_rank"), _dense_v(_low_rank(), K_SVD), atol=1e-5)
+    from ld4mrec_dist.svd_dist import distributed_item_factors
+
+    one = distributed_item_factors(_clicks(), K_SVD, SVD_SEED)
+    np.testing.assert_allclose(_svd_mesh(runs4["ranks"], "clicks"), one, atol=1e-5)
+
+
+@pytest.mark.parametrize("parts", [3, 2])
+@pytest.mark.parametrize("split", ["data", "item"])
+def test_distributed_svd_layouts_equal_one_process(runs4, split, parts):
+    """A full-rank matrix: every layout gives the one-process V_k (the same block-seeded
+    sketch), which captures nearly the energy of the exact top-k subspace."""
+    from ld4mrec_dist.svd_dist import distributed_item_factors
+
+    one = distributed_item_factors(_clicks(), K_SVD, SVD_SEED)
+    np.testing.assert_allclose(_svd_joined(runs4["ranks"], "clicks", split, parts), one, atol=1e-5)
+    a = _clicks().toarray()
+    exact = np.sum(np.linalg.svd(a, compute_uv=False)[:K_SVD] ** 2)
+    assert 0.98 * exact < np.linalg.norm(a @ one) ** 2 <= exact * (1 + 1e-6)
