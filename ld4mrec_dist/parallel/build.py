@@ -52,19 +52,24 @@ def mesh_item_range(mesh: DeviceMesh, n_items: int) -> tuple[int, int]:
     return item_slice(n_items, mesh.size(1), mesh.get_local_rank("item"))
 
 
-def xavier_rows(n_items: int, hidden: int, lo: int, hi: int, seed: int, layer: int) -> Tensor:
-    """Rows [lo, hi) of an [I, D] Xavier-normal matrix (std √(2 / (I + D))), float32 [L, D],
-    drawn block by block (`INIT_BLOCK` items, each its own stream): the same rows whatever
-    slice they are drawn in."""
-    std = math.sqrt(2.0 / (n_items + hidden))
-    out_LD = torch.empty(hi - lo, hidden)
+def normal_rows(n_items: int, width: int, lo: int, hi: int, seed: int, key: int, std: float = 1.0) -> Tensor:
+    """Rows [lo, hi) of an [I, width] matrix of N(0, std²) draws, float32 [L, width], drawn
+    block by block (`INIT_BLOCK` items, each its own stream named (seed, key, block)): the
+    same rows whatever slice they are drawn in."""
+    out_LW = torch.empty(hi - lo, width)
     for block in range(lo // INIT_BLOCK, -(-hi // INIT_BLOCK)):
         start, stop = block * INIT_BLOCK, min((block + 1) * INIT_BLOCK, n_items)
-        gen = torch.Generator().manual_seed(dist.stream_seed(seed, layer, block))
-        block_ND = torch.randn(stop - start, hidden, generator=gen).mul_(std)
+        gen = torch.Generator().manual_seed(dist.stream_seed(seed, key, block))
+        block_NW = torch.randn(stop - start, width, generator=gen).mul_(std)
         a, b = max(start, lo), min(stop, hi)
-        out_LD[a - lo:b - lo] = block_ND[a - start:b - start]
-    return out_LD
+        out_LW[a - lo:b - lo] = block_NW[a - start:b - start]
+    return out_LW
+
+
+def xavier_rows(n_items: int, hidden: int, lo: int, hi: int, seed: int, layer: int) -> Tensor:
+    """Rows [lo, hi) of an item layer's weight as [I, D], Xavier-normal of the whole layer
+    (std √(2 / (I + D))), float32 [L, D] (`normal_rows`' block streams)."""
+    return normal_rows(n_items, hidden, lo, hi, seed, layer, math.sqrt(2.0 / (n_items + hidden)))
 
 
 def _materialize(layer: nn.Module, name: str, local: Tensor) -> None:
