@@ -119,9 +119,9 @@ def _rank(rank: int, world: int, opts: dict[str, Any]) -> dict[str, Any]:
     from ld4mrec_dist.parallel.comm import CollectiveBytes
     from ld4mrec_dist.parallel.item import build_item_optimizers, item_mesh, item_parallel_step, slice_generators
     from ld4mrec_dist.parallel.topk import item_parallel_topk
+    from ld4mrec_dist.sampler import SamplerHistory
     from ld4mrec_dist.scaling_model import item_parallel_bytes_per_step
     from ld4mrec_dist.svd_dist import distributed_item_factors
-    from ld4mrec_dist.train.step import SamplerHistory
 
     torch.set_num_threads(max(1, opts["threads"] // world))
     warnings.filterwarnings("ignore", message="To construct DTensor")  # torch's own, once per step
@@ -167,7 +167,7 @@ def _rank(rank: int, world: int, opts: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     _, top = item_parallel_topk(model, layout, rows, torch.from_numpy(users), TOP_K, mask_BI=rows)
     out.update(step_s=step_s, losses=losses, rank_s=time.perf_counter() - t0, top_items=top.shape,
-               slice=(lo, hi), peak_rss_mib=peak_rss_mib())
+               slice=(lo, hi), peak_rss_mib=peak_rss_mib(), cpu_s=time.process_time())
     return out
 
 
@@ -266,13 +266,14 @@ def main(argv: list[str] | None = None) -> None:
               f"SVD {r0['svd_s']:.1f}s, build {r0['build_s']:.1f}s, steps "
               f"{', '.join(f'{s:.1f}' for s in r0['step_s'])}s (loss {', '.join(f'{x:.4f}' for x in r0['losses'])}), "
               f"ranking {r0['rank_s']:.1f}s; collectives {r0['step_bytes']:,} B/step/rank (formula "
-              f"{r0['formula_bytes']:,}); wall {time.perf_counter() - t0:.0f}s", flush=True)
+              f"{r0['formula_bytes']:,}); wall {time.perf_counter() - t0:.0f}s, rank 0 CPU {r0['cpu_s']:.0f}s",
+              flush=True)
     for line in internet_plan():
         print(line, flush=True)
     for reporter in BEFORE_FINAL_LINE:
-        line = reporter(args)
-        if line:
-            print(line, flush=True)
+        extra = reporter(args)
+        if extra:
+            print(extra, flush=True)
     ref, *others = worlds
     print(f"per-rank peak RSS W_item={ref}: {peaks[ref]:.0f} MiB"
           + "".join(f", W_item={w}: {peaks[w]:.0f} MiB (ratio {peaks[w] / peaks[ref]:.2f})" for w in others),

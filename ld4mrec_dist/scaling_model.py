@@ -160,7 +160,8 @@ def collectives(strategy: str, shape: Shape, world: int, item_group: int | None 
     tensors (item_parallel: the history over its W/G data replicas only). `item_parallel` with
     G = `item_group` (default W: one item group) replaces the gradient all-reduce by the
     item group's activations (2·B·D float32, two calls), the conditions' partial sums
-    (B·(K + ΣD_m) float32) and loss sums ((B + 1) float32), `item_parallel_bytes_per_step` (what parallel/'s tests count);
+    (B·(K + ΣD_m) float32) and loss sums ((B + 1) float32), `item_parallel_bytes_per_step`
+    (what parallel/'s tests count);
     with W > G the W/G data replicas all-reduce their gradients (I·D/G of the item layers and
     all of the rest) as DDP does.
     """

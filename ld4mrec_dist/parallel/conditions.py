@@ -16,6 +16,7 @@ slice's); standardize's μ and σ are over all I items (`standardized_over_items
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 import torch
@@ -59,7 +60,8 @@ def conditions_over_slices(model: LD4MRec, layout: ItemLayout, rows_BI: Tensor) 
     widths = [p.shape[1] for p in parts]
     packed_BC = torch.cat(parts, dim=1)  # C = K + ΣD_m
     tdist.all_reduce(packed_BC, group=layout.item_group)
-    summed = list(packed_BC.split(widths, dim=1))
+    ends = list(itertools.accumulate(widths))
+    summed = [packed_BC[:, end - width:end] for width, end in zip(widths, ends, strict=True)]
     c_BK = scaled_collaborative(summed.pop(0), csr_BI, model.model_cfg.collab_norm) \
         if model.cnet.uses_collaborative else None
     return c_BK, summed

@@ -25,8 +25,8 @@ from ld4mrec_dist.config import Config, DiffusionSection, ModelSection, TrainSec
 from ld4mrec_dist.eval.evaluator import evaluate, evaluate_ranking
 from ld4mrec_dist.eval.metrics import mask_items
 from ld4mrec_dist.model import LD4MRec
-from ld4mrec_dist.parallel.item import SliceDraw
 from ld4mrec_dist.parallel.checkpoint import load_plain_state, load_sharded, plain_state, save_sharded
+from ld4mrec_dist.parallel.item import SliceDraw
 from ld4mrec_dist.parallel.topk import merge_topk, topk_ordered
 from ld4mrec_dist.sampler import SamplerHistory, sample_steps
 from ld4mrec_dist.step import train_step
