@@ -298,6 +298,8 @@ def _item_parallel(p: Part, backend: str) -> None:
     dp_model.train()
     ip_model.train()
 
+    _built_sharded(p, cfg, ds, v_IK, batches[0], dev, common)
+
     # Timed: blocks of steps alternating between the two paths, per precision.
     batch_no = itertools.count()
 
@@ -323,6 +325,28 @@ def _item_parallel(p: Part, backend: str) -> None:
         p.emit(row(BENCH, f"item-parallel step, W_item = 1 ({shape}, {prec})", ip, "ms", ratio=ip / dp,
                    reference="data-parallel train_step (slowdown ×), alternating blocks", blocks=ip_ms,
                    precision=prec, **common))
+
+
+def _built_sharded(p: Part, cfg: Any, ds: Any, v_IK: Any, batch: tuple[Any, Any], dev: Any,
+                   common: dict[str, Any]) -> None:
+    """The model built sharded on the device (parallel/build.py: item layers from the meta
+    device, V_k / feature / degree slices moved to the GPU), one step and one top-k."""
+    import torch
+
+    from ld4mrec_dist.parallel import build_item_optimizers, item_mesh, item_parallel_step, item_parallel_topk
+    from ld4mrec_dist.parallel.build import build_sharded_from_dataset
+    from ld4mrec_dist.sampler import SamplerHistory
+
+    model, layout = build_sharded_from_dataset(cfg, ds, v_IK, item_mesh(1, 1, dev.type), dev)
+    users_B, rows_BI = batch
+    g = torch.Generator(device=dev).manual_seed(7)
+    loss = float(item_parallel_step(model, layout, build_item_optimizers(model, cfg),
+                                    SamplerHistory.empty(model.schedule.steps, cfg.diffusion), users_B, rows_BI,
+                                    (g, g), cfg))
+    top = item_parallel_topk(model, layout, rows_BI, users_B, 20, mask_BI=rows_BI)[1]
+    devices = sorted({str(b.device) for _, b in model.named_buffers()} | {str(top.device)})
+    p.emit(row(BENCH, f"item-parallel built sharded: first-step loss ({common['shape']}, fp32)", loss, "",
+               met=bool(math.isfinite(loss)), target_text="finite", buffer_devices=devices, **common))
 
 
 def _timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:

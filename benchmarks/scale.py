@@ -30,9 +30,13 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ld4mrec_dist.model import LD4MRec
+    from ld4mrec_dist.parallel.item import ItemLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -89,7 +93,7 @@ def _config(batch: int):
     return Config(model=ModelSection(hidden=HIDDEN, svd_rank=SVD_RANK), train=TrainSection(batch_size=batch, seed=SEED))
 
 
-def _build(opts: dict[str, Any], mesh, a, v_LK: np.ndarray):
+def _build(opts: dict[str, Any], mesh: Any, a: Any, v_LK: np.ndarray) -> tuple[LD4MRec, ItemLayout]:
     """(model, layout): sharded construction, or the whole model sharded afterwards."""
     import torch
 
@@ -146,7 +150,8 @@ def _rank(rank: int, world: int, opts: dict[str, Any]) -> dict[str, Any]:
     cfg = _config(batch)
     optimizers = build_item_optimizers(model, cfg)
     out["build_s"], out["rss_after_build_mib"] = time.perf_counter() - t0, rss_mib()
-    history, generators = SamplerHistory.empty(model, cfg), slice_generators(SEED, 0, layout, torch.device("cpu"))
+    history = SamplerHistory.empty(model.schedule.steps, cfg.diffusion)
+    generators = slice_generators(SEED, 0, layout, torch.device("cpu"))
     step_s, losses = [], []
     for step in range(opts["steps"]):
         users = (np.arange(batch) + step * batch) % a.shape[0]
@@ -160,7 +165,7 @@ def _rank(rank: int, world: int, opts: dict[str, Any]) -> dict[str, Any]:
     out["step_bytes"] = counted.total
     out["formula_bytes"] = (sum(item_parallel_bytes_per_step(batch, HIDDEN, condition_width=SVD_RANK + TEXT_WIDTH)
                                 .values()) + zin_bytes_per_step(world, batch, HIDDEN)
-                            + sampler_bytes_per_step(1, batch)) if world > 1 else 0
+                            + sampler_bytes_per_step(1, batch))
     model.eval()
     users = np.arange(batch)
     rows = _batch(a, users)
@@ -264,9 +269,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"W_item={world}: peak RSS per rank {per_rank} MiB; "
               f"rank 0 RSS after SVD {r0['rss_after_svd_mib']:.0f}, after build {r0['rss_after_build_mib']:.0f} MiB; "
               f"SVD {r0['svd_s']:.1f}s, build {r0['build_s']:.1f}s, steps "
-              f"{', '.join(f'{s:.1f}' for s in r0['step_s'])}s (loss {', '.join(f'{x:.4f}' for x in r0['losses'])}), "
-              f"ranking {r0['rank_s']:.1f}s; collectives {r0['step_bytes']:,} B/step/rank (formula "
-              f"{r0['formula_bytes']:,}); wall {time.perf_counter() - t0:.0f}s, rank 0 CPU {r0['cpu_s']:.0f}s",
+              f"{', '.join(f'{s:.1f}' for s in r0['step_s'])}s (loss {', '.join(f'{x:.3e}' for x in r0['losses'])}), "
+              f"ranking {r0['rank_s']:.1f}s; collectives {r0['step_bytes']:,} B/step/rank"
+              + (f" (formula {r0['formula_bytes']:,})" if world > 1 else "")
+              + f"; wall {time.perf_counter() - t0:.0f}s, rank 0 CPU {r0['cpu_s']:.0f}s",
               flush=True)
     for line in internet_plan():
         print(line, flush=True)

@@ -95,7 +95,7 @@ def _built_report(cfg: Config, mesh) -> dict:
            "buffers": {n: tuple(b.shape) for n, b in model.named_buffers() if n.startswith("item_")},
            "conditions": _conditions(model), "norm_conditions": _conditions(_built(NORMS, mesh)[0])}
     opts = build_item_optimizers(model, cfg)
-    t_B, target_BI, noise_BI = _full_draw(model, _history(model, cfg).probabilities(cfg), SEEDS[0])
+    t_B, target_BI, noise_BI = _full_draw(model, _history(model, cfg).probabilities(cfg.diffusion), SEEDS[0])
     draw = SliceDraw(t_B, target_BI[:, layout.lo:layout.hi], noise_BI[:, layout.lo:layout.hi])
     item_parallel_step(model, layout, opts, _history(model, cfg), USERS, _rows(), (None, None), cfg, draw=draw)
     out["moments"] = {n: tuple(local_tensor(opts.dense.state[p]["exp_avg"]).shape)
