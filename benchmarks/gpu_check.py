@@ -333,14 +333,15 @@ def _built_sharded(p: Part, cfg: Any, ds: Any, v_IK: Any, batch: tuple[Any, Any]
     device, V_k / feature / degree slices moved to the GPU), one step and one top-k."""
     import torch
 
-    from ld4mrec_dist.parallel import build_item_optimizers, item_mesh, item_parallel_step, item_parallel_topk
+    from ld4mrec_dist.build import build_optimizers
+    from ld4mrec_dist.parallel import item_mesh, item_parallel_step, item_parallel_topk, item_param_groups
     from ld4mrec_dist.parallel.build import build_sharded_from_dataset
     from ld4mrec_dist.sampler import SamplerHistory
 
     model, layout = build_sharded_from_dataset(cfg, ds, v_IK, item_mesh(1, 1, dev.type), dev)
     users_B, rows_BI = batch
     g = torch.Generator(device=dev).manual_seed(7)
-    loss = float(item_parallel_step(model, layout, build_item_optimizers(model, cfg),
+    loss = float(item_parallel_step(model, layout, build_optimizers(model, cfg, item_param_groups(model)),
                                     SamplerHistory.empty(model.schedule.steps, cfg.diffusion), users_B, rows_BI,
                                     (g, g), cfg))
     top = item_parallel_topk(model, layout, rows_BI, users_B, 20, mask_BI=rows_BI)[1]

@@ -18,8 +18,9 @@ Every rank does what an item-parallel worker does, holding only its share:
    (`item_parallel_topk`, k = 20, train items masked) over one batch.
 Peak RSS is the process's own high-water mark (`getrusage`, ru_maxrss), taken per rank
 at the end; a W_item's figure is its largest rank's. The last line printed is
-`per-rank peak RSS W_item=1: … MiB, W_item=4: … MiB (ratio …)`; the lines in
-`BEFORE_FINAL_LINE` print just before it (other memory figures, e.g. prepare's).
+`per-rank peak RSS W_item=1: … MiB, W_item=4: … MiB (ratio …)`; the lines of
+`BEFORE_FINAL_LINE` print just before it: benchmarks/prepare_memory.py's (prepare's peak
+RSS per interaction before → after, at its --quick sizes with --quick) unless --no-prepare.
 """
 
 from __future__ import annotations
@@ -45,10 +46,19 @@ if str(ROOT) not in sys.path:
 HIDDEN, SVD_RANK, TEXT_WIDTH, TOP_K, SEED = 64, 64, 384, 20, 2024
 TEXT_KEY = 3  # `normal_rows` stream key of the synthetic text feature
 
-BEFORE_FINAL_LINE: list[Callable[[argparse.Namespace], str | None]] = []
-"""Reporters of other memory figures (e.g. benchmarks/prepare_memory.py's prepare peak RSS
-per interaction): each is called with the parsed arguments after the W_item runs and its
-line, when not None, is printed before the final per-rank peak RSS line."""
+def prepare_memory_lines(args: argparse.Namespace) -> list[str]:
+    """benchmarks/prepare_memory.py's lines (prepare's peak RSS per interaction, before →
+    after); none with --no-prepare."""
+    if args.no_prepare:
+        return []
+    from benchmarks import prepare_memory
+
+    return prepare_memory.run(args.quick)
+
+
+BEFORE_FINAL_LINE: list[Callable[[argparse.Namespace], list[str]]] = [prepare_memory_lines]
+"""Reporters of other memory figures: each is called with the parsed arguments after the
+W_item runs, and its lines are printed before the final per-rank peak RSS line."""
 
 
 def rss_mib() -> float:
@@ -118,10 +128,11 @@ def _build(opts: dict[str, Any], mesh: Any, a: Any, v_LK: np.ndarray) -> tuple[L
 def _rank(rank: int, world: int, opts: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from ld4mrec_dist.build import build_optimizers
     from ld4mrec_dist.dist import sampler_bytes_per_step, zin_bytes_per_step
     from ld4mrec_dist.parallel.build import mesh_item_range
     from ld4mrec_dist.parallel.comm import CollectiveBytes
-    from ld4mrec_dist.parallel.item import build_item_optimizers, item_mesh, item_parallel_step, slice_generators
+    from ld4mrec_dist.parallel.item import item_mesh, item_parallel_step, item_param_groups, slice_generators
     from ld4mrec_dist.parallel.topk import item_parallel_topk
     from ld4mrec_dist.sampler import SamplerHistory
     from ld4mrec_dist.scaling_model import item_parallel_bytes_per_step
@@ -148,7 +159,7 @@ def _rank(rank: int, world: int, opts: dict[str, Any]) -> dict[str, Any]:
     model, layout = _build(opts, mesh, a, v)
     del v
     cfg = _config(batch)
-    optimizers = build_item_optimizers(model, cfg)
+    optimizers = build_optimizers(model, cfg, item_param_groups(model))
     out["build_s"], out["rss_after_build_mib"] = time.perf_counter() - t0, rss_mib()
     history = SamplerHistory.empty(model.schedule.steps, cfg.diffusion)
     generators = slice_generators(SEED, 0, layout, torch.device("cpu"))
@@ -246,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worlds", default="1,4", help="W_item values, the first the reference")
     parser.add_argument("--build", choices=("sharded", "whole"), default="sharded")
     parser.add_argument("--plan-only", action="store_true", help="print the 10 M-item plan and stop")
+    parser.add_argument("--no-prepare", action="store_true",
+                        help="leave out benchmarks/prepare_memory.py's lines (prepare's peak RSS per interaction)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per W_item run, split over its ranks")
     args = parser.parse_args(argv)
     if args.plan_only:
@@ -277,8 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     for line in internet_plan():
         print(line, flush=True)
     for reporter in BEFORE_FINAL_LINE:
-        extra = reporter(args)
-        if extra:
+        for extra in reporter(args):
             print(extra, flush=True)
     ref, *others = worlds
     print(f"per-rank peak RSS W_item={ref}: {peaks[ref]:.0f} MiB"

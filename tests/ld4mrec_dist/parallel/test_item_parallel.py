@@ -87,14 +87,14 @@ NORMS = Config(model=ModelSection(hidden=D, svd_rank=K, feature_norm="standardiz
 def _built_report(cfg: Config, mesh) -> dict:
     """A sharded-built model: its item shards, replicated parameters, held buffers, the
     conditions (also under NORMS) and the Adam moments after one step."""
-    from ld4mrec_dist.parallel.item import build_item_optimizers, item_parallel_step, local_tensor
+    from ld4mrec_dist.parallel.item import item_parallel_step, item_param_groups, local_tensor
 
     model, layout = _built(cfg, mesh)
     out = {"shards": {n: _np(local_tensor(p)) for n, p in model.named_parameters() if n.startswith("cnet.fc_")},
            "replicated": {n: _np(local_tensor(p)) for n, p in model.named_parameters() if not n.startswith("cnet.fc_")},
            "buffers": {n: tuple(b.shape) for n, b in model.named_buffers() if n.startswith("item_")},
            "conditions": _conditions(model), "norm_conditions": _conditions(_built(NORMS, mesh)[0])}
-    opts = build_item_optimizers(model, cfg)
+    opts = build_optimizers(model, cfg, item_param_groups(model))
     t_B, target_BI, noise_BI = _full_draw(model, _history(model, cfg).probabilities(cfg.diffusion), SEEDS[0])
     draw = SliceDraw(t_B, target_BI[:, layout.lo:layout.hi], noise_BI[:, layout.lo:layout.hi])
     item_parallel_step(model, layout, opts, _history(model, cfg), USERS, _rows(), (None, None), cfg, draw=draw)
