@@ -30,7 +30,9 @@ sit next to it. Exit status 0 when every part is ok.
   against DDP's `train_step` on the same batches and forward-process draws (the losses
   agree to 1e-5 in fp32, the parameters after them are compared too), both timed in
   alternating blocks in fp32 and bf16, and one evaluation pass through
-  `item_parallel_ranking` against the data-parallel one (same users, metrics compared).
+  `item_parallel_ranking` against the data-parallel one (same users, metrics compared);
+  then the model built sharded on the device (`parallel.build`: only the slices of V_k,
+  the features and the degrees move to the GPU), one step and one top-k.
 - smoke: gpu_smoke's in-process parts at Baby (ideal loop, loop-step harness, evaluation of
   all test users; fp32 and bf16).
 - ray: gpu_smoke's full path through Ray Train, 1 GPU worker, Baby, 2 epochs (the second
