@@ -2,7 +2,7 @@
 from its own layer or the layers below it, and no modules import each other in a circle.
 
     1 settings      config                          (imports nothing of the package)
-    2 primitives    dist, timing, rows, partition, run_dir, report, encoders, cnet,
+    2 primitives    dist, timing, rows, partition, run_dir, report, encoders, svd_dist, cnet,
                     diffusion, sampler, strategy    (gradient sync at run time),
                     console, tracking               (what a run prints and logs)
     3 model         model, build, step (the one training step of every engine),
@@ -26,8 +26,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ld4mrec_dist"
 LAYERS = (
     ("__init__", "config"),
-    ("dist", "timing", "rows", "partition", "run_dir", "report", "encoders", "cnet", "diffusion", "sampler",
-     "strategy", "console", "tracking"),
+    ("dist", "timing", "rows", "partition", "run_dir", "report", "encoders", "svd_dist", "cnet", "diffusion",
+     "sampler", "strategy", "console", "tracking"),
     ("model", "build", "step", "scaling_model"),
     ("eval",),
     ("parallel",),

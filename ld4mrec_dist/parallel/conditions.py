@@ -17,7 +17,7 @@ slice's); standardize's μ and σ are over all I items (`standardized_over_items
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.distributed as tdist
@@ -35,14 +35,24 @@ from ld4mrec_dist.encoders import (
 )
 from ld4mrec_dist.model import LD4MRec
 
-if TYPE_CHECKING:
-    from ld4mrec_dist.parallel.item import ItemLayout
+
+class ItemGroup(Protocol):
+    """What these functions read of `parallel.item.ItemLayout` (a protocol, so that this
+    module, which `parallel.item` imports, does not import it back)."""
+
+    @property
+    def item_group(self) -> tdist.ProcessGroup: ...
+    @property
+    def n_items(self) -> int: ...
+    @property
+    def item_world(self) -> int: ...
+
 
 ITEM_BUFFER_PREFIXES = ("item_factors", "item_degree", "item_feature_")
 """The model's [I, ...] data-derived buffers (a feature's [D_m] statistics excepted)."""
 
 
-def conditions_over_slices(model: LD4MRec, layout: ItemLayout, rows_BI: Tensor) -> tuple[Tensor | None, list[Tensor]]:
+def conditions_over_slices(model: LD4MRec, layout: ItemGroup, rows_BI: Tensor) -> tuple[Tensor | None, list[Tensor]]:
     """`LD4MRec.conditions` of an item-sharded model: (c_u [B, K] or None, [e_{u,m} [B, D_m]]),
     equal on every rank of the item group. `rows_BI`: the batch's whole sparse rows [B, I]."""
     assert model.item_range is not None, "an item-sharded model"
@@ -94,7 +104,7 @@ def standardized_over_items(feat_LD: Tensor, n_items: int, group: tdist.ProcessG
     return standardization(mean_D, sq_D / max(n_items, 1))
 
 
-def gathered_item_factors(model: LD4MRec, layout: ItemLayout) -> Tensor:
+def gathered_item_factors(model: LD4MRec, layout: ItemGroup) -> Tensor:
     """V_k [I, K] on CPU from the item group's slices (a collective: every rank of the
     group calls it); what the checkpoint keeps for scoring. Empty for the no_bd ablation."""
     if not model.cnet.uses_collaborative:
