@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from data_pipeline import storage
@@ -175,7 +176,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     run.engine.start_epoch(epoch)
     timer = PieceTimer()
     loss_sum = torch.zeros(2, dtype=torch.float64)  # Σ loss·B, Σ B
-    order = epoch_order(len(run.store), cfg.train.seed, epoch, run.worker.rank)
+    order = epoch_rows(run, epoch)
     batches = torch_minibatches(run.store, order, cfg.train.batch_size, run.n_rows, device, timer)
     autocast = device.type == "cuda" and cfg.scaling.bf16
     n_steps = -(-run.n_rows // cfg.train.batch_size)
@@ -198,6 +199,14 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     return {"loss": loss_sum[0].item() / max(loss_sum[1].item(), 1.0), "train_time_s": seconds,
             "users_per_s": loss_sum[1].item() / max(seconds, 1e-9), "data_time_s": timer.seconds("data"),
             "sync_time_s": timer.seconds("sync dense", "sync z_in", "history")}
+
+
+def epoch_rows(run: Run, epoch: int) -> np.ndarray:
+    """The order in which this rank steps through its train rows in an epoch, seeded by its
+    data rank: the W_item ranks of an item group hold the same users and must form the same
+    batches (their conditions', FC_in's and the loss's all-reduces sum over one batch of
+    users; seeded by the world rank, each rank shuffled its own and the sums mixed users)."""
+    return epoch_order(len(run.store), run.cfg.train.seed, epoch, run.engine.data_rank)
 
 
 def evaluate_and_select(run: Run, epoch_row: dict[str, float]) -> tuple[dict[str, Any], bool]:

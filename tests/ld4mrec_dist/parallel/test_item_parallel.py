@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -187,6 +188,8 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     )
     from ld4mrec_dist.parallel.topk import item_parallel_ranking, item_parallel_topk
     from ld4mrec_dist.scaling_model import item_parallel_bytes_per_step
+    from ld4mrec_dist.train.engine import ItemParallel
+    from ld4mrec_dist.train.loop import epoch_rows
 
     warnings.simplefilter("ignore")
     cfg = _cfg()
@@ -274,13 +277,18 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     data = {"loss": float(data_loss), "state": _state(data_model, data_opts), "history": _np(data_history.table_TH),
             "ddp_loss": float(ddp_loss), "ddp_state": _state(ddp_model, ddp_opts),
             "ddp_history": _np(ddp_history.table_TH)}
+    # The trainer's engine and batch order: the item group's ranks step through the same users.
+    engine = ItemParallel(_model(cfg), cfg, SimpleNamespace(world=world, rank=rank, device=torch.device("cpu")))
+    trainer_run = SimpleNamespace(cfg=cfg, engine=engine, store=range(U))
+    epoch_orders = [epoch_rows(trainer_run, epoch).tolist() for epoch in range(3)]
+
     return {
         "lo": layout.lo, "hi": layout.hi, "loss1": loss1, "loss2": loss2, "grads": grads, "state1": state1,
         "loaded": loaded, "state2": _state(model2, opts2), "history": _np(history.table_TH),
         "gathered": gathered, "plain_loaded": plain_loaded, "draws": draws, "bf16_loss": bf16_loss,
         "tops": tops, "metrics": metrics, "data": data, "refused": refused,
         "bytes": counted.total, "expected_bytes": expected_bytes, "calls": counted.calls,
-        "held": held, "built": _built_report(cfg, mesh),
+        "held": held, "built": _built_report(cfg, mesh), "epoch_orders": epoch_orders,
     }
 
 
@@ -434,6 +442,16 @@ def test_evaluator_metrics_through_the_item_parallel_ranking(runs):
         assert r["metrics"].keys() == want.keys()
         for name, value in want.items():
             assert r["metrics"][name] == pytest.approx(value, abs=1e-9), name
+
+
+def test_trainer_batches_the_same_users_on_every_item_rank(runs):
+    """The loop's epoch order on the trainer's `ItemParallel` engine: the ranks of an item
+    group hold the same users and sum the conditions and FC_in over one batch, so they must
+    shuffle alike (seeded by the world rank, each rank formed its own batches)."""
+    first, second = (r["epoch_orders"] for r in runs["ranks"])
+    assert first == second
+    assert all(sorted(order) == list(range(U)) for order in first)
+    assert len({tuple(order) for order in first}) > 1  # a fresh permutation each epoch
 
 
 def test_item_group_moves_activations_not_gradients(runs):
