@@ -17,6 +17,7 @@ slice's); standardize's μ and σ are over all I items (`standardized_over_items
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Protocol
 
 import torch
@@ -48,8 +49,10 @@ class ItemGroup(Protocol):
     def item_world(self) -> int: ...
 
 
-ITEM_BUFFER_PREFIXES = ("item_factors", "item_degree", "item_feature_")
-"""The model's [I, ...] data-derived buffers (a feature's [D_m] statistics excepted)."""
+ITEM_BUFFERS = re.compile(r"item_factors|item_degree|item_feature_\d+(_inv_norm)?")
+"""The names of the model's [I, ...] data-derived buffers: V_k, the degrees, each modality's
+features and l2 norms. By name, not by size: standardize's [D_m] mean and inverse std are
+per feature column, whatever D_m is (a D_m equal to I must not be cut)."""
 
 
 def conditions_over_slices(model: LD4MRec, layout: ItemGroup, rows_BI: Tensor) -> tuple[Tensor | None, list[Tensor]]:
@@ -87,7 +90,7 @@ def keep_item_slice(model: LD4MRec, lo: int, hi: int) -> None:
     """Drop every row but [lo, hi) of the model's [I, ...] data-derived buffers (a model built
     whole, then sharded: its conditions then read the slice only, as one built sharded)."""
     for name, buf in list(model.named_buffers()):
-        if name.startswith(ITEM_BUFFER_PREFIXES) and buf.dim() >= 1 and buf.shape[0] == model.n_items:
+        if ITEM_BUFFERS.fullmatch(name):
             setattr(model, name, buf[lo:hi].clone())
     model.item_range = (lo, hi)
 
