@@ -26,6 +26,7 @@ INPUT_NORMS = ("none", "l2")
 LR_SCALINGS = ("none", "sqrt", "linear")
 COLLAB_NORMS = ("none", "history", "unit")
 FEATURE_NORMS = ("none", "standardize", "l2")
+SVD_SOLVERS = ("fbpca", "distributed")
 STRATEGIES = ("ddp", "ddp_bf16", "powersgd", "item_parallel", "auto")
 """Every value `scaling.strategy` accepts (what each does: ld4mrec_dist/strategy.py)."""
 RANKING_METRICS = ("recall", "ndcg")
@@ -130,6 +131,15 @@ class ModelSection:
     """d, the hidden width of C-Net (even: the sinusoidal time code needs pairs)."""
     svd_rank: int = 64
     """d_svd, rank of the randomized SVD collaborative encoder."""
+    svd_solver: str = "fbpca"
+    """Who fits V_k, the randomized SVD of the train matrix: fbpca (the driver, once, over
+    the whole train matrix: `encoders.svd_item_factors`); distributed (the ranks, from the
+    rows each already reads, on the run's data × item grid, never gathering the matrix:
+    `svd_dist.distributed_item_factors`; each item-parallel rank keeps only its slice).
+    distributed draws another random sketch than fbpca, so V_k and the metrics differ
+    (its captured energy within 0.5 % of fbpca's: docs/scaling.md). Either way V_k is kept
+    as the run directory's item_factors.npy (rank 0 writes the distributed one, gathered,
+    after the fit), which resumes and restarts read back instead of fitting again."""
     modalities: list[str] | None = None
     """Modalities used by the BG-Block, in order. None: text then image, then any other
     modality of the dataset in its manifest order. [] uses none."""
@@ -167,6 +177,8 @@ class ModelSection:
     def __post_init__(self) -> None:
         _check(self.hidden >= 2 and self.hidden % 2 == 0, f"model.hidden={self.hidden}: must be an even number ≥ 2")
         _check(self.svd_rank >= 1, f"model.svd_rank={self.svd_rank}: must be ≥ 1")
+        _check(self.svd_solver in SVD_SOLVERS,
+               f"model.svd_solver={self.svd_solver!r}: choose one of {SVD_SOLVERS}")
         _check(self.ablation in ABLATIONS, f"model.ablation={self.ablation!r}: choose one of {ABLATIONS}")
         _check(0 <= self.dropout < 1, f"model.dropout={self.dropout}: must be in [0, 1)")
         _check(self.input_norm in INPUT_NORMS, f"model.input_norm={self.input_norm!r}: choose one of {INPUT_NORMS}")
@@ -291,7 +303,10 @@ class ScalingSection:
     powersgd (rank-4 PowerSGD with error feedback, ~64× fewer bytes for the item layers);
     item_parallel (C-Net's two |I|-sized layers sharded over item groups of
     `item_group` ranks: activations cross ranks, not |I|·d gradients, and each rank holds
-    1/W_item of those layers; docs/design.md §6.1); auto (picked by the scaling model from
+    1/W_item of those layers; docs/design.md §6.1; each rank builds only its shard, drawn
+    with the full layers' Xavier law from per-block seeded streams, hence other initial
+    numbers than the model built whole, and holds only its items' rows of V_k, of the
+    features and of the degrees: ld4mrec_dist/parallel/build.py); auto (picked by the scaling model from
     W and the catalogue size, printed at start-up). No effect with one worker.
     Precision: the ddp_bf16 and powersgd hooks are lossy; see docs/scaling-out.md for the measured cost."""
     item_group: int = 0

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as tdist
 from torch import Tensor
+from torch.distributed.device_mesh import DeviceMesh
 
 from ld4mrec_dist import dist
 from ld4mrec_dist import strategy as strategies
@@ -31,7 +32,7 @@ from ld4mrec_dist.eval.evaluator import RankFn, ranking_by_scores
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.parallel.checkpoint import load_plain_state, plain_state
 from ld4mrec_dist.parallel.conditions import gathered_item_factors
-from ld4mrec_dist.parallel.item import ItemParallelStep, item_mesh, local_tensor, shard_items, slice_generators
+from ld4mrec_dist.parallel.item import ItemLayout, ItemParallelStep, item_mesh, local_tensor, slice_generators
 from ld4mrec_dist.parallel.topk import item_parallel_ranking
 from ld4mrec_dist.sampler import SamplerHistory
 from ld4mrec_dist.step import DataParallelStep, run_step
@@ -155,12 +156,10 @@ class ItemParallel:
     """C-Net's |I|-sized layers sharded over item groups of `scaling.item_group` ranks
     (0: all W); the users split over the W / W_item item groups."""
 
-    def __init__(self, model: LD4MRec, cfg: Config, worker: WorkerContext):
-        group = cfg.scaling.item_group or worker.world
-        if worker.world % group:
-            raise ValueError(f"scaling.item_group={group} does not divide the {worker.world} workers")
-        self.model, self.cfg, self.device = model, cfg, worker.device
-        self.layout = shard_items(model, item_mesh(worker.world // group, group, worker.device.type))
+    def __init__(self, model: LD4MRec, layout: ItemLayout, cfg: Config, device: torch.device):
+        """`model`: this rank's item-sharded model (`parallel.build.build_sharded_model`),
+        `layout` where it sits on the mesh."""
+        self.model, self.cfg, self.device, self.layout = model, cfg, device, layout
         self.parts = ItemParallelStep(model, self.layout)  # its generators: per epoch
         self.opts = build_optimizers(model, cfg, self.parts.param_groups())
         self.data_rank, self.data_world = self.layout.data_rank, self.layout.data_world
@@ -199,8 +198,10 @@ class ItemParallel:
         return hashlib.sha256("".join(shards).encode()).hexdigest()
 
 
-def build_engine(model: LD4MRec, cfg: Config, worker: WorkerContext, strategy: str) -> Engine:
-    """The engine of a resolved `scaling.strategy`."""
-    if strategy == "item_parallel":
-        return ItemParallel(model, cfg, worker)
-    return DataParallel(model, cfg, worker, strategy)
+def item_parallel_mesh(cfg: Config, worker: WorkerContext) -> DeviceMesh:
+    """The ("data", "item") mesh of an item-parallel run: item groups of
+    `scaling.item_group` ranks (0: all W)."""
+    group = cfg.scaling.item_group or worker.world
+    if worker.world % group:
+        raise ValueError(f"scaling.item_group={group} does not divide the {worker.world} workers")
+    return item_mesh(worker.world // group, group, worker.device.type)

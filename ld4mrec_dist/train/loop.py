@@ -20,14 +20,13 @@ import torch
 from data_pipeline import storage
 from data_pipeline.dataset import open_dataset
 from ld4mrec_dist import dist
-from ld4mrec_dist.build import build_model
 from ld4mrec_dist.config import Config, config_from_dict
 from ld4mrec_dist.console import LINES, EpochProgress
 from ld4mrec_dist.eval.evaluator import EvalData, eval_data, evaluate_ranking
 from ld4mrec_dist.model import LD4MRec
 from ld4mrec_dist.partition import read_rank_rows
 from ld4mrec_dist.rows import RowStore, epoch_order, torch_minibatches
-from ld4mrec_dist.run_dir import BEST_MODEL_FILE, read_item_factors, rewrite_metrics, write_vouched
+from ld4mrec_dist.run_dir import BEST_MODEL_FILE, rewrite_metrics, write_vouched
 from ld4mrec_dist.sampler import SamplerHistory
 from ld4mrec_dist.timing import PieceTimer
 from ld4mrec_dist.tracking import Tracker
@@ -39,9 +38,10 @@ from ld4mrec_dist.train.checkpoint import (
     state_bytes,
 )
 from ld4mrec_dist.train.context import RayTrainWorker, WorkerContext, worker_context
-from ld4mrec_dist.train.engine import Engine, build_engine, digest
+from ld4mrec_dist.train.engine import Engine, digest
 from ld4mrec_dist.train.faults import with_injected_fault
 from ld4mrec_dist.train.lr_rule import lr_at_step, scaled_lr, set_lr
+from ld4mrec_dist.train.rank_model import build_rank, data_placement
 from ld4mrec_dist.train.state import LoopState, best_model_state, checkpoint_state, restored_loop
 
 
@@ -122,8 +122,9 @@ def setup(given: WorkerInput, worker: WorkerContext) -> Run:
     quiet_report_logs()  # one console line per epoch, not one per Ray report
     run_dir = given.run_dir
     ds = open_dataset(given.dataset, verify="sizes")  # the driver hashed it; here only a cheap listing
-    model = build_model(cfg, ds, read_item_factors(run_dir), worker.device)
-    engine = build_engine(model, cfg, worker, given.strategy)
+    # The one read of this rank's users: also what the distributed SVD fits V_k from.
+    rows = read_rank_rows(ds, *data_placement(cfg, worker, given.strategy))
+    model, engine = build_rank(cfg, ds, run_dir, worker, given.strategy, rows.train)
     sampler, state = SamplerHistory.empty(model.schedule.steps, cfg.diffusion), LoopState()
     saved = state_to_start_from(given, worker, run_dir)
     if saved is not None:
@@ -138,7 +139,7 @@ def setup(given: WorkerInput, worker: WorkerContext) -> Run:
             print(f"[ld4mrec] learning rate {scaled_lr(cfg.train, engine.data_world):.3g}: train.lr={cfg.train.lr:g} "
                   f"at {cfg.train.lr_reference_batch} users per step, scaled ({cfg.train.lr_scaling}) to "
                   f"{cfg.train.batch_size} × {engine.data_world} ranks", flush=True)
-    rows = read_rank_rows(ds, engine.data_rank, engine.data_world)  # the one read of this rank's users
+    assert (engine.data_rank, engine.data_world) == data_placement(cfg, worker, given.strategy)
     store = rows.train_store()
     n_rows = dist.all_reduce_min_int(len(store), worker.device)  # equal step counts: DDP hangs otherwise
     if n_rows == 0:

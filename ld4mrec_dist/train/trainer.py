@@ -1,7 +1,8 @@
 """The driver side of a training run: dataset, run directory, launch, final outputs.
 
 `run_training(cfg)` resolves the dataset (preparing the built-in synthetic one when no
-path is given), fits the randomized-SVD collaborative encoder once, resolves the gradient
+path is given), fits the randomized-SVD collaborative encoder once (unless the ranks fit
+it: `model.svd_solver=distributed`), resolves the gradient
 strategy once, launches the ranks (train/launch.py: in this process, or on
 `cfg.scaling.num_workers` Ray Train workers with PyTorch DDP, gloo on CPU and NCCL on GPU)
 and writes final_metrics.json, curves.png and a summary.
@@ -145,10 +146,14 @@ def trained_in_process(run_dir: RunDir) -> bool:
 
 
 def item_factors_for_run(ds: PreparedDataset, cfg: Config, run_dir: RunDir) -> None:
-    """V_k of the train matrix, fitted once per run in the driver and shared by file."""
+    """V_k of the train matrix, fitted once per run in the driver and shared by file; with
+    `model.svd_solver=distributed` the ranks fit it (train/rank_model.py) and the driver
+    never reads the whole train matrix."""
     path = file_in(run_dir, ITEM_FACTORS_FILE)
     if storage.exists(path):
         read_item_factors(run_dir)  # a resume: verified here, before any worker reads it
+        return
+    if cfg.model.svd_solver == "distributed":
         return
     t0 = time.perf_counter()
     v_IK = svd_item_factors(ds.split_csr("train"), cfg.model.svd_rank, cfg.train.seed)
