@@ -5,7 +5,8 @@ A run directory is a local folder or an object-store URI (`RunDir`). Ray Train a
 
     config.yaml          the run's full configuration (`--resume` reads it back)
     config.yaml.sha256   its checksum, written after it
-    item_factors.npy     V_k [I, K] of the train matrix, fitted once by the driver
+    item_factors.npy     V_k [I, K] of the train matrix, fitted once by the driver (or by the
+                         ranks, then written by rank 0: model.svd_solver=distributed)
     item_factors.npy.sha256   its checksum (`sha256sum -c` format), written after it
     metrics.jsonl        one row per evaluation, rewritten whole (object stores cannot append)
     best_model.pt        the best valid epoch's weights and what scoring needs

@@ -59,9 +59,9 @@ def build_rank(cfg: Config, ds: PreparedDataset, run_dir: str, worker: WorkerCon
             if fitted else read_item_factors(run_dir)[lo:hi].copy())
     model, layout = build_sharded_from_dataset(cfg, ds, v_LK, mesh, worker.device)
     if fitted:
-        v_IK = gathered_item_factors(model, layout)  # a collective over the item group: every rank
+        gathered_IK = gathered_item_factors(model, layout)  # a collective over the item group: every rank
         if worker.rank == 0:
-            write_item_factors(run_dir, v_IK.numpy())
+            write_item_factors(run_dir, gathered_IK.numpy())
     return model, ItemParallel(model, layout, cfg, worker.device)
 
 
