@@ -20,6 +20,7 @@ import torch
 
 from data_pipeline import storage
 from data_pipeline.storage import Location
+from ld4mrec_dist.config import Config, config_to_dict
 from ld4mrec_dist.run_dir import RunDir, run_location
 
 FORMAT_VERSION = 1
@@ -275,6 +276,15 @@ def state_bytes(state: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def saved_with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the fields added to the project since it was written set to
+    their defaults (what that run used: a new field's default keeps the old behaviour), so
+    that a new field alone does not make an older checkpoint look incompatible."""
+    defaults = config_to_dict(Config())
+    return {**saved, **{section: {**defaults[section], **saved.get(section, {})}
+                        for section in INCOMPATIBLE_ON_CHANGE if section in saved}}
+
+
 def check_compatible(state: dict[str, Any], config: dict[str, Any], manifest_sha256: str) -> None:
     """Refuse to resume against another dataset or a config that changes the model."""
     if state.get("manifest_sha256") != manifest_sha256:
@@ -282,7 +292,7 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any], manifest_sha
             "the checkpoint was trained on another dataset (manifest sha256 "
             f"{str(state.get('manifest_sha256'))[:12]}… ≠ {manifest_sha256[:12]}…): resume with "
             "the same data.path/data.synthetic, or start a new run")
-    saved = state.get("config", {})
+    saved = saved_with_defaults(state.get("config", {}))
     for section in INCOMPATIBLE_ON_CHANGE:
         if saved.get(section) != config.get(section):
             diff = {k: (saved.get(section, {}).get(k), v) for k, v in config.get(section, {}).items()

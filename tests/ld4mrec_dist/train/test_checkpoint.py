@@ -64,6 +64,18 @@ def test_resume_checks_dataset_and_model_config():
     check_compatible(state, relaxed, "abc")
 
 
+def test_a_checkpoint_older_than_a_new_model_field_resumes_unless_the_field_is_changed():
+    cfg = config_to_dict(Config())
+    old = json.loads(json.dumps(cfg))
+    del old["model"]["svd_solver"]  # written before the field existed: it ran the default
+    state = {**_state(), "config": old}
+    check_compatible(state, cfg, "abc")
+    changed = json.loads(json.dumps(cfg))
+    changed["model"]["svd_solver"] = "distributed"
+    with pytest.raises(CheckpointError, match="svd_solver"):
+        check_compatible(state, changed, "abc")
+
+
 def _run_with_checkpoints(run_dir, epochs):
     """checkpoint_<i> folders in Ray's naming order, one per epoch given."""
     for i, epoch in enumerate(epochs):
