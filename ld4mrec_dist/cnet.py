@@ -27,7 +27,6 @@ branch; `no_sr` does not change C-Net (it only changes the loss target, see mode
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -132,7 +131,8 @@ class AffineStage(nn.Module):
 
 class BGBlock(nn.Module):
     """Behaviour Generating Block (Eq. 21–22): one AffineStage per modality in order,
-    LeakyReLU between consecutive stages. With no modality it is the identity (warned)."""
+    LeakyReLU between consecutive stages. With no modality it is the identity (C-Net = FC_in → BD
+    → FC_out); the run's start-up lines say so (report.py), not a Python warning."""
 
     def __init__(self, feat_dims: Sequence[int], hidden: int, negative_slope: float,
                  stage_slope: float | None = None):
@@ -140,9 +140,6 @@ class BGBlock(nn.Module):
         # Slope of the LeakyReLU between stages; None: the MLPs' `negative_slope`.
         self.negative_slope = negative_slope if stage_slope is None else stage_slope
         self.stages = nn.ModuleList(AffineStage(d_m, hidden, negative_slope) for d_m in feat_dims)
-        if not self.stages:
-            warnings.warn("BG-Block has no modality: it is the identity (C-Net = FC_in → BD → FC_out)",
-                          stacklevel=2)
 
     def forward(self, y_BD: Tensor, prefs: Sequence[Tensor]) -> Tensor:
         if len(prefs) != len(self.stages):

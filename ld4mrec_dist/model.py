@@ -26,7 +26,6 @@ CUDA), and its output is cast back to float32 before the loss.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -140,15 +139,12 @@ class LD4MRec(nn.Module):
         with torch.no_grad():
             self.z_in.weight.copy_(timestep_embedding(torch.zeros(1), model_cfg.hidden).expand_as(self.z_in.weight))
 
-        with warnings.catch_warnings():
-            if ablation == "no_bg":
-                warnings.simplefilter("ignore")
-            feature_dims = [self.item_feature(j).shape[1] for j in range(len(names))]
-            self.cnet = CNet(n_items, model_cfg.hidden, svd_rank, feature_dims,
-                             ablation=ablation, negative_slope=model_cfg.negative_slope,
-                             dropout=model_cfg.dropout, input_norm=model_cfg.input_norm,
-                             stage_slope=model_cfg.stage_slope,
-                             item_device=None if item_range is None else "meta")
+        feature_dims = [self.item_feature(j).shape[1] for j in range(len(names))]
+        self.cnet = CNet(n_items, model_cfg.hidden, svd_rank, feature_dims,
+                         ablation=ablation, negative_slope=model_cfg.negative_slope,
+                         dropout=model_cfg.dropout, input_norm=model_cfg.input_norm,
+                         stage_slope=model_cfg.stage_slope,
+                         item_device=None if item_range is None else "meta")
 
     # ----------------------------------------------------------------- pieces
     @property
