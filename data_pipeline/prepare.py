@@ -157,7 +157,9 @@ def write_modalities(folder: Path, source: Source | TabularLog, progress: bool) 
     (folder / "features").mkdir()
     entries = []
     for name, feat in source.features.items():
-        with tqdm(total=feat.n_rows, desc=f"features/{name}", unit="item", disable=not progress, leave=False) as bar:
+        # disable=None: no bar when stderr is not a terminal (no carriage-return bars in a log)
+        with tqdm(total=feat.n_rows, desc=f"features/{name}", unit="item", leave=False,
+                  disable=None if progress else True) as bar:
             sha = write_features(feat, folder / "features" / f"{name}.npy", bar)
         entries.append({"name": name, "dim": feat.width, "file": f"features/{name}.npy", "sha256": sha})
     return entries

@@ -206,7 +206,7 @@ def write_feature(rng: np.random.Generator, path: Path, latent: np.ndarray, widt
     np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False,
                                                 "shape": (latent.shape[0], width)})
     with open(path, "wb") as fh, tqdm(total=latent.shape[0], desc=f"synthetic {name}", unit="item",
-                                      disable=not progress, leave=False) as bar:
+                                      disable=None if progress else True, leave=False) as bar:
         fh.write(head.getvalue())
         for start in range(0, latent.shape[0], FEATURE_CHUNK):
             block = latent[start:start + FEATURE_CHUNK] @ proj

@@ -151,7 +151,8 @@ def top_k_table(model: LD4MRec, ds: PreparedDataset, k: int, batch_size: int = 1
     users = users_with_rows(train) if users is None else users
     k = min(k, ds.n_items)
     out_u, out_i, out_s = [], [], []
-    for start in tqdm(range(0, len(users), batch_size), desc="scoring", disable=not progress, unit="batch"):
+    for start in tqdm(range(0, len(users), batch_size), desc="scoring", unit="batch",
+                      disable=None if progress else True):
         users_B = users[start:start + batch_size]
         rows = train[users_B]
         scores_BI = model.score(to_torch_csr(rows, device), torch.from_numpy(users_B).to(device)).float()

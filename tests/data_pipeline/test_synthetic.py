@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from data_pipeline.errors import DataError
+from data_pipeline.prepare import prepare_dataset
 from data_pipeline.readers.mmrec import read_mmrec
 from data_pipeline.synthetic import SHAPES, generate_mmrec
 
@@ -35,6 +36,12 @@ def test_deterministic_for_a_seed(tmp_path, tiny_raw):
     other = generate_mmrec("tiny", tmp_path / "b", seed=8, progress=False)
     assert digest(again) == digest(tiny_raw)
     assert digest(other)["tiny.inter"] != digest(tiny_raw)["tiny.inter"]
+
+
+def test_progress_bars_stay_off_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    raw = generate_mmrec("tiny", tmp_path / "raw", seed=7, progress=True)
+    prepare_dataset(read_mmrec(raw), "clean", tmp_path / "ds", progress=True)
+    assert capsys.readouterr().err == ""     # a redirected log gets no carriage-return bars
 
 
 def test_unknown_shape():
