@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,17 +15,28 @@ def read_metrics(text: str) -> list[dict[str, Any]]:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A fixed-width text table; floats with 4 decimals. ValueError for a row whose
-    length differs from the header's."""
+    """A fixed-width text table; floats with 4 decimals; a column of numbers (and its header)
+    right-aligned, any other column left-aligned. ValueError for a row whose length differs
+    from the header's."""
     bad = next((row for row in rows if len(row) != len(headers)), None)
     if bad is not None:
         raise ValueError(f"table row {list(bad)} has {len(bad)} cells; the header has {len(headers)}")
     cells = [[f"{c:.4f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    numeric = [bool(rows) and all(is_number(row[i]) or row[i] in ("", None) for row in rows)
+               for i in range(len(headers))]
+
+    def justify(text: str, i: int) -> str:
+        return text.rjust(widths[i]) if numeric[i] else text.ljust(widths[i])
+
+    line = "  ".join(justify(h, i) for i, h in enumerate(headers))
     sep = "  ".join("-" * w for w in widths)
-    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    body = ["  ".join(justify(c, i) for i, c in enumerate(r)) for r in cells]
     return "\n".join([line, sep, *body])
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def metric_label(name: str) -> str:

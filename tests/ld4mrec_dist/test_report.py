@@ -26,6 +26,13 @@ def test_format_table_aligns_columns_and_rounds_floats():
     assert format_table(["a", "b"], []).splitlines()[0].split() == ["a", "b"]
 
 
+def test_format_table_right_aligns_numbers_and_left_aligns_text():
+    lines = format_table(["user", "score", "title"], [[42, 0.5, "Heat"], [7, 0.25, "The Usual Suspects"]]).splitlines()
+    assert lines[0] == "user   score  title             "
+    assert lines[2] == "  42  0.5000  Heat              "
+    assert lines[3] == "   7  0.2500  The Usual Suspects"
+
+
 def test_format_table_refuses_a_row_of_the_wrong_length():
     with pytest.raises(ValueError):
         format_table(["a", "b"], [["only one cell"]])
