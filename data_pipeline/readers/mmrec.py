@@ -19,13 +19,14 @@ COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
 MODALITY_ORDER = ("text", "image")
 
 
-def find_inter(path: Path, name: str | None = None) -> Path:
-    """The .inter file at `path` (a file, or a directory holding exactly one or `<name>.inter`)."""
+def find_inter(path: Path, name: str | None = None, source: str = "MMRec") -> Path:
+    """The .inter file at `path` (a file, or a directory holding exactly one or `<name>.inter`);
+    `source` names the format in the error."""
     path = Path(path)
     if path.is_file():
         return path
     if not path.is_dir():
-        raise DataError(f"{path}: no such file or directory; pass an MMRec dataset directory or its .inter file")
+        raise DataError(f"{path}: no such file or directory; pass the {source} dataset's directory or its .inter file")
     if name:
         inter = path / f"{name}.inter"
         if not inter.is_file():

@@ -45,7 +45,7 @@ def read_recbole(path: str | Path, name: str | None = None, user_field: str = "u
                  item_field: str = "item_id", features: tuple[FeatureFile, ...] = ()) -> Source:
     """Parse `<name>.inter`; `<name>.item` beside it, when present, is the source's item table
     (its fields become modalities in `item_fields`)."""
-    inter = find_inter(Path(path), name)
+    inter = find_inter(Path(path), name, source="RecBole")
     table, types = typed_table(inter)
     require_columns(inter, table.column_names, [user_field, item_field],
                     "Name them with --col-user / --col-item.")

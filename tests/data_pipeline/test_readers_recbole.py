@@ -16,6 +16,11 @@ def item_features(src):
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
 
 
+def test_a_missing_path_names_the_recbole_format(tmp_path):
+    with pytest.raises(DataError, match="no such file or directory; pass the RecBole dataset.s directory"):
+        read_recbole(tmp_path / "missing")
+
+
 def test_reads_inter_and_item(tmp_path, tsv):
     tsv(tmp_path / "ml.inter", HEADER, [("u9", "b", 5, 3), ("u1", "a", 2, 1), ("u9", "c", 4, 2)])
     tsv(tmp_path / "ml.item", "item_id:token\temb:float_seq\tgenre:token",
