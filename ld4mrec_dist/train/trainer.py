@@ -111,7 +111,7 @@ def prepare_run(cfg: Config) -> PreparedRun:
     write_vouched(run_dir, CONFIG_FILE, config_to_yaml(cfg).encode())
     item_factors_for_run(ds, cfg, run_dir)
     print(f"[ld4mrec] dataset {ds.location} ({ds.n_users} users × {ds.n_items} items, "
-          f"modalities {ds.modalities}); run directory {run_dir}", flush=True)
+          f"modalities: {', '.join(ds.modalities) or 'none'}); run directory {run_dir}", flush=True)
     print("\n".join(modality_lines(ds.manifest, select_modalities(cfg.model.modalities, ds.modalities),
                                    cfg.model.ablation)), flush=True)
     print(tracking.startup_line(run_dir), flush=True)

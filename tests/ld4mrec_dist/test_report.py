@@ -66,10 +66,10 @@ def test_modality_lines_name_what_the_bg_block_uses():
 def test_modality_lines_warn_first_when_the_bg_block_has_none():
     (line,) = modality_lines(manifest_with(), [], "none")
     assert line.startswith("[ld4mrec] WARNING: the BG-Block has no modality (the dataset has none)")
-    (line,) = modality_lines(manifest_with(("genre", 6, "multi_hot", 1.0)), [], "none")
-    assert "model.modalities=[]" in line and "WARNING" in line
-    assert "no_bg replaces the BG-Block" in modality_lines(manifest_with(("genre", 6, "multi_hot", 1.0)), [],
-                                                           "no_bg")[0]
+    two = manifest_with(("genre", 6, "multi_hot", 1.0), ("title", 384, "text", 1.0))
+    (line,) = modality_lines(two, [], "none")
+    assert "model.modalities=[] (the dataset has genre, title)" in line and "WARNING" in line
+    assert "no_bg replaces the BG-Block; the dataset has genre, title)" in modality_lines(two, [], "no_bg")[0]
 
 
 def test_training_curves_give_each_metric_one_colour_valid_solid_test_dashed_legend_outside():
