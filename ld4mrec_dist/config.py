@@ -297,8 +297,9 @@ class ScalingSection:
     back (restarted or replaced) before the run ends with the `--resume` command, instead
     of spending Ray Train's worker-group start-up timeout on every remaining attempt."""
     strategy: str = "ddp"
-    """How C-Net's gradients cross ranks (ld4mrec_dist/strategy.py, chosen by `auto` in
-    ld4mrec_dist/scaling_model.py; docs/design.md §9):
+    """How C-Net's gradients cross ranks: ddp, ddp_bf16, powersgd, item_parallel or auto.
+    They live in ld4mrec_dist/strategy.py, and `auto` chooses in ld4mrec_dist/scaling_model.py
+    (docs/design.md §9):
     ddp (float32 all-reduce, exact); ddp_bf16 (bfloat16 all-reduce, half the bytes);
     powersgd (rank-4 PowerSGD with error feedback, ~64× fewer bytes for the item layers);
     item_parallel (C-Net's two |I|-sized layers sharded over item groups of

@@ -93,7 +93,7 @@ def test_compare_writes_a_table_with_the_baseline(tmp_path):
 def test_help_lists_every_config_key_with_its_type_default_and_meaning(capsys):
     import dataclasses
 
-    from ld4mrec_dist.config import Config
+    from ld4mrec_dist.config import STRATEGIES, Config
 
     with pytest.raises(SystemExit):
         _job("train").main(["--help"])
@@ -107,6 +107,8 @@ def test_help_lists_every_config_key_with_its_type_default_and_meaning(capsys):
     row = next(r for r in lines if r.split()[:1] == ["train.lr"]).split()
     assert row[1:3] == ["float", "0.001"] and row[3] == "Adam's"
     assert next(r for r in lines if r.split()[:1] == ["data.path"]).split()[1:3] == ["str", '""']
+    strategy = next(r for r in lines if r.split()[:1] == ["scaling.strategy"])
+    assert all(name in strategy for name in STRATEGIES), f"--help should list the choices: {strategy!r}"
 
 
 def test_print_config_resolves_file_and_overrides_given_after_flags_and_runs_nothing(tmp_path, capsys):
