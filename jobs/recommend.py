@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def first_rows(table: pa.Table, n: int = SHOWN_ROWS) -> str:
     head = table.slice(0, n).to_pylist()
-    cells = [[v if isinstance(v, (int, float)) else ("" if v is None else str(v)) for v in row.values()] for row in head]
+    cells = [[v if isinstance(v, (int, float)) else ("" if v is None else str(v)) for v in row.values()]
+             for row in head]
     return format_table(table.column_names, cells)
 
 
