@@ -8,6 +8,7 @@ and type-checked by OmegaConf; each dataclass validates itself in `__post_init__
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from data_pipeline import storage
 
@@ -360,6 +361,22 @@ class Config:
     run: RunSection = field(default_factory=RunSection)
 
 
+def config_key_names() -> list[str]:
+    """Every key as an override writes it (`section.field`), in declaration order."""
+    return [f"{section.name}.{f.name}" for section in dataclasses.fields(Config)
+            for f in dataclasses.fields(section.default_factory)]  # type: ignore[arg-type]
+
+
+def unknown_key_error(key: str, where: str = "") -> ConfigError:
+    """The one-line error for a key `Config` does not have, naming the nearest one."""
+    keys = config_key_names()
+    candidates = keys if "." in key else list(dict.fromkeys(k.partition(".")[0] for k in keys))
+    nearest = difflib.get_close_matches(key, candidates, n=1)
+    hint = f"; did you mean {nearest[0]}?" if nearest else ""
+    return ConfigError(f"unknown configuration key {key!r}{where}{hint} "
+                       "(python jobs/train.py --help lists every key)")
+
+
 def load_config(path: str | Path | Config | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at `path` (local or URI), then `section.field=value` overrides.
     `path` may also be a `Config`, which then replaces the defaults (it is not modified)."""
@@ -382,6 +399,10 @@ def load_config(path: str | Path | Config | None = None, overrides: list[str] | 
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         where = f" in {source}" if source else ""
+        if isinstance(err, ConfigKeyError) and err.full_key:
+            typed = [o.partition("=")[0] for o in overrides or []]
+            key = next((k for k in typed if k == err.full_key or k.startswith(f"{err.full_key}.")), None)
+            raise unknown_key_error(key or err.full_key, "" if key else where) from None
         key = f"{err.full_key}: " if getattr(err, "full_key", None) else ""  # the field, as the user writes it
         raise ConfigError(f"invalid configuration{where}: {key}{err}".split("\n    full_key")[0]) from None
     assert isinstance(cfg, Config)

@@ -31,7 +31,14 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ld4mrec_dist.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from ld4mrec_dist.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    unknown_key_error,
+)
 
 # name -> (tune function, number of arguments); `choice` takes one list.
 DISTRIBUTIONS = {"choice": 1, "uniform": 2, "loguniform": 2, "randint": 2, "lograndint": 2,
@@ -141,24 +148,13 @@ def check_sweep(spec: SweepSpec, where: str = "sweep") -> None:
          "asha: grace_period ≥ 1 and reduction_factor > 1")
 
 
-def nearest_key_hint(key: str) -> str:
-    """': Did you mean ...?' as `load_config` (jobs/train.py) words an unknown `key`, or ''."""
-    try:
-        load_config(overrides=[f"{key}=null"])
-    except ConfigError as err:
-        _, found, hint = str(err).partition("Did you mean")
-        return f": did you mean{hint}" if found else ""
-    return ""
-
-
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """`cfg` with dotted `section.field: value` overrides, validated by the typed Config."""
     d = config_to_dict(cfg)
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if section not in d or not isinstance(d[section], dict) or name not in d[section]:
-            raise ConfigError(f"{key!r} is not a config field{nearest_key_hint(key)} "
-                              "(write section.field, see ld4mrec_dist/config.py)")
+            raise unknown_key_error(key)
         d[section][name] = plain(value)
     try:
         return config_from_dict(d)

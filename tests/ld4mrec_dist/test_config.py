@@ -50,6 +50,20 @@ def test_bad_values_are_one_line_errors_naming_the_field(overrides, names):
     assert names in message and "\n" not in message
 
 
+def test_an_unknown_key_names_the_nearest_key_as_the_user_writes_it(tmp_path):
+    hint = "(python jobs/train.py --help lists every key)"
+    for override, want in [("train.lrr=1", "'train.lrr'; did you mean train.lr?"),
+                           ("trian.lr=1", "'trian.lr'; did you mean train.lr?"),
+                           ("bogus=1", "'bogus' (python")]:
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [override])
+        assert str(err.value).startswith(f"unknown configuration key {want}") and str(err.value).endswith(hint)
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  hiden: 64\n")
+    with pytest.raises(ConfigError, match=f"'model.hiden' in {path}; did you mean model.hidden\\?"):
+        load_config(path)
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml does not exist"):
         load_config(tmp_path / "nope.yaml")
