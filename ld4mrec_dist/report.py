@@ -102,7 +102,7 @@ def modality_lines(manifest: dict[str, Any], used: Sequence[str], ablation: str)
                 f"{', '.join(available) or 'none'})"]
     if not used:
         why = ("the dataset has none" if not available
-               else f"model.modalities=[] (the dataset has {', '.join(available)})")
+               else f"model.modalities=[], though the dataset has {', '.join(available)}")
         return [f"[ld4mrec] WARNING: the BG-Block has no modality ({why}): it is the identity and LD4MRec "
                 "trains without item content (C-Net = FC_in → BD → FC_out)"]
     dims = {m["name"]: m["dim"] for m in manifest["modalities"]}

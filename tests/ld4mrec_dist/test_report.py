@@ -68,7 +68,7 @@ def test_modality_lines_warn_first_when_the_bg_block_has_none():
     assert line.startswith("[ld4mrec] WARNING: the BG-Block has no modality (the dataset has none)")
     two = manifest_with(("genre", 6, "multi_hot", 1.0), ("title", 384, "text", 1.0))
     (line,) = modality_lines(two, [], "none")
-    assert "model.modalities=[] (the dataset has genre, title)" in line and "WARNING" in line
+    assert "(model.modalities=[], though the dataset has genre, title)" in line and "WARNING" in line
     assert "no_bg replaces the BG-Block; the dataset has genre, title)" in modality_lines(two, [], "no_bg")[0]
 
 
