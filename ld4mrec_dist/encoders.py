@@ -14,7 +14,6 @@ Everything works from a batch's sparse CSR rows: nothing here holds a dense U ×
 
 from __future__ import annotations
 
-import warnings
 from typing import cast
 
 import fbpca
@@ -28,7 +27,8 @@ from torch import Tensor
 def svd_item_factors(train_csr: sp.spmatrix, k: int, seed: int, n_iter: int = 4) -> np.ndarray:
     """V_k, np.float32 [I, k], of a randomized truncated SVD (fbpca, `raw=True`: no centring).
 
-    `k` is clamped to min(U, I) − 1 with a warning. fbpca draws from NumPy's global RNG,
+    `k` is clamped to min(U, I) − 1 (the result's width says so; a run's start-up line
+    reports it). fbpca draws from NumPy's global RNG,
     so it is seeded with `seed` and the caller's global state is restored afterwards. The
     sign of each singular vector is fixed (its largest-magnitude entry is positive) so that
     the factors do not depend on the RNG's sign choice. `n_iter` power iterations (fbpca's
@@ -41,9 +41,7 @@ def svd_item_factors(train_csr: sp.spmatrix, k: int, seed: int, n_iter: int = 4)
     k_max = min(n_users, n_items) - 1
     if k_max < 1:
         raise ValueError(f"train matrix {a.shape}: too small for an SVD")
-    if k > k_max:
-        warnings.warn(f"svd rank {k} > min(|U|, |I|) − 1 = {k_max}: using {k_max}", stacklevel=2)
-        k = k_max
+    k = min(k, k_max)
     state = np.random.get_state()
     try:
         np.random.seed(seed % 2**32)

@@ -158,7 +158,10 @@ def item_factors_for_run(ds: PreparedDataset, cfg: Config, run_dir: RunDir) -> N
     t0 = time.perf_counter()
     v_IK = svd_item_factors(ds.split_csr("train"), cfg.model.svd_rank, cfg.train.seed)
     write_item_factors(run_dir, v_IK)
-    print(f"[ld4mrec] randomized SVD (k={v_IK.shape[1]}) of the train matrix "
+    k = v_IK.shape[1]
+    clamped = (f"; model.svd_rank={cfg.model.svd_rank} exceeds min(users, items) − 1" if k < cfg.model.svd_rank
+               else "")
+    print(f"[ld4mrec] randomized SVD (k={k}{clamped}) of the train matrix "
           f"{ds.n_users}×{ds.n_items}: {time.perf_counter() - t0:.1f}s", flush=True)
 
 

@@ -27,6 +27,14 @@ def test_prepare_run_resolves_auto_once_for_every_rank(tmp_path):
     assert (prepared.run_dir / "config.yaml").is_file() and (prepared.run_dir / "item_factors.npy").is_file()
 
 
+def test_a_clamped_svd_rank_is_said_in_the_start_up_line(tmp_path, capsys):
+    data = prepare_synthetic("tiny", "clean", tmp_path / "data", progress=False)   # 100 users × 60 items
+    cfg = load_config(overrides=[f"data.path={data}", f"run.storage={tmp_path / 'runs'}", "run.name=r",
+                                 "model.hidden=16", "model.svd_rank=64", "scaling.num_workers=0"])
+    prepare_run(cfg)
+    assert "randomized SVD (k=59; model.svd_rank=64 exceeds min(users, items) − 1)" in capsys.readouterr().out
+
+
 def test_zero_workers_is_the_one_in_process_case():
     assert runs_in_process(load_config(overrides=["scaling.num_workers=0"]))
     assert not runs_in_process(load_config(overrides=["scaling.num_workers=1"]))
