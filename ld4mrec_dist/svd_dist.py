@@ -32,8 +32,6 @@ the maximum taken over all slices).
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -120,8 +118,8 @@ def distributed_item_factors(rows_RI: sp.spmatrix, k: int, seed: int, n_iter: in
     `rows_RI`: the rank's row block, all I columns (equal on the item group); `item_range`:
     the rank's item slice (default: all items, for an item group of one); `data_group`:
     the ranks holding the other row blocks; `item_group`: the ranks holding the same rows
-    and the other slices. k is clamped to min(U, I) − 1 with a warning, as `svd_item_factors`
-    does. Every rank of both groups must call it."""
+    and the other slices. k is clamped to min(U, I) − 1, as `svd_item_factors` does (the
+    result's width says so). Every rank of both groups must call it."""
     a = sp.csr_matrix(rows_RI, dtype=np.float64)
     n_items = a.shape[1]
     lo, hi = item_range or (0, n_items)
@@ -131,9 +129,7 @@ def distributed_item_factors(rows_RI: sp.spmatrix, k: int, seed: int, n_iter: in
     k_max = min(n_users, n_items) - 1
     if k_max < 1:
         raise ValueError(f"train matrix {n_users}×{n_items}: too small for an SVD")
-    if k > k_max:
-        warnings.warn(f"svd rank {k} > min(|U|, |I|) − 1 = {k_max}: using {k_max}", stacklevel=2)
-        k = k_max
+    k = min(k, k_max)
     width = min(k + 2, k_max + 1)
     block = a[:, lo:hi].tocsr()  # A_ds [R, L]
     block_t = block.T.tocsr()  # [L, R]
