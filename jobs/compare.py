@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds: tiny data, 2 epochs, in-process, one seed")
     parser.add_argument("--quick", action="store_true",
                         help="reduced comparison: first seed, short LD4MRec run, small baseline grids")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value")
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
+                        help="configuration overrides, anywhere on the line "
+                             "(python jobs/train.py --help lists the keys)")
     flags, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(flags)
     args.overrides = overrides

@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ld4mrec_dist.cli import split_overrides
 from ld4mrec_dist.config import ConfigError
 from ld4mrec_dist.tune import tune_state
 from ld4mrec_dist.tune.search_space import SweepSpec, base_config, load_sweep
@@ -55,8 +56,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--retry-errored", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny data, 3 epochs, the first 2 values of each grid key, 1 worker per trial")
-    parser.add_argument("overrides", nargs="*", metavar="section.field=value")
-    return parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value",
+                        help="configuration overrides for every trial, anywhere on the line "
+                             "(python jobs/train.py --help lists the keys)")
+    flags, overrides = split_overrides(argv)
+    args = parser.parse_args(flags)
+    args.overrides = overrides
+    return args
 
 
 def smoke(spec: SweepSpec) -> SweepSpec:

@@ -25,6 +25,11 @@ def load_job(name: str):
     return module
 
 
+def test_overrides_may_stand_after_any_flag():
+    args = load_job("tune").parse_args(["--sweep", "s.yaml", "train.lr=0.01", "--smoke-test", "data.seed=3"])
+    assert (args.sweep, args.smoke_test, args.overrides) == ("s.yaml", True, ["train.lr=0.01", "data.seed=3"])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # ~4 min on an idle 2-core host; far more on a loaded CI machine
 def test_four_trial_sweep_end_to_end(ray_local, tmp_path, monkeypatch):
