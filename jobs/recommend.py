@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a run directory written by jobs/train.py")
     parser.add_argument("--k", type=int, default=20, help="recommendations per user (default 20)")
-    parser.add_argument("--out", help="output Parquet file (default RUN_DIR/top<K>.parquet)")
+    parser.add_argument("--out", help="output Parquet file (default RUN_DIR/top<K>.parquet; with --users or "
+                                      "--users-file, RUN_DIR/top<K>-users.parquet)")
     users = parser.add_mutually_exclusive_group()
     users.add_argument("--users", nargs="+", metavar="ID", help="only these users (original ids; default: all)")
     users.add_argument("--users-file", metavar="FILE", help="only the users listed in FILE, one id per line")
@@ -47,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def default_name(k: int, subset: bool) -> str:
+    """top<K>.parquet for every user; top<K>-users.parquet for the users asked for, so that a
+    lookup of a few users never replaces the export of all of them."""
+    return f"top{k}-users.parquet" if subset else f"top{k}.parquet"
+
+
 def first_rows(table: pa.Table, n: int = SHOWN_ROWS) -> str:
     head = table.slice(0, n).to_pylist()
     cells = [[v if isinstance(v, (int, float)) else ("" if v is None else str(v)) for v in row.values()]
@@ -56,7 +63,7 @@ def first_rows(table: pa.Table, n: int = SHOWN_ROWS) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = args.out or str(Path(args.run_dir) / f"top{args.k}.parquet")
+    out = args.out or str(Path(args.run_dir) / default_name(args.k, subset=bool(args.users or args.users_file)))
     try:
         users = read_user_ids(args.users_file) if args.users_file else args.users
         table = recommendation_table(args.run_dir, args.k, args.dataset, args.device, users=users,

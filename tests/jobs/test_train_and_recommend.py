@@ -215,6 +215,17 @@ def test_recommend_for_chosen_users_joins_item_columns_and_prints_the_first_rows
                                    "--out", str(tmp_path / "one.parquet")]) == 0
     assert set(pq.read_table(tmp_path / "one.parquet").column("user").to_pylist()) == {users[1]}
 
+    # Without --out, a lookup of a few users gets a name of its own: the all-users export stays.
+    everyone = run_dir / "top2.parquet"
+    everyone.write_bytes(b"the all-users export")
+    try:
+        assert _job("recommend").main([str(run_dir), "--k", "2", "--users", users[0]]) == 0
+        assert everyone.read_bytes() == b"the all-users export"
+        assert set(pq.read_table(run_dir / "top2-users.parquet").column("user").to_pylist()) == {users[0]}
+    finally:
+        everyone.unlink()
+        (run_dir / "top2-users.parquet").unlink(missing_ok=True)
+
 
 def test_recommend_names_unknown_users_and_columns(tiny_run, tmp_path, capsys):
     run_dir, _ = tiny_run
