@@ -188,7 +188,7 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
     )
     from ld4mrec_dist.parallel.topk import item_parallel_ranking, item_parallel_topk
     from ld4mrec_dist.scaling_model import item_parallel_bytes_per_step
-    from ld4mrec_dist.train.engine import ItemParallel
+    from ld4mrec_dist.train.engine import ItemParallel, item_parallel_mesh
     from ld4mrec_dist.train.loop import epoch_rows
 
     warnings.simplefilter("ignore")
@@ -278,7 +278,9 @@ def _rank(rank: int, world: int, ck1: str, ck2: str, plain1: str) -> dict:
             "ddp_loss": float(ddp_loss), "ddp_state": _state(ddp_model, ddp_opts),
             "ddp_history": _np(ddp_history.table_TH)}
     # The trainer's engine and batch order: the item group's ranks step through the same users.
-    engine = ItemParallel(_model(cfg), cfg, SimpleNamespace(world=world, rank=rank, device=torch.device("cpu")))
+    worker = SimpleNamespace(world=world, rank=rank, device=torch.device("cpu"))
+    engine_model = _model(cfg)
+    engine = ItemParallel(engine_model, shard_items(engine_model, item_parallel_mesh(cfg, worker)), cfg, worker.device)
     trainer_run = SimpleNamespace(cfg=cfg, engine=engine, store=range(U))
     epoch_orders = [epoch_rows(trainer_run, epoch).tolist() for epoch in range(3)]
 

@@ -40,7 +40,7 @@ def test_shipped_sweeps_are_valid(name, keys):
 
 @pytest.mark.parametrize("raw,match", [
     ({"grid": {"diffusion.sr_prob": [0.1]}, "metric": "test/recall@20"}, "never on test"),
-    ({"grid": {"diffusion.sr_prb": [0.1]}}, "not a config field"),
+    ({"grid": {"diffusion.sr_prb": [0.1]}}, "unknown configuration key .diffusion.sr_prb.; did you mean"),
     ({"grid": {"diffusion.sr_prob": [2.0]}}, "must be in"),
     ({"grid": {"run.name": ["x"]}}, "set by the sweep"),
     ({"space": {"train.lr": {"lognormal": [1, 2]}}}, "one of"),
