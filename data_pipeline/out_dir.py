@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from data_pipeline import storage
 from data_pipeline.errors import DataError
@@ -50,14 +49,11 @@ def check_replaceable(out: Location, inputs: Iterable[Location] = ()) -> None:
 
 
 def files_under(location: Location) -> set[str]:
-    """Relative paths (forward slashes) of every file under a directory, hidden ones included."""
-    fs, root = storage.filesystem(location)
+    """Relative paths (forward slashes) of every file under `--out`, hidden ones included."""
     try:
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        return set(storage.files_under(location))
     except (OSError, pa.ArrowException) as err:
         raise DataError(f"--out {location}: cannot be listed ({err})") from None
-    prefix = root.rstrip("/") + "/"
-    return {i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File and i.path.startswith(prefix)}
 
 
 def _refuse_if_input_inside(out: Location, inputs: Iterable[Location]) -> None:

@@ -73,6 +73,16 @@ def list_dir(location: Location) -> list[str]:
     return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))
 
 
+def files_under(location: Location) -> dict[str, pafs.FileInfo]:
+    """Relative path (forward slashes) -> pyarrow's FileInfo of every file under a directory,
+    hidden ones included. Raises what pyarrow raises (OSError, ArrowException): each caller
+    says what the listing was for."""
+    fs, root = filesystem(location)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    prefix = root.rstrip("/") + "/"
+    return {i.path[len(prefix):]: i for i in infos if i.type == pafs.FileType.File and i.path.startswith(prefix)}
+
+
 def make_dirs(location: Location) -> None:
     fs, path = filesystem(location)
     try:

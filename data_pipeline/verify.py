@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_pipeline import storage
@@ -116,14 +115,11 @@ def prepare_again(manifest: dict[str, Any], location: str) -> str:
 
 def _listing(location: str) -> dict[str, _Stat]:
     """relative path (forward slashes) -> size and mtime of every file under the dataset."""
-    fs, root = storage.filesystem(location)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        infos = storage.files_under(location)
     except (OSError, pa.ArrowException) as err:
         raise DataError(f"{location}: cannot be listed ({err}); check the location and its credentials") from None
-    prefix = root.rstrip("/") + "/"
-    return {info.path[len(prefix):]: _Stat(int(info.size), info.mtime_ns)
-            for info in infos if info.type == pafs.FileType.File and info.path.startswith(prefix)}
+    return {rel: _Stat(int(info.size), info.mtime_ns) for rel, info in infos.items()}
 
 
 def _check_presence_and_sizes(entries: dict[str, tuple[str, int | None]], on_disk: dict[str, _Stat],

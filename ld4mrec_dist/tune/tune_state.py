@@ -13,12 +13,12 @@ changed, naming the file, before Tune opens any of them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 
+from data_pipeline.storage import file_sha256
 from ld4mrec_dist.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -39,14 +39,6 @@ def state_files(sweep_dir: Path) -> list[Path]:
     for pattern in PATTERNS:
         found += [p for p in sorted(Path(sweep_dir).glob(pattern)) if p.is_file() and p not in found]
     return found
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_ledger(sweep_dir: Path) -> dict[str, str]:
@@ -84,7 +76,7 @@ class StateRecorder:
             if self._seen.get(rel) == stamp and rel in self._hashes:
                 continue
             self._seen[rel] = stamp
-            digest = sha256_of(path)
+            digest = file_sha256(path)
             changed |= self._hashes.get(rel) != digest
             self._hashes[rel] = digest
         if changed:
@@ -105,7 +97,7 @@ def verify(sweep_dir: Path) -> None:
                 f"--resume {sweep_dir}: {path} is not in the sweep's record of the files Tune wrote "
                 f"({LEDGER_FILE}); it is never unpickled: remove it if you did not put it there, or start "
                 "the sweep again with --sweep")
-        if sha256_of(path) != expected:
+        if file_sha256(path) != expected:
             raise UntrustedStateError(
                 f"--resume {sweep_dir}: {path} changed since the sweep wrote it (sha256 differs from "
                 f"{LEDGER_FILE}); it is never unpickled: restore the original file, or start the sweep "
